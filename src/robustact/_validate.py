@@ -1,0 +1,90 @@
+"""Input checks shared by the library, so bad input fails early with a message naming the problem.
+
+Why a module of its own: a NaN image or a model left in train mode otherwise surfaces as a cryptic
+error deep inside an attack or a silently wrong number. Every public entry point that takes images,
+labels, logits or a model calls these first.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = [
+    "check_images",
+    "check_labels",
+    "check_logits",
+    "check_eval_mode",
+]
+
+
+def check_images(x: torch.Tensor, name: str = "x", *, ndim: int | None = 4) -> None:
+    """Images must be a floating tensor of shape (N, C, H, W) with finite values in [0, 1]."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not torch.is_floating_point(x):
+        raise TypeError(
+            f"{name} must be a floating-point tensor in [0, 1], got dtype {x.dtype}; "
+            "convert uint8 images with x.float() / 255"
+        )
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions (N, C, H, W), got shape {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(
+            f"{name} must lie in [0, 1] (robustact models normalise internally), "
+            f"got values in [{lo:.4g}, {hi:.4g}]"
+        )
+
+
+def check_labels(y: torch.Tensor, n: int, num_classes: int | None = None, name: str = "y") -> None:
+    """Labels must be an integer tensor of shape (n,) with values in [0, num_classes)."""
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(y).__name__}")
+    if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+        raise TypeError(f"{name} must hold integer class indices, got dtype {y.dtype}")
+    if y.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},) to match the inputs, got {tuple(y.shape)}")
+    if n and int(y.min()) < 0:
+        raise ValueError(f"{name} has negative class indices (min {int(y.min())})")
+    if num_classes is not None and n and int(y.max()) >= num_classes:
+        raise ValueError(
+            f"{name} has class index {int(y.max())} but the model has {num_classes} classes"
+        )
+
+
+def check_logits(z: torch.Tensor, n: int | None = None, name: str = "logits") -> None:
+    """Logits must be (N, K), finite, and not look like probabilities.
+
+    Why the probability check: feeding softmax outputs where logits are due makes cross-entropy
+    and margin losses nearly flat, so attacks silently fail and a model looks robust.
+    """
+    if z.ndim != 2:
+        raise ValueError(f"{name} must have shape (N, num_classes), got {tuple(z.shape)}")
+    if n is not None and z.shape[0] != n:
+        raise ValueError(f"{name} has {z.shape[0]} rows but there are {n} inputs")
+    if z.shape[1] < 2:
+        raise ValueError(f"{name} must have at least 2 classes, got {z.shape[1]}")
+    if not torch.isfinite(z).all():
+        raise ValueError(f"{name} contain NaN or infinite values")
+    if z.shape[0] >= 2 and z.shape[1] >= 3:
+        zd = z.detach()
+        rows_sum_to_one = torch.allclose(zd.sum(1), torch.ones_like(zd[:, 0]), atol=1e-4)
+        if rows_sum_to_one and bool((zd >= 0).all()) and bool((zd <= 1).all()):
+            raise ValueError(
+                f"{name} look like probabilities (non-negative rows summing to 1); "
+                "robustact expects raw logits: remove the final softmax from the model"
+            )
+
+
+def check_eval_mode(model: nn.Module, what: str = "this operation") -> None:
+    """Refuse a model in train mode: dropout and batch-norm statistics would change the answer."""
+    if model.training:
+        raise ValueError(
+            f"the model is in train mode; call model.eval() before {what} "
+            "(dropout and batch-norm updates would make results wrong and non-reproducible)"
+        )

@@ -1,0 +1,218 @@
+"""The attack protocol: configure once, call on ``(model, x, y)``, get an :class:`AttackResult`.
+
+Separation of concerns (after Foolbox 3):
+- *what counts as adversarial*: misclassification (untargeted) or hitting ``target``;
+  decided on the model's real output, always, by :meth:`Attack.__call__`;
+- *how far*: the attack's ``norm`` and (for fixed-budget attacks) ``eps``;
+- *how to search*: the subclass's :meth:`Attack.perturb`.
+
+The base class does the bookkeeping every attack needs, so a subclass is only its search:
+input validation, refusing a model in train mode (or switching it to eval and back with
+``force_eval=True``), turning off parameter gradients for the duration (attacks never touch
+``param.grad`` and skip the weight-gradient work), choosing the tensor the loss is computed on
+(``logits_from``: the logits, or a named inner module's output, for adaptive attacks), and the
+final success / norm computation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from robustact._validate import check_images, check_labels, check_logits
+from robustact.losses.attack import AttackLoss, get_attack_loss
+
+__all__ = ["Attack", "AttackResult", "LogitsView", "lp_norms", "prepared_model"]
+
+NORMS = ("linf", "l2", "l1", "l0")
+
+
+def lp_norms(delta: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per-sample norm of a perturbation batch (N, ...)."""
+    flat = delta.flatten(1)
+    if norm == "linf":
+        return flat.abs().amax(1)
+    if norm == "l2":
+        return flat.norm(p=2, dim=1)
+    if norm == "l1":
+        return flat.abs().sum(1)
+    if norm == "l0":
+        return (flat != 0).sum(1).to(delta.dtype)
+    raise ValueError(f"unknown norm {norm!r}; choose from {NORMS}")
+
+
+@dataclass
+class AttackResult:
+    """Per-sample outcome of an attack. All tensors have N rows, on the inputs' device."""
+
+    x_adv: torch.Tensor
+    success: torch.Tensor  # bool: adversarial according to the model's real output
+    norms: torch.Tensor  # ‖x_adv − x‖ in ``norm``
+    norm: str
+    logits: torch.Tensor  # the model's logits on x_adv
+    queries: torch.Tensor | None = None  # forward passes spent per sample (black-box attacks)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def success_rate(self) -> float:
+        return float(self.success.float().mean())
+
+    def summary(self) -> dict[str, Any]:
+        ok = self.success
+        s: dict[str, Any] = {
+            "n": int(ok.numel()),
+            "success_rate": self.success_rate,
+            "norm": self.norm,
+        }
+        if ok.any():
+            n = self.norms[ok].float()
+            s["median_norm_successful"] = float(n.median())
+            s["mean_norm_successful"] = float(n.mean())
+        if self.queries is not None:
+            s["mean_queries"] = float(self.queries.float().mean())
+        s.update({k: v for k, v in self.info.items() if isinstance(v, (int, float, str, bool))})
+        return s
+
+
+class LogitsView:
+    """Calls the model once and returns ``(loss_logits, logits)``.
+
+    ``loss_logits`` is the output of the submodule named ``layer`` (captured with a forward
+    hook) or the logits themselves when ``layer`` is None. Why: adaptive attacks on output-
+    activation defenses compute the loss on the pre-activation logits z while success is still
+    judged on the defended model's output.
+    """
+
+    def __init__(self, model: nn.Module, layer: str | None = None) -> None:
+        self.model = model
+        self.layer = layer
+        self._module: nn.Module | None = None
+        if layer is not None:
+            try:
+                self._module = model.get_submodule(layer)
+            except AttributeError as e:
+                names = [n for n, _ in model.named_modules() if n]
+                raise ValueError(
+                    f"logits_from={layer!r} is not a submodule of the model; "
+                    f"available: {', '.join(names[:30])}"
+                ) from e
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._module is None:
+            z = self.model(x)
+            return z, z
+        captured: list[torch.Tensor] = []
+        handle = self._module.register_forward_hook(lambda m, i, o: captured.append(o))
+        try:
+            z = self.model(x)
+        finally:
+            handle.remove()
+        if not captured:
+            raise RuntimeError(f"submodule {self.layer!r} was not called in the forward pass")
+        inner = captured[-1]
+        return inner.flatten(1) if inner.ndim > 2 else inner, z
+
+
+@contextlib.contextmanager
+def prepared_model(model: nn.Module, force_eval: bool = False) -> Iterator[nn.Module]:
+    """Eval mode required (or forced and restored); parameter gradients off, then restored."""
+    was_training = model.training
+    if was_training and not force_eval:
+        raise ValueError(
+            "the model is in train mode; call model.eval() before attacking it, or pass "
+            "force_eval=True to let the attack switch it to eval mode and back"
+        )
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.eval()
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+class Attack:
+    """Base class. Subclasses set ``name`` and ``norm`` and implement :meth:`perturb`.
+
+    Args:
+        loss: "ce", "margin" (C&W) or "dlr", or a callable ``(z, y, targeted) -> (N,)`` to
+            maximise. Attacks whose search is defined by a specific loss may ignore it.
+        logits_from: name of a submodule whose output the loss is computed on (adaptive
+            attacks), e.g. ``"base"`` for an output-activation wrapper; None for the logits.
+        force_eval: switch a model in train mode to eval for the attack, then restore it.
+        seed: seed of the attack's own ``torch.Generator`` (random starts, Square's sampling);
+            attacks never touch the global RNG, so runs are reproducible and independent.
+    """
+
+    name: str = "attack"
+    norm: str = "linf"
+
+    def __init__(self, *, loss: str | AttackLoss = "ce", logits_from: str | None = None,
+                 force_eval: bool = False, seed: int = 0) -> None:
+        self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", "custom")
+        self.loss_fn: AttackLoss = get_attack_loss(loss)
+        self.logits_from = logits_from
+        self.force_eval = force_eval
+        self.seed = seed
+
+    # -- to implement -------------------------------------------------------------------------
+    def perturb(self, view: LogitsView, x: torch.Tensor, y: torch.Tensor,
+                target: torch.Tensor | None) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
+        """Return x_adv (or ``(x_adv, info)``). ``view(x) -> (loss_logits, logits)``.
+
+        ``info`` may carry a ``"queries"`` tensor (N,) and scalars for the summary.
+        """
+        raise NotImplementedError
+
+    # -- helpers for subclasses -----------------------------------------------------------------
+    def generator(self, device: torch.device) -> torch.Generator:
+        g = torch.Generator(device=device)
+        g.manual_seed(self.seed)
+        return g
+
+    def is_adversarial(self, logits: torch.Tensor, y: torch.Tensor,
+                       target: torch.Tensor | None) -> torch.Tensor:
+        pred = logits.argmax(1)
+        return pred == target if target is not None else pred != y
+
+    def config(self) -> dict[str, Any]:
+        """The attack's hyper-parameters, for results files (protocol-as-data)."""
+        return {k: v for k, v in vars(self).items()
+                if isinstance(v, (int, float, str, bool, type(None))) and not k.startswith("_")}
+
+    # -- the call --------------------------------------------------------------------------------
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 target: torch.Tensor | None = None) -> AttackResult:
+        check_images(x)
+        check_labels(y, x.shape[0])
+        if target is not None:
+            check_labels(target, x.shape[0], name="target")
+            if bool((target == y).any()):
+                raise ValueError("target equals the true label for some samples")
+        x = x.detach()
+        with prepared_model(model, self.force_eval):
+            with torch.no_grad():
+                z0 = model(x[:2])
+            check_logits(z0, name="model output")
+            k = z0.shape[1]
+            check_labels(y, x.shape[0], num_classes=k)
+            if target is not None:
+                check_labels(target, x.shape[0], num_classes=k, name="target")
+            view = LogitsView(model, self.logits_from)
+            out = self.perturb(view, x, y, target)
+            x_adv, info = out if isinstance(out, tuple) else (out, {})
+            x_adv = x_adv.detach().clamp(0.0, 1.0)
+            with torch.no_grad():
+                logits = model(x_adv)
+        success = self.is_adversarial(logits, y, target)
+        queries = info.pop("queries", None)
+        return AttackResult(x_adv=x_adv, success=success, norms=lp_norms(x_adv - x, self.norm),
+                            norm=self.norm, logits=logits, queries=queries, info=info)
