@@ -1,0 +1,43 @@
+"""Defenses as functions on a model: JumpReLU retrofit (+ κ tuner), high-temperature output
+activations, and the registry that records/re-applies them for checkpoints.
+
+Differential training lives in :mod:`robustact.defenses.differential` (import it directly).
+"""
+
+from robustact.defenses.jumprelu import (
+    ALEXLIKE_KAPPA_GRID,
+    KAPPA_GRIDS,
+    MNIST_KAPPA_GRID,
+    RESNET_KAPPA_GRID,
+    JumpReLURetrofit,
+    KappaTuning,
+    paper_kappa_grid,
+    remove_jumprelu,
+    retrofit_jumprelu,
+    tune_jumprelu,
+)
+from robustact.defenses.output_activation import (
+    OutputActivationModel,
+    add_output_activation,
+    remove_output_activation,
+)
+from robustact.defenses.registry import apply_defenses, describe_defenses, strip_defenses
+
+__all__ = [
+    "ALEXLIKE_KAPPA_GRID",
+    "KAPPA_GRIDS",
+    "MNIST_KAPPA_GRID",
+    "RESNET_KAPPA_GRID",
+    "JumpReLURetrofit",
+    "KappaTuning",
+    "paper_kappa_grid",
+    "remove_jumprelu",
+    "retrofit_jumprelu",
+    "tune_jumprelu",
+    "OutputActivationModel",
+    "add_output_activation",
+    "remove_output_activation",
+    "apply_defenses",
+    "describe_defenses",
+    "strip_defenses",
+]

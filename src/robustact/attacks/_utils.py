@@ -1,0 +1,215 @@
+"""Norm-ball geometry shared by every attack: projection, box clipping, step directions, starts.
+
+Why one module: the budget an attack promises (‖x_adv − x‖_p ≤ ε, x_adv ∈ [0, 1]) is only as
+trustworthy as the code that enforces it. Keeping that code in one place, tested once, means
+FGSM, PGD, APGD, DeepFool, C&W, trust-region and Square all agree on what "inside the budget"
+means, including the corner cases (zero gradients, ε = 0, per-sample radii).
+
+Conventions: perturbations and images are batches (N, ...); ``eps`` is a Python float or a
+tensor of shape (N,) (a per-sample radius, used by minimum-norm searches); norms are the strings
+``"linf"``, ``"l2"`` and, where it makes sense, ``"l1"``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from robustact.losses.attack import AttackLoss, dlr_loss, dlr_targeted_loss
+
+__all__ = [
+    "objective",
+    "loss_and_grad",
+    "check_norm",
+    "check_eps",
+    "check_positive",
+    "check_int",
+    "per_sample",
+    "project",
+    "clip_to_box",
+    "normalize_direction",
+    "random_start",
+]
+
+#: Norms whose projection and steepest-ascent direction are implemented here.
+BALL_NORMS = ("linf", "l2")
+
+
+def check_norm(norm: str, allowed: tuple[str, ...] = BALL_NORMS) -> str:
+    """Return ``norm`` if it is one of ``allowed``, else raise a ValueError naming the choices."""
+    if not isinstance(norm, str) or norm not in allowed:
+        raise ValueError(f"unknown norm {norm!r}; choose from {allowed}")
+    return norm
+
+
+def check_eps(eps: float, name: str = "eps") -> float:
+    """A budget must be a finite, non-negative real number (ε = 0 is allowed: a no-op attack)."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(eps).__name__}")
+    if not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"{name} must be finite and >= 0, got {eps}")
+    return float(eps)
+
+
+def check_positive(value: float, name: str) -> float:
+    """Step sizes, decays and radii that must be strictly positive and finite."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be finite and > 0, got {value}")
+    return float(value)
+
+
+def check_int(value: int, name: str, minimum: int = 1) -> int:
+    """Step and restart counts: integers >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def per_sample(value: float | torch.Tensor, like: torch.Tensor) -> float | torch.Tensor:
+    """Broadcast a scalar or (N,) radius against a batch ``like`` (N, ...).
+
+    Floats stay floats (cheapest for the common case); a tensor is reshaped to (N, 1, 1, ...).
+    """
+    if isinstance(value, torch.Tensor):
+        if value.ndim == 0:
+            return value.to(like)
+        if value.shape != (like.shape[0],):
+            raise ValueError(
+                f"a per-sample radius must have shape ({like.shape[0]},), got {tuple(value.shape)}"
+            )
+        return value.to(like).view(-1, *([1] * (like.ndim - 1)))
+    return float(value)
+
+
+def _row_norms(t: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per-sample norm, shaped (N, 1, 1, ...) for broadcasting."""
+    flat = t.flatten(1)
+    if norm == "linf":
+        n = flat.abs().amax(1)
+    elif norm == "l2":
+        n = flat.norm(p=2, dim=1)
+    elif norm == "l1":
+        n = flat.abs().sum(1)
+    else:
+        raise ValueError(f"unknown norm {norm!r}; choose from ('linf', 'l2', 'l1')")
+    return n.view(-1, *([1] * (t.ndim - 1)))
+
+
+def project(delta: torch.Tensor, eps: float | torch.Tensor, norm: str) -> torch.Tensor:
+    """Euclidean projection of each row of ``delta`` onto the ε-ball of ``norm`` (new tensor).
+
+    L∞: clamp every coordinate to [−ε, ε]. L2: rescale rows whose norm exceeds ε to norm ε;
+    rows already inside are returned unchanged (bit for bit), so projection is idempotent.
+    """
+    check_norm(norm)
+    e = per_sample(eps, delta)
+    if norm == "linf":
+        if isinstance(e, float):
+            return delta.clamp(-e, e)
+        return torch.maximum(torch.minimum(delta, e), -e)
+    n = _row_norms(delta, "l2")
+    # factor = min(1, ε/‖δ‖); rows with ‖δ‖ ≤ ε (including δ = 0) keep factor exactly 1.
+    factor = torch.where(n > e, e / n.clamp_min(torch.finfo(delta.dtype).tiny), 1.0)
+    return delta * factor
+
+
+def clip_to_box(x_adv: torch.Tensor, x: torch.Tensor, eps: float | torch.Tensor | None,
+                norm: str) -> torch.Tensor:
+    """Bring ``x_adv`` back into the ε-ball around ``x`` and then into the [0, 1] box.
+
+    Order matters and is safe: x ∈ [0, 1], so clamping x + δ to [0, 1] only shrinks |δ_i|
+    coordinate-wise, which cannot increase any ℓp norm; the result is in both sets.
+    ``eps=None`` means unbounded (box only), used by I-FGSM as in the JumpReLU paper.
+    """
+    if eps is None:
+        return x_adv.clamp(0.0, 1.0)
+    return (x + project(x_adv - x, eps, norm)).clamp_(0.0, 1.0)
+
+
+def normalize_direction(g: torch.Tensor, norm: str) -> torch.Tensor:
+    """Steepest-ascent direction of unit ``norm`` for a gradient ``g`` (per row).
+
+    L∞: sign(g) (zero where g is zero). L2: g/‖g‖₂. L1: g/‖g‖₁ (MIM's gradient normalisation).
+    A zero gradient row stays exactly zero instead of becoming NaN: a masked gradient must show
+    up as "no progress", never as a poisoned iterate.
+    """
+    if norm == "linf":
+        return g.sign()
+    if norm not in ("l2", "l1"):
+        raise ValueError(f"unknown norm {norm!r}; choose from ('linf', 'l2', 'l1')")
+    n = _row_norms(g, norm)
+    return g / torch.where(n > 0, n, torch.ones_like(n))
+
+
+def random_start(x: torch.Tensor, eps: float | torch.Tensor, norm: str,
+                 generator: torch.Generator | None) -> torch.Tensor:
+    """A random point of the ε-ball around ``x``, clamped to [0, 1].
+
+    L∞: δ ~ U[−ε, ε]^d (Madry et al. 2018). L2: uniform in the ball: a Gaussian direction scaled
+    to radius ε·u^(1/d), u ~ U[0, 1]. Draws come only from ``generator`` (never the global RNG),
+    which must live on ``x``'s device.
+    """
+    check_norm(norm)
+    e = per_sample(eps, x)
+    if norm == "linf":
+        u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        delta = (2.0 * u - 1.0) * e
+    else:
+        d = x[0].numel()
+        g = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        r = torch.rand((x.shape[0],) + (1,) * (x.ndim - 1), generator=generator,
+                       device=x.device, dtype=x.dtype).pow(1.0 / d)
+        delta = normalize_direction(g, "l2") * r * e
+    return (x + delta).clamp_(0.0, 1.0)
+
+
+def objective(loss_fn: AttackLoss, z: torch.Tensor, y: torch.Tensor,
+              target: torch.Tensor | None) -> torch.Tensor:
+    """Per-sample quantity an attack maximises: ``loss_fn(z, y)`` or its targeted form.
+
+    Why a helper: targeted DLR needs both the true label and the target, which the generic
+    ``(z, labels, targeted)`` loss signature cannot carry; every attack routes through here so
+    ``loss="dlr"`` works for targeted attacks too.
+    """
+    if target is None:
+        return loss_fn(z, y, False)
+    if loss_fn is dlr_loss:
+        return dlr_targeted_loss(z, y, target)
+    return loss_fn(z, target, True)
+
+
+def loss_and_grad(
+    view: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    x_adv: torch.Tensor,
+    loss_fn: AttackLoss,
+    y: torch.Tensor,
+    target: torch.Tensor | None,
+    need_grad: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """One forward (+ input-gradient backward): ``(loss (N,), grad or None, logits (N, K))``.
+
+    The gradient is ``d loss.sum() / d x_adv`` computed with ``torch.autograd.grad`` only, so no
+    ``.grad`` field of anything is touched. Samples are independent in eval mode, so the sum's
+    gradient row i is sample i's own gradient. Gradient mode is switched on locally, so an
+    attack also works when called under ``torch.no_grad()``. If the loss does not depend on the
+    input at all (a hard threshold cut the graph), the gradient is returned as zeros: masked
+    gradients must surface as "no signal", not as a crash. Returned tensors are detached.
+    """
+    x_adv = x_adv.detach().requires_grad_(need_grad)
+    with torch.set_grad_enabled(need_grad):
+        loss_logits, logits = view(x_adv)
+        loss = objective(loss_fn, loss_logits, y, target)
+        if not need_grad:
+            return loss.detach(), None, logits.detach()
+        grad = None
+        if loss.requires_grad:
+            (grad,) = torch.autograd.grad(loss.sum(), x_adv, allow_unused=True)
+        if grad is None:
+            grad = torch.zeros_like(x_adv)
+    return loss.detach(), grad, logits.detach()

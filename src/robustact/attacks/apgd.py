@@ -1,0 +1,164 @@
+"""Auto-PGD (Croce & Hein, ICML 2020): PGD whose step size adapts itself, per sample.
+
+Why it exists: a fixed-step PGD under-reports vulnerability when the step is badly tuned for a
+model, and defenses that flatten or rescale the loss make that easy. APGD removes the knob:
+
+- it starts with step η = 2ε and a plain projected step, then uses momentum
+  ``x_{k+1} = P(x_k + α(z_{k+1} − x_k) + (1 − α)(x_k − x_{k−1}))`` with
+  ``z_{k+1} = P(x_k + η·dir(∇f(x_k)))`` and α = 0.75;
+- at checkpoints w_j = ⌈p_j·N⌉, p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03,
+  0.06), it halves η for a sample when (1) fewer than ρ·(w_j − w_{j−1}) of the steps since the
+  previous checkpoint increased the loss, or (2) η was not reduced at the previous checkpoint and
+  the best loss has not improved since then; a sample whose η is halved restarts from its best
+  (highest-loss) point;
+- it returns, per sample, an adversarial iterate if one was met, else the highest-loss point.
+
+Restarts (random starts in the ε-ball) run only on samples not broken yet. With ``loss="dlr"``
+(scale-invariant) it is APGD-DLR, the adaptive choice against logit-rescaling defenses.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from robustact.attacks._utils import (
+    check_eps,
+    check_int,
+    check_norm,
+    clip_to_box,
+    loss_and_grad,
+    normalize_direction,
+    random_start,
+)
+from robustact.attacks.base import Attack, LogitsView
+from robustact.losses.attack import AttackLoss
+
+__all__ = ["APGD", "apgd_checkpoints"]
+
+
+def apgd_checkpoints(steps: int) -> list[int]:
+    """Iteration indices w_j = ⌈p_j·steps⌉ (j ≥ 1) at which APGD may halve its step size.
+
+    >>> apgd_checkpoints(100)
+    [22, 41, 57, 70, 80, 87, 93, 99]
+    """
+    ps = [0.0, 0.22]
+    while True:
+        nxt = ps[-1] + max(ps[-1] - ps[-2] - 0.03, 0.06)
+        if nxt > 1.0:
+            break
+        ps.append(nxt)
+    # round() first: p·N in floating point can land a hair above an integer (0.22·100).
+    ws = sorted({math.ceil(round(p * steps, 9)) for p in ps[1:]})
+    return [w for w in ws if 0 < w <= steps]
+
+
+class APGD(Attack):
+    """Auto-PGD with CE or DLR loss, L∞ or L2.
+
+    Args:
+        eps: budget in [0, 1] pixel units.
+        norm: "linf" or "l2".
+        steps: iterations N per restart (100 in AutoAttack).
+        loss: "ce" or "dlr" (any attack loss works; targeted DLR uses the 4-class form).
+        restarts: random restarts, each only on samples not yet adversarial.
+        rho: fraction of loss-increasing steps below which the step size is halved (0.75).
+        momentum: α of the momentum update (0.75).
+        seed: seed of the random starts.
+    """
+
+    name = "apgd"
+
+    def __init__(self, eps: float, *, norm: str = "linf", steps: int = 100,
+                 loss: str | AttackLoss = "ce", restarts: int = 1, rho: float = 0.75,
+                 momentum: float = 0.75, logits_from: str | None = None,
+                 force_eval: bool = False, seed: int = 0) -> None:
+        super().__init__(loss=loss, logits_from=logits_from, force_eval=force_eval, seed=seed)
+        self.eps = check_eps(eps)
+        self.norm = check_norm(norm)
+        self.steps = check_int(steps, "steps")
+        self.restarts = check_int(restarts, "restarts")
+        self.rho = check_eps(rho, "rho")
+        self.momentum = check_eps(momentum, "momentum")
+        if self.rho > 1 or self.momentum > 1:
+            raise ValueError(f"rho and momentum must lie in [0, 1], got {rho} and {momentum}")
+
+    def _run(self, view: LogitsView, x: torch.Tensor, y: torch.Tensor,
+             target: torch.Tensor | None, x0: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One APGD run from ``x0``: returns (x_result, found_adversarial, best_loss)."""
+        n = x.shape[0]
+        shape = (n,) + (1,) * (x.ndim - 1)
+        checkpoints = set(apgd_checkpoints(self.steps))
+        eta = torch.full(shape, 2.0 * self.eps, dtype=x.dtype, device=x.device)
+        losses = torch.empty(self.steps + 1, n, dtype=x.dtype, device=x.device)
+
+        x_cur = x0
+        loss, grad, logits = loss_and_grad(view, x_cur, self.loss_fn, y, target)
+        assert grad is not None
+        losses[0] = loss
+        x_max, f_max, grad_max = x_cur.clone(), loss.clone(), grad.clone()
+        found = self.is_adversarial(logits, y, target)
+        x_found = x_cur.clone()
+        x_prev = x_cur
+        last_w, f_max_at_last_w = 0, f_max.clone()
+        reduced_last = torch.zeros(n, dtype=torch.bool, device=x.device)
+
+        for k in range(self.steps):
+            z = clip_to_box(x_cur + normalize_direction(grad, self.norm).mul_(eta),
+                            x, self.eps, self.norm)
+            if k == 0:
+                x_new = z
+            else:
+                a = self.momentum
+                x_new = clip_to_box(x_cur + a * (z - x_cur) + (1.0 - a) * (x_cur - x_prev),
+                                    x, self.eps, self.norm)
+            x_prev, x_cur = x_cur, x_new
+            need_grad = k < self.steps - 1  # the last point only needs its loss
+            loss, g_new, logits = loss_and_grad(view, x_cur, self.loss_fn, y, target,
+                                                need_grad=need_grad)
+            losses[k + 1] = loss
+            adv = self.is_adversarial(logits, y, target)
+            x_found = torch.where(adv.view(shape), x_cur, x_found)
+            found |= adv
+            better = loss > f_max
+            x_max = torch.where(better.view(shape), x_cur, x_max)
+            f_max = torch.where(better, loss, f_max)
+            if g_new is None:
+                break
+            grad = g_new
+            grad_max = torch.where(better.view(shape), grad, grad_max)
+
+            t = k + 1
+            if t in checkpoints and t < self.steps:
+                increased = (losses[last_w + 1:t + 1] > losses[last_w:t]).sum(0)
+                cond1 = increased < self.rho * (t - last_w)
+                cond2 = ~reduced_last & (f_max <= f_max_at_last_w)
+                reduce = cond1 | cond2
+                rs = reduce.view(shape)
+                eta = torch.where(rs, eta * 0.5, eta)
+                x_cur = torch.where(rs, x_max, x_cur)
+                grad = torch.where(rs, grad_max, grad)
+                reduced_last, f_max_at_last_w, last_w = reduce, f_max.clone(), t
+        return torch.where(found.view(shape), x_found, x_max), found, f_max
+
+    def perturb(self, view: LogitsView, x: torch.Tensor, y: torch.Tensor,
+                target: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, Any]]:
+        gen = self.generator(x.device)
+        best, best_adv, best_loss = self._run(view, x, y, target,
+                                              random_start(x, self.eps, self.norm, gen))
+        for _ in range(1, self.restarts):
+            todo = (~best_adv).nonzero().squeeze(1)
+            if todo.numel() == 0:
+                break
+            xs, ys = x[todo], y[todo]
+            ts = None if target is None else target[todo]
+            cand, adv, loss = self._run(view, xs, ys, ts,
+                                        random_start(xs, self.eps, self.norm, gen))
+            better = adv | (loss > best_loss[todo])
+            sel = todo[better]
+            best[sel], best_adv[sel], best_loss[sel] = cand[better], adv[better], loss[better]
+        return best, {"eps": self.eps}

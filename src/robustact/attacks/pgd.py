@@ -1,0 +1,145 @@
+"""Projected gradient descent (Madry et al. 2018), L∞ and L2, with restarts and early stopping.
+
+Each step moves by ``alpha`` along the steepest-ascent direction of the loss for the threat
+model (sign of the gradient for L∞, the normalised gradient for L2), then projects back onto the
+ε-ball around x and the [0, 1] box. Within one run the result is the *final* iterate (the
+standard protocol, and what other libraries return, so results can be cross-checked). Across
+restarts the attack keeps, per sample, the first restart whose final point is adversarial, or
+else the one with the highest loss; later restarts only run on samples still unbroken.
+
+``early_stop=True`` freezes each sample at the first iterate that is adversarial (judged on the
+real model output), so the perturbation found is not pushed further than needed; the batch
+shrinks as samples finish. BIM and the JumpReLU paper's I-FGSM (``bim.py``) are this loop with
+other defaults.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from robustact.attacks._utils import (
+    check_eps,
+    check_int,
+    check_norm,
+    clip_to_box,
+    loss_and_grad,
+    normalize_direction,
+    random_start,
+)
+from robustact.attacks.base import Attack, LogitsView
+from robustact.losses.attack import AttackLoss
+
+__all__ = ["PGD"]
+
+
+def _take(t: torch.Tensor | None, idx: torch.Tensor | None) -> torch.Tensor | None:
+    return t if t is None or idx is None else t[idx]
+
+
+class PGD(Attack):
+    """Projected gradient ascent on ``loss`` inside the ``norm`` ball of radius ``eps``.
+
+    Args:
+        eps: budget in [0, 1] pixel units (``None``: unbounded, box constraint only; then
+            ``random_start`` must be False).
+        alpha: step size; default ``2.5 * eps / steps`` (Madry et al.).
+        steps: gradient steps per restart.
+        norm: "linf" or "l2".
+        random_start: start each restart from a uniform point of the ε-ball.
+        restarts: number of runs; > 1 needs ``random_start=True`` (else all runs coincide).
+        loss: "ce", "margin" or "dlr" (or a callable ``(z, y, targeted) -> (N,)``).
+        early_stop: freeze a sample as soon as it is adversarial.
+        logits_from, force_eval, seed: see :class:`~robustact.attacks.base.Attack`.
+    """
+
+    name = "pgd"
+
+    def __init__(self, eps: float | None, alpha: float | None = None, steps: int = 10, *,
+                 norm: str = "linf", random_start: bool = True, restarts: int = 1,
+                 loss: str | AttackLoss = "ce", early_stop: bool = False,
+                 logits_from: str | None = None, force_eval: bool = False,
+                 seed: int = 0) -> None:
+        super().__init__(loss=loss, logits_from=logits_from, force_eval=force_eval, seed=seed)
+        self.norm = check_norm(norm)
+        self.eps = None if eps is None else check_eps(eps)
+        self.steps = check_int(steps, "steps")
+        self.restarts = check_int(restarts, "restarts")
+        if alpha is None:
+            if self.eps is None:
+                raise ValueError("an unbounded attack (eps=None) needs an explicit alpha")
+            alpha = 2.5 * self.eps / self.steps
+        self.alpha = check_eps(alpha, "alpha")
+        self.random_start = bool(random_start)
+        self.early_stop = bool(early_stop)
+        if self.random_start and self.eps is None:
+            raise ValueError("random_start needs a finite eps (the start is drawn in the ε-ball)")
+        if self.restarts > 1 and not self.random_start:
+            raise ValueError("restarts > 1 needs random_start=True; otherwise every run is equal")
+
+    # -- one run -----------------------------------------------------------------------------
+    def _step(self, x_adv: torch.Tensor, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """One ascent step and projection; subclasses (MIM) change the direction only."""
+        step = normalize_direction(grad, self.norm).mul_(self.alpha)
+        return clip_to_box(x_adv + step, x, self.eps, self.norm)
+
+    def _run(self, view: LogitsView, x: torch.Tensor, y: torch.Tensor,
+             target: torch.Tensor | None, x_adv: torch.Tensor) -> torch.Tensor:
+        """``steps`` iterations from ``x_adv``; returns the final iterate (frozen when early)."""
+        x_adv = x_adv.clone()
+        idx: torch.Tensor | None = None  # indices still iterating (None: all of them)
+        for _ in range(self.steps):
+            xa, x0 = _take(x_adv, idx), _take(x, idx)
+            ys, ts = _take(y, idx), _take(target, idx)
+            _, grad, logits = loss_and_grad(view, xa, self.loss_fn, ys, ts)
+            assert grad is not None
+            if self.early_stop:
+                keep = (~self.is_adversarial(logits, ys, ts)).nonzero().squeeze(1)
+                if keep.numel() == 0:
+                    break
+                if keep.numel() < xa.shape[0]:
+                    idx = keep if idx is None else idx[keep]
+                    xa, x0, grad = xa[keep], x0[keep], grad[keep]
+            new = self._step(xa, x0, grad)
+            if idx is None:
+                x_adv = new
+            else:
+                x_adv[idx] = new
+        return x_adv
+
+    # -- restarts ----------------------------------------------------------------------------
+    def perturb(self, view: LogitsView, x: torch.Tensor, y: torch.Tensor,
+                target: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, Any]]:
+        info: dict[str, Any] = {"eps": self.eps} if self.eps is not None else {}
+        gen = self.generator(x.device) if self.random_start else None
+
+        def start(xs: torch.Tensor) -> torch.Tensor:
+            if not self.random_start:
+                return xs.clone()
+            assert self.eps is not None
+            return random_start(xs, self.eps, self.norm, gen)
+
+        best = self._run(view, x, y, target, start(x))
+        if self.restarts == 1:
+            return best, info
+        best_loss, best_adv = self._score(view, best, y, target)
+        for _ in range(1, self.restarts):
+            todo = (~best_adv).nonzero().squeeze(1)
+            if todo.numel() == 0:
+                break
+            xs, ys, ts = x[todo], y[todo], _take(target, todo)
+            cand = self._run(view, xs, ys, ts, start(xs))
+            loss, adv = self._score(view, cand, ys, ts)
+            better = adv | (loss > best_loss[todo])
+            sel = todo[better]
+            best[sel] = cand[better]
+            best_loss[sel] = loss[better]
+            best_adv[sel] = adv[better]
+        return best, info
+
+    def _score(self, view: LogitsView, x_adv: torch.Tensor, y: torch.Tensor,
+               target: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss and adversarial flag of a run's final point, to choose between restarts."""
+        loss, _, logits = loss_and_grad(view, x_adv, self.loss_fn, y, target, need_grad=False)
+        return loss, self.is_adversarial(logits, y, target)

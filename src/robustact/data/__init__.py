@@ -1,0 +1,58 @@
+"""Datasets as in-memory uint8 tensors served as [0, 1] floats: MNIST, CIFAR-10/100, digits.
+
+- :class:`ImageDataset` — the one dataset type every loader returns.
+- :func:`load_dataset` — by name; or :func:`load_mnist`, :func:`load_cifar10`,
+  :func:`load_cifar100`, :func:`load_digits` directly.
+- :func:`resolve_data_root` — argument, else ``$ROBUSTACT_DATA``, else ``~/.cache/robustact/data``.
+- :func:`train_val_split`, :func:`binary_task` — seeded stratified splits, two-class tasks.
+
+Missing files raise :class:`DatasetNotFoundError`; ``download=True`` fetches them with
+checksums (:mod:`robustact.data.download`).
+"""
+
+from robustact.data.cifar import load_cifar10, load_cifar100, restricted_load
+from robustact.data.dataset import ImageDataset
+from robustact.data.digits import load_digits
+from robustact.data.download import (
+    ChecksumError,
+    DownloadError,
+    UnsafeArchiveError,
+    download_file,
+    safe_extract_tar,
+)
+from robustact.data.mnist import load_mnist, read_idx
+from robustact.data.registry import (
+    DATASET_INFO,
+    DatasetInfo,
+    available_datasets,
+    dataset_info,
+    load_dataset,
+)
+from robustact.data.root import ENV_VAR, DatasetNotFoundError, resolve_data_root
+from robustact.data.splits import binary_task, split_indices, train_val_split
+
+__all__ = [
+    "ImageDataset",
+    "load_dataset",
+    "available_datasets",
+    "dataset_info",
+    "DatasetInfo",
+    "DATASET_INFO",
+    "load_mnist",
+    "load_cifar10",
+    "load_cifar100",
+    "load_digits",
+    "read_idx",
+    "restricted_load",
+    "resolve_data_root",
+    "ENV_VAR",
+    "DatasetNotFoundError",
+    "DownloadError",
+    "ChecksumError",
+    "UnsafeArchiveError",
+    "download_file",
+    "safe_extract_tar",
+    "train_val_split",
+    "split_indices",
+    "binary_task",
+]

@@ -1,0 +1,95 @@
+"""High-temperature output activations as a defense: p = softmax(f(T·z)) (Tuna et al. 2022).
+
+:class:`OutputActivationModel` wraps a classifier: ``forward`` returns f(T·base(x)) (what the
+softmax / cross-entropy sees), ``logits(x)`` the raw z. Use it during training (wrap before
+training) or bolt it onto a trained model (:func:`add_output_activation`); it has no weights of
+its own, so the wrapped model's state dict is unchanged apart from the ``base.`` prefix.
+
+Evaluate it honestly: f is strictly increasing, so decisions equal the base model's and the
+defense is pure gradient masking (SPEC §3). The wrapped model is the attribute ``base`` so
+adaptive attacks can compute their loss on z with ``logits_from="base"``; the activation is the
+submodule ``activation`` (class ``OutputActivation``), which BPDA replaces by the identity.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from robustact.defenses.jumprelu import _Delegating
+from robustact.nn.output_activation import OutputActivation
+
+__all__ = ["OutputActivationModel", "add_output_activation", "remove_output_activation"]
+
+
+class OutputActivationModel(_Delegating):
+    """``f(temperature · base(x))``; ``f`` in {"sigmoid", "tanh", "softsign", "arctan"}.
+
+    ``features``/``head`` delegate to ``base`` (note ``forward`` is then f(T·head(features))).
+    ``f`` and ``temperature`` can be changed after construction.
+    """
+
+    def __init__(self, base: nn.Module, f: str = "sigmoid", temperature: float = 1.0) -> None:
+        super().__init__()
+        if not isinstance(base, nn.Module):
+            raise TypeError(f"base must be an nn.Module, got {type(base).__name__}")
+        self.base = base
+        self.activation = OutputActivation(f, temperature)
+        self.train(base.training)  # a wrapper starts in the wrapped model's mode
+
+    @property
+    def f(self) -> str:
+        return self.activation.f
+
+    @f.setter
+    def f(self, value: str) -> None:
+        self.activation.f = value
+
+    @property
+    def temperature(self) -> float:
+        return self.activation.temperature
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        self.activation.temperature = value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.base(x))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The raw logits z = base(x), before the bounded activation."""
+        return self.base(x)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        feats = getattr(self.base, "features", None)
+        if not callable(feats):
+            raise AttributeError(f"{type(self.base).__name__} has no features(x) method")
+        return feats(x)
+
+    @property
+    def head(self) -> nn.Module:
+        return self.base.head
+
+
+def add_output_activation(model: nn.Module, f: str = "sigmoid",
+                          temperature: float = 1.0) -> OutputActivationModel:
+    """Wrap ``model`` (shared, not copied) so it outputs f(T·z).
+
+    Refuses a model that already has an output activation: stacking two bounded functions is
+    almost certainly a mistake (change ``.f``/``.temperature`` instead).
+    """
+    if isinstance(model, OutputActivationModel):
+        raise ValueError(
+            "the model already has an output activation "
+            f"(f={model.f}, T={model.temperature:g}); set .f/.temperature or remove it first"
+        )
+    return OutputActivationModel(model, f, temperature)
+
+
+def remove_output_activation(model: nn.Module) -> nn.Module:
+    """The wrapped model (raw logits again)."""
+    if not isinstance(model, OutputActivationModel):
+        raise ValueError(
+            f"{type(model).__name__} has no output activation (not an OutputActivationModel)"
+        )
+    return model.base

@@ -1,0 +1,634 @@
+"""The trainer: one loop for every recipe of the papers, with seams where the recipes differ.
+
+Extension points (so new recipes slot in without touching the loop):
+
+- ``loss(model, x, y) -> (loss, logits_or_None)``: cross-entropy by default; differential
+  training (:class:`robustact.losses.differential.DifferentialLoss`) plugs in here. ``model`` is
+  the module the forward should go through (the wrapped one under DDP).
+- ``batch_hook(model, x, y, step) -> (x, y)``: rewrites each batch before the forward, e.g. the
+  FGSM replacement of the JumpReLU paper's robust variants (:func:`fgsm_batch_hook`). ``model`` is
+  the unwrapped module; ``step`` the global optimizer step.
+- ``wrap_model(model) -> module``: e.g. DistributedDataParallel. The trainer keeps the unwrapped
+  module for checkpoints and hooks. (Sharding data across ranks and writing checkpoints from one
+  rank only — ``out_dir=None`` elsewhere — are the caller's job.)
+- ``callbacks``: objects with any of ``on_fit_start(trainer)``, ``on_epoch_start(trainer,
+  epoch)``, ``on_train_epoch_end(trainer, epoch)`` (after the optimizer steps, before validation
+  and checkpointing, so a callback may adjust the model, e.g. set a bias), ``on_epoch_end(trainer,
+  epoch, record)`` (after the checkpoint) and ``on_fit_end(trainer, history)``.
+
+Determinism (CPU): epoch ``e`` (1-based) draws its shuffle order, its augmentation and, via
+``torch.manual_seed`` inside ``torch.random.fork_rng``, every global-RNG consumer (dropout) from
+seeds derived from ``(seed, e)``. An epoch is therefore a pure function of the weights and
+optimizer state at its start, so a run resumed from the epoch-``k`` checkpoint ends with
+bit-identical weights, and the caller's global RNG state is left as it was. On CUDA the same
+seeding applies but cuDNN/atomics may still be non-deterministic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustact._validate import check_images, check_labels
+from robustact.train.augment import AUGMENTATIONS, get_augmentation
+from robustact.train.checkpoint import (
+    CheckpointError,
+    load_training_state,
+    read_card,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from robustact.train.schedules import SCHEDULES, LRSchedule
+
+__all__ = [
+    "TrainConfig",
+    "Trainer",
+    "Callback",
+    "LossFn",
+    "BatchHook",
+    "cross_entropy_loss",
+    "fgsm_batch_hook",
+    "balanced_batches",
+    "derive_seed",
+    "as_tensors",
+    "jumprelu_mnist_config",
+    "jumprelu_alexlike_config",
+    "jumprelu_resnet_config",
+    "jumprelu_robust_hook",
+]
+
+log = logging.getLogger("robustact.train")
+
+#: ``loss(model, x, y) -> (loss, logits or None)``
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor],
+                  tuple[torch.Tensor, "torch.Tensor | None"]]
+#: ``batch_hook(model, x, y, step) -> (x, y)``
+BatchHook = Callable[[nn.Module, torch.Tensor, torch.Tensor, int],
+                     tuple[torch.Tensor, torch.Tensor]]
+
+# Fields that define the training trajectory: a resumed run must use the same values.
+_TRAJECTORY_FIELDS = ("batch_size", "optimizer", "lr", "momentum", "weight_decay", "nesterov",
+                      "schedule", "milestones", "gamma", "warmup_epochs", "augment", "seed",
+                      "balanced", "epochs", "betas")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run; JSON-serialisable (``to_dict``/``from_dict``).
+
+    ``milestones`` are 0-based epoch indices (see :mod:`robustact.train.schedules`);
+    ``checkpoint_every`` is in epochs; ``log_every`` is the number of steps between progress-bar
+    updates (each update syncs the device); ``num_threads`` sets torch's CPU threads for the
+    duration of ``fit`` only; ``balanced`` draws class-balanced batches (differential training).
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: str = "step"
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+    augment: str = "none"
+    seed: int = 1
+    device: str = "auto"
+    checkpoint_every: int = 1
+    log_every: int = 20
+    num_threads: int | None = None
+    balanced: bool = False
+    eval_batch_size: int = 512
+    betas: tuple[float, float] = (0.9, 0.999)
+
+    def __post_init__(self) -> None:
+        self.milestones = tuple(int(m) for m in self.milestones)
+        self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
+        positive_ints = ("epochs", "batch_size", "checkpoint_every", "log_every", "eval_batch_size")
+        for name in positive_ints:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"TrainConfig.{name} must be a positive integer, got {v!r}")
+        def bad(name: str, rule: str) -> ValueError:
+            return ValueError(f"TrainConfig.{name} must be {rule}, got {getattr(self, name)!r}")
+
+        if self.optimizer not in ("sgd", "adam"):
+            raise bad("optimizer", "'sgd' or 'adam'")
+        if self.schedule not in SCHEDULES:
+            raise bad("schedule", f"one of {SCHEDULES}")
+        if self.augment not in AUGMENTATIONS:
+            raise bad("augment", f"one of {AUGMENTATIONS}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise bad("lr", "a positive number")
+        if not 0 <= self.momentum < 1:
+            raise bad("momentum", "in [0, 1)")
+        if self.weight_decay < 0:
+            raise bad("weight_decay", ">= 0")
+        if not 0 < self.gamma <= 1:
+            raise bad("gamma", "in (0, 1]")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise bad("warmup_epochs", f"in [0, epochs={self.epochs}]")
+        if any(m < 0 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
+            raise bad("milestones", "increasing epoch indices >= 0")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise bad("device", "'auto', 'cpu' or 'cuda[:i]'")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise bad("num_threads", ">= 1 or None")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise ValueError("TrainConfig.nesterov needs optimizer 'sgd' with momentum > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["milestones"] = list(self.milestones)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields: {', '.join(unknown)}")
+        return cls(**d)
+
+
+# --- paper presets (SPEC §1) ---------------------------------------------------------------------
+
+def jumprelu_mnist_config(**overrides: Any) -> TrainConfig:
+    """LeNetLike on MNIST: SGD 0.9, wd 5e-4, batch 128, 90 epochs, lr 0.02 ×0.2 at 30/60/80."""
+    base = dict(epochs=90, lr=0.02, milestones=(30, 60, 80), gamma=0.2, schedule="step")
+    return TrainConfig(**{**base, **overrides})
+
+
+def jumprelu_alexlike_config(**overrides: Any) -> TrainConfig:
+    """AlexLike on CIFAR-10: the MNIST schedule plus crop/flip augmentation."""
+    base = dict(epochs=90, lr=0.02, milestones=(30, 60, 80), gamma=0.2, schedule="step",
+                augment="cifar")
+    return TrainConfig(**{**base, **overrides})
+
+
+def jumprelu_resnet_config(**overrides: Any) -> TrainConfig:
+    """ResNet-20 / WRN / MobileNetV2 on CIFAR: 120 epochs, lr 0.1 ×0.1 at 30/60/90, crop/flip."""
+    base = dict(epochs=120, lr=0.1, milestones=(30, 60, 90), gamma=0.1, schedule="step",
+                augment="cifar")
+    return TrainConfig(**{**base, **overrides})
+
+
+# --- losses and batch hooks ----------------------------------------------------------------------
+
+def cross_entropy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The default loss: mean cross-entropy of the model's logits."""
+    logits = model(x)
+    return F.cross_entropy(logits, y), logits
+
+
+def fgsm_batch_hook(fraction: float, eps: float) -> BatchHook:
+    """Replace the first ``round(fraction·N)`` samples of each batch by FGSM examples.
+
+    The JumpReLU paper's "robust" variants (MNIST: 0.3 at ε 0.3; CIFAR: 0.6 at ε 0.031). The
+    batch is already shuffled, so the first samples are a random subset. Examples are crafted
+    with the model in eval mode (no dropout, batch-norm statistics untouched), then train mode is
+    restored; only the input gradient is computed, so no ``param.grad`` is touched.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+
+    def hook(model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        k = int(round(fraction * x.shape[0]))
+        if k == 0 or eps == 0:
+            return x, y
+        was_training = model.training
+        model.eval()
+        try:
+            xk = x[:k].detach().clone().requires_grad_(True)
+            with torch.enable_grad():
+                loss = F.cross_entropy(model(xk), y[:k])
+                (grad,) = torch.autograd.grad(loss, xk)
+            x_adv = (xk.detach() + eps * grad.sign()).clamp_(0.0, 1.0)
+        finally:
+            model.train(was_training)
+        return torch.cat([x_adv, x[k:]]), y
+
+    return hook
+
+
+def jumprelu_robust_hook(dataset: str) -> BatchHook:
+    """The FGSM hook of the JumpReLU paper's robust variants for ``"mnist"`` or ``"cifar10"``."""
+    if dataset == "mnist":
+        return fgsm_batch_hook(0.3, 0.3)
+    if dataset == "cifar10":
+        return fgsm_batch_hook(0.6, 0.031)
+    raise ValueError(f"no robust-variant recipe for dataset {dataset!r}; use fgsm_batch_hook")
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+def as_tensors(data: Any, name: str = "train_data") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images, labels)`` from a tuple or an object with ``.images``/``.labels``.
+
+    Images are uint8 (kept as is, converted per batch, 4× less memory) or float in [0, 1].
+    """
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        x, y = data
+    elif hasattr(data, "images") and hasattr(data, "labels"):
+        x, y = data.images, data.labels
+    else:
+        raise TypeError(f"{name} must be (images, labels) or have .images and .labels, "
+                        f"got {type(data).__name__}")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} images must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype == torch.uint8:
+        if x.ndim != 4:
+            raise ValueError(f"{name} images must be (N, C, H, W), got shape {tuple(x.shape)}")
+    else:
+        check_images(x, f"{name} images")
+    check_labels(y, x.shape[0], name=f"{name} labels")
+    return x, y.long()
+
+
+def _to_float(xb: torch.Tensor) -> torch.Tensor:
+    return xb.float().div_(255.0) if xb.dtype == torch.uint8 else xb.float()
+
+
+def derive_seed(seed: int, epoch: int, stream: str) -> int:
+    """A 63-bit seed for one random stream of one epoch (stable across runs and platforms)."""
+    digest = hashlib.sha256(f"robustact:{seed}:{epoch}:{stream}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def _balanced_layout(labels: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, int, int]:
+    """(classes, samples per class per batch, number of batches) for balanced batches."""
+    classes, counts = torch.unique(labels, return_counts=True)
+    k = len(classes)
+    if k < 2:
+        raise ValueError(f"balanced batches need at least 2 classes, the labels hold {k}")
+    per_class = batch_size // k
+    if per_class < 1:
+        raise ValueError(f"batch_size {batch_size} is smaller than the number of classes {k}")
+    return classes, per_class, math.ceil(int(counts.max()) / per_class)
+
+
+def balanced_batches(labels: torch.Tensor, batch_size: int, generator: torch.Generator
+                     ) -> list[torch.Tensor]:
+    """Index batches holding ``batch_size // K`` samples of each of the K classes present.
+
+    There are ``ceil(largest class / per_class)`` batches, so every sample of the largest class
+    appears exactly once per epoch; smaller classes are walked in a fresh random order and
+    reshuffled each time they run out (repeated, never truncated).
+    """
+    classes, per_class, n_batches = _balanced_layout(labels, batch_size)
+    need = n_batches * per_class
+    streams = []
+    for c in classes:
+        idx = torch.nonzero(labels == c).flatten()
+        rounds = [idx[torch.randperm(idx.numel(), generator=generator)]
+                  for _ in range(math.ceil(need / idx.numel()))]
+        streams.append(torch.cat(rounds)[:need].view(n_batches, per_class))
+    return list(torch.cat(streams, dim=1).unbind(0))
+
+
+class Callback:
+    """Optional base class for trainer callbacks: override any subset of these no-ops.
+
+    Callbacks need not inherit from it; the trainer calls whichever of these methods exist.
+    """
+
+    def on_fit_start(self, trainer: Trainer) -> None: ...
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None: ...
+
+    def on_train_epoch_end(self, trainer: Trainer, epoch: int) -> None: ...
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, record: dict[str, Any]) -> None: ...
+
+    def on_fit_end(self, trainer: Trainer, history: list[dict[str, Any]]) -> None: ...
+
+
+# --- the trainer ---------------------------------------------------------------------------------
+
+@dataclass
+class _Progress:
+    epoch: int = 0  # epochs completed
+    global_step: int = 0
+    best_val_acc: float | None = None
+    best_epoch: int | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Trainer:
+    """Train ``model`` on ``train_data`` with ``config``; see the module docstring.
+
+    ``out_dir`` receives ``last/`` (every ``checkpoint_every`` epochs and at the end) and
+    ``best/`` (best validation accuracy so far; needs ``val_data``). Without ``out_dir`` nothing
+    is written and ``fit(resume=True)`` is an error.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_data: Any,
+        val_data: Any = None,
+        config: TrainConfig | None = None,
+        out_dir: str | Path | None = None,
+        loss: LossFn | None = None,
+        batch_hook: BatchHook | None = None,
+        wrap_model: Callable[[nn.Module], nn.Module] | None = None,
+        progress: bool = True,
+        callbacks: Iterable[Any] = (),
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        self.config = config if config is not None else TrainConfig()
+        if not isinstance(self.config, TrainConfig):
+            raise TypeError(f"config must be a TrainConfig, got {type(self.config).__name__}")
+        self.device = self._resolve_device(self.config.device)
+        self.train_x, self.train_y = as_tensors(train_data, "train_data")
+        self.val = as_tensors(val_data, "val_data") if val_data is not None else None
+        num_classes = self._num_classes(model)
+        if num_classes is not None:
+            check_labels(self.train_y, self.train_x.shape[0], num_classes, "train_data labels")
+            if self.val is not None:
+                check_labels(self.val[1], self.val[0].shape[0], num_classes, "val_data labels")
+        self.data_info = self._describe(train_data, self.train_x, self.val)
+        self.model = model.to(self.device)
+        self.net = wrap_model(self.model) if wrap_model is not None else self.model
+        if self.device.type == "cuda":  # keep the (usually uint8) data on the GPU once
+            self.train_x, self.train_y = self.train_x.to(self.device), self.train_y.to(self.device)
+            if self.val is not None:
+                self.val = (self.val[0].to(self.device), self.val[1].to(self.device))
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.loss_fn: LossFn = loss if loss is not None else cross_entropy_loss
+        self.batch_hook = batch_hook
+        self.progress = progress
+        self.callbacks = list(callbacks)
+        self.augment = get_augmentation(self.config.augment)
+        cfg = self.config
+        n = self.train_x.shape[0]
+        self.steps_per_epoch = (_balanced_layout(self.train_y, cfg.batch_size)[2]
+                                if cfg.balanced else math.ceil(n / cfg.batch_size))
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the model has no trainable parameters")
+        if cfg.optimizer == "sgd":
+            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
+                params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                nesterov=cfg.nesterov)
+        else:
+            self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                              betas=cfg.betas)
+        self.scheduler = LRSchedule(
+            self.optimizer, lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=self.steps_per_epoch,
+            schedule=cfg.schedule, milestones=cfg.milestones, gamma=cfg.gamma,
+            warmup_epochs=cfg.warmup_epochs)
+        self.state = _Progress()
+
+    # -- helpers --------------------------------------------------------------------------------
+    @staticmethod
+    def _resolve_device(spec: str) -> torch.device:
+        if spec == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        dev = torch.device(spec)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"TrainConfig.device is {spec!r} but CUDA is not available")
+        return dev
+
+    @staticmethod
+    def _num_classes(model: nn.Module) -> int | None:
+        k = getattr(model, "num_classes", None)
+        if isinstance(k, int):
+            return k
+        head = getattr(model, "head", None)
+        return head.out_features if isinstance(head, nn.Linear) else None
+
+    @staticmethod
+    def _describe(train_data: Any, x: torch.Tensor,
+                  val: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, Any]:
+        info: dict[str, Any] = {"n_train": int(x.shape[0]), "image_shape": list(x.shape[1:]),
+                                "dtype": str(x.dtype).replace("torch.", "")}
+        for attr in ("name", "split"):
+            v = getattr(train_data, attr, None)
+            if isinstance(v, (str, int)):
+                info[attr] = v
+        if val is not None:
+            info["n_val"] = int(val[0].shape[0])
+        return info
+
+    def _call(self, method: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            fn = getattr(cb, method, None)
+            if fn is not None:
+                fn(self, *args)
+
+    def _rng_devices(self) -> list[int]:
+        if self.device.type != "cuda":
+            return []
+        return list(range(torch.cuda.device_count()))
+
+    # -- epochs ---------------------------------------------------------------------------------
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        """One epoch (1-based ``epoch``); runs inside the caller's ``fork_rng``."""
+        cfg = self.config
+        torch.manual_seed(derive_seed(cfg.seed, epoch, "global"))
+        g_shuffle = torch.Generator().manual_seed(derive_seed(cfg.seed, epoch, "shuffle"))
+        g_aug = torch.Generator().manual_seed(derive_seed(cfg.seed, epoch, "augment"))
+        labels_cpu = self.train_y.cpu()
+        if cfg.balanced:
+            batches = balanced_batches(labels_cpu, cfg.batch_size, g_shuffle)
+        else:
+            batches = list(torch.randperm(labels_cpu.numel(), generator=g_shuffle)
+                           .split(cfg.batch_size))
+        self.net.train()
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        seen = counted = 0
+        first_lr = None
+        bar = _bar(len(batches), f"epoch {epoch}/{cfg.epochs}", self.progress)
+        try:
+            for step, idx in enumerate(batches):
+                lr = self.scheduler.apply(epoch - 1, step)
+                first_lr = lr if first_lr is None else first_lr
+                idx = idx.to(self.train_x.device)
+                x = _to_float(self.train_x[idx])
+                y = self.train_y[idx]
+                if self.augment is not None:
+                    x = self.augment(x, g_aug)
+                if self.batch_hook is not None:
+                    x, y = self.batch_hook(self.model, x, y, self.state.global_step)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss, logits = self.loss_fn(self.net, x, y)
+                loss.backward()
+                self.optimizer.step()
+                self.state.global_step += 1
+                loss_sum += loss.detach().double() * y.shape[0]
+                seen += y.shape[0]
+                if logits is not None:
+                    correct += (logits.detach().argmax(1) == y).sum()
+                    counted += y.shape[0]
+                if (step + 1) % cfg.log_every == 0 or step + 1 == len(batches):
+                    # Checked here, not every step, to avoid a device sync per step.
+                    if not torch.isfinite(loss_sum):
+                        raise FloatingPointError(
+                            f"non-finite training loss in epoch {epoch} by step {step} "
+                            "(lower the learning rate?)")
+                    post = {"loss": f"{float(loss_sum) / seen:.4f}"}
+                    if counted:
+                        post["acc"] = f"{float(correct) / counted:.4f}"
+                    bar.set_postfix(post, refresh=False)
+                bar.update(1)
+        finally:
+            bar.close()
+        return {
+            "train_loss": float(loss_sum) / seen,
+            "train_acc": float(correct) / counted if counted else float("nan"),
+            "lr": float(first_lr if first_lr is not None else 0.0),
+        }
+
+    @torch.no_grad()
+    def evaluate(self, data: Any = None) -> dict[str, float]:
+        """Cross-entropy loss and accuracy in eval mode (on the validation data by default).
+
+        The loss is cross-entropy of the logits whatever the training loss: a pairwise loss
+        needs both classes in every batch, which unbalanced validation batches do not guarantee.
+        """
+        if data is None:
+            if self.val is None:
+                raise ValueError("no validation data: pass val_data to the Trainer or data here")
+            x_all, y_all = self.val
+        else:
+            x_all, y_all = as_tensors(data, "data")
+        was_training = self.net.training
+        self.net.eval()
+        loss_sum, correct = 0.0, 0
+        try:
+            for start in range(0, x_all.shape[0], self.config.eval_batch_size):
+                xb = _to_float(x_all[start:start + self.config.eval_batch_size].to(self.device))
+                yb = y_all[start:start + self.config.eval_batch_size].to(self.device)
+                logits = self.net(xb)
+                loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
+                correct += int((logits.argmax(1) == yb).sum())
+        finally:
+            self.net.train(was_training)
+        n = x_all.shape[0]
+        return {"loss": loss_sum / n, "acc": correct / n}
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def _save(self, name: str, record: dict[str, Any], with_optimizer: bool) -> None:
+        assert self.out_dir is not None
+        s = self.state
+        save_checkpoint(
+            self.out_dir / name, self.model,
+            self.optimizer if with_optimizer else None,
+            self.scheduler if with_optimizer else None,
+            epoch=s.epoch, config=self.config, metrics=record, history=s.history,
+            data=self.data_info,
+            extra={"trainer": {"global_step": s.global_step, "best_val_acc": s.best_val_acc,
+                               "best_epoch": s.best_epoch}},
+        )
+
+    def _resume(self) -> None:
+        if self.out_dir is None:
+            raise ValueError("fit(resume=True) needs out_dir (where the checkpoints are)")
+        last = self.out_dir / "last"
+        try:
+            resolve_checkpoint(last)
+        except CheckpointError:
+            log.info("no checkpoint in %s: starting from scratch", last)
+            return
+        saved = (read_card(last).get("train") or {})
+        mine = self.config.to_dict()
+        diff = [f"{k}: saved {saved.get(k)!r} vs now {mine[k]!r}" for k in _TRAJECTORY_FIELDS
+                if k in saved and saved[k] != mine[k]]
+        if diff:
+            raise ValueError("cannot resume: the training config differs from the checkpoint's ("
+                             + "; ".join(diff) + ")")
+        card = load_training_state(last, self.model, self.optimizer, self.scheduler)
+        t = (card.get("extra") or {}).get("trainer") or {}
+        self.state = _Progress(
+            epoch=int(card["epoch"]), global_step=int(t.get("global_step", 0)),
+            best_val_acc=t.get("best_val_acc"), best_epoch=t.get("best_epoch"),
+            history=[dict(h) for h in card.get("history") or []])
+        log.info("resumed from %s at epoch %d", last, self.state.epoch)
+
+    # -- main loop ------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> list[dict[str, Any]]:
+        """Train to ``config.epochs``; returns the per-epoch history (resumed runs included).
+
+        Each record: epoch, train_loss, train_acc, val_loss, val_acc (None without val_data), lr
+        (the rate of the epoch's first step), seconds. The model is left in eval mode.
+        """
+        cfg = self.config
+        old_threads = torch.get_num_threads()
+        if cfg.num_threads is not None:
+            torch.set_num_threads(cfg.num_threads)
+        try:
+            if resume:
+                self._resume()
+            else:
+                self.state = _Progress()
+            self._call("on_fit_start")
+            for epoch in range(self.state.epoch + 1, cfg.epochs + 1):
+                t0 = time.perf_counter()
+                with torch.random.fork_rng(devices=self._rng_devices()):
+                    self._call("on_epoch_start", epoch)
+                    train = self._train_epoch(epoch)
+                    self._call("on_train_epoch_end", epoch)
+                val = self.evaluate() if self.val is not None else None
+                record = {
+                    "epoch": epoch, **train,
+                    "val_loss": val["loss"] if val else None,
+                    "val_acc": val["acc"] if val else None,
+                    "seconds": time.perf_counter() - t0,
+                }
+                s = self.state
+                s.epoch = epoch
+                s.history.append(record)
+                improved = val is not None and (
+                    s.best_val_acc is None or val["acc"] > s.best_val_acc)
+                if improved:
+                    s.best_val_acc, s.best_epoch = val["acc"], epoch
+                if self.out_dir is not None:
+                    if improved:
+                        self._save("best", record, with_optimizer=False)
+                    if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
+                        self._save("last", record, with_optimizer=True)
+                log.info("epoch %d/%d %s", epoch, cfg.epochs,
+                         " ".join(f"{k}={v:.4g}" for k, v in record.items()
+                                  if isinstance(v, float)))
+                self._call("on_epoch_end", epoch, record)
+            self._call("on_fit_end", self.state.history)
+            self.net.eval()  # hand back a model ready for evaluation and attacks
+        finally:
+            if cfg.num_threads is not None:
+                torch.set_num_threads(old_threads)
+        return list(self.state.history)
+
+
+class _NoBar:
+    def set_postfix(self, *a: Any, **k: Any) -> None: ...
+    def update(self, n: int = 1) -> None: ...
+    def close(self) -> None: ...
+
+
+def _bar(total: int, desc: str, enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="batch", dynamic_ncols=True)
