@@ -12,6 +12,7 @@ tensor saved by two layers, like a ReLU output that the next convolution also ke
 once).
 
     python benchmarks/bench_splash.py                       # CPU, 128 × 3 × 32 × 32
+    python benchmarks/bench_splash.py --threads 1 --clock process   # steadier on a busy box
     python benchmarks/bench_splash.py --device cuda --out results/bench_splash.json
 """
 

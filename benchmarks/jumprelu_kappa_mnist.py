@@ -85,6 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.02)
     p.add_argument("--fine-grid", type=parse_grid, default=parse_grid("0:2:0.25"))
     p.add_argument("--attack-n", type=int, default=1000, help="first N test images attacked")
+    p.add_argument("--attack-kappas", type=parse_grid, default=(),
+                   help="extra kappas to attack besides 0 and the tuned ones, e.g. 1.0,1.5")
     p.add_argument("--no-attacks", action="store_true")
     args = p.parse_args(argv)
     if args.epochs < 1:
@@ -94,6 +96,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.epochs = 1
         args.attack_n = min(args.attack_n, 100)
+        # a 1-epoch model tunes to κ = 0; attack one κ > 0 anyway so every code path runs
+        args.attack_kappas = tuple(args.attack_kappas) or (0.5,)
         if args.out == p.get_default("out"):
             args.out = str(Path(args.runs_dir) / "quick" / "jumprelu_kappa_mnist.json")
     return args
@@ -225,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.no_attacks:
         n = min(args.attack_n, len(test))
         xa, ya = test.x(slice(0, n)).to(device), test.y(slice(0, n)).to(device)
-        attack_kappas = sorted({0.0, *(t["kappa"] for t in tuning)})
+        attack_kappas = sorted({0.0, *(t["kappa"] for t in tuning), *args.attack_kappas})
         for k in attack_kappas:
             m = jump_model(model, k)
             for name, (attack, bpda) in attacks_for(model, args.seed).items():

@@ -180,7 +180,7 @@ def test_model_state_untouched(name: str) -> None:
     assert [p.requires_grad for p in params] == [False, True, True, True]
     assert params[0].grad is None and params[2].grad is None and params[3].grad is None
     assert torch.equal(params[1].grad, torch.full_like(params[1], 7.0))
-    assert all(torch.equal(a, b) for a, b in zip(before, params))
+    assert all(torch.equal(a, b) for a, b in zip(before, params, strict=True))
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -28,7 +28,9 @@ def check_images(x: torch.Tensor, name: str = "x", *, ndim: int | None = 4) -> N
             "convert uint8 images with x.float() / 255"
         )
     if ndim is not None and x.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions (N, C, H, W), got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"{name} must have {ndim} dimensions (N, C, H, W), got shape {tuple(x.shape)}"
+        )
     if x.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
     if not torch.isfinite(x).all():

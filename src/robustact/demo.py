@@ -70,7 +70,7 @@ def _curve_figure(eps_grid: list[float], curves: dict[str, list[float]]) -> Any:
     ax.set_xlabel("ε (L∞, pixel units)")
     ax.set_ylabel("robust accuracy (%)")
     ax.set_ylim(-2, 102)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="lower left")
     ax.set_title("PGD-20 on sklearn digits: what each defense claims vs. what survives")
     return fig
 

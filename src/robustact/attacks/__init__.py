@@ -10,10 +10,14 @@ from robustact.attacks.apgd import APGD
 from robustact.attacks.base import Attack, AttackResult, LogitsView, lp_norms, prepared_model
 from robustact.attacks.bim import BIM, IFGSM
 from robustact.attacks.bpda import BPDA, default_substitutes, with_bpda
+from robustact.attacks.cw import CarliniWagnerL2
+from robustact.attacks.deepfool import DeepFool
 from robustact.attacks.fgsm import FGSM
 from robustact.attacks.mim import MIM
 from robustact.attacks.pgd import PGD
+from robustact.attacks.square import Square
 from robustact.attacks.transfer import TransferAttack
+from robustact.attacks.trust_region import TrustRegion
 from robustact.attacks.verify import VerifiedResult, WorstCaseResult, robust_accuracy, verify
 
 __all__ = [
@@ -22,12 +26,16 @@ __all__ = [
     "AttackResult",
     "BIM",
     "BPDA",
+    "CarliniWagnerL2",
+    "DeepFool",
     "FGSM",
     "IFGSM",
     "LogitsView",
     "MIM",
     "PGD",
+    "Square",
     "TransferAttack",
+    "TrustRegion",
     "VerifiedResult",
     "WorstCaseResult",
     "clip_to_box",
@@ -41,14 +49,3 @@ __all__ = [
     "verify",
     "with_bpda",
 ]
-
-# Minimum-norm and query-based attacks (written alongside); imported if present.
-try:
-    from robustact.attacks.cw import CarliniWagnerL2  # noqa: F401
-    from robustact.attacks.deepfool import DeepFool  # noqa: F401
-    from robustact.attacks.square import Square  # noqa: F401
-    from robustact.attacks.trust_region import TrustRegion  # noqa: F401
-
-    __all__ += ["CarliniWagnerL2", "DeepFool", "Square", "TrustRegion"]
-except ImportError:  # pragma: no cover - transitional, until those modules land
-    pass

@@ -96,6 +96,13 @@ class DeepFool(Attack):
         overshoot: the accumulated step is scaled by ``1 + overshoot`` (0.02 in the paper) so the
             iterate ends past the boundary rather than on it.
         candidates: number of top-scoring clean classes considered, true class included.
+        box_aware: ours, off by default (the published algorithm). When on, gradient
+            coordinates that would push a pixel sitting on a face of the [0, 1] box further out
+            are zeroed before the step, and the accumulated step is re-synchronised with the
+            clipped iterate. Measured on an undefended MNIST LeNet-5 (first 200 test images):
+            2.7 instead of 10.0 steps on average, but a larger median L2 (1.80 vs 1.63): the
+            many small, mostly clipped steps of the plain algorithm approach the boundary more
+            carefully. Use it when steps are what you pay for.
         logits_from, force_eval: see :class:`~robustact.attacks.base.Attack`.
 
     ``info`` of the result carries ``mean_steps``, the average number of steps taken.

@@ -14,7 +14,8 @@ Algorithm (per sample, ε-ball in L∞, box [0, 1]):
    stop once adversarial or when the query budget is spent.
 The side follows the paper's piecewise-constant schedule of the fraction p of pixels changed:
 p = p_init, halved after 10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000 of 10 000 iterations,
-with the breakpoints rescaled to ``n_queries`` (AutoAttack's ``resc_schedule``); s = round(√(p·h·w)).
+with the breakpoints rescaled to ``n_queries`` (AutoAttack's ``resc_schedule``);
+the side is s = round(√(p·h·w)).
 
 Our choices: windows and signs are drawn per sample (the paper's reference code; AutoAttack
 shares one window across the batch); ``p_init`` 0.8 and 5000 queries are AutoAttack's standard
@@ -91,7 +92,7 @@ class Square(Attack):
         n, c, h, w = x.shape
         queries = torch.zeros(n, dtype=torch.long, device=x.device)
         if self.eps == 0.0:
-            return x.clone(), {"queries": queries}
+            return x.clone(), {"queries": queries, "eps": self.eps}
         gen = self.generator(x.device)
         label = target if target is not None else y
         eps = self.eps
@@ -101,12 +102,13 @@ class Square(Attack):
         x_best = x.clone()
         todo = (~done).nonzero().squeeze(1)
         if todo.numel() == 0 or self.n_queries < 2:
-            return x_best, {"queries": queries}
+            return x_best, {"queries": queries, "eps": eps}
 
         signs = torch.randint(0, 2, (todo.numel(), c, 1, w), generator=gen, device=x.device)
         x_best[todo] = (x[todo] + eps * (2.0 * signs.to(x.dtype) - 1.0)).clamp(0.0, 1.0)
         loss_best = torch.full((n,), -math.inf, dtype=x.dtype, device=x.device)
-        loss_best[todo], adv = self._objective(view, x_best[todo], label[todo], y[todo], target)
+        loss_best[todo], adv = self._objective(view, x_best[todo], label[todo], y[todo],
+                                               None if target is None else target[todo])
         queries[todo] += 1
         done[todo] = adv
 
@@ -136,10 +138,11 @@ class Square(Attack):
                 x_new[r] = torch.where(window[r], vertex, xb[r])
                 changed = ((x_new[r] - xb[r]).abs() * window[r]).flatten(1).amax(1) > 0
                 redraw[r[changed]] = False
-            loss, adv = self._objective(view, x_new, label[idx], y[idx], target)
+            loss, adv = self._objective(view, x_new, label[idx], y[idx],
+                                        None if target is None else target[idx])
             queries[idx] += 1
             better = (loss > loss_best[idx]) | adv
             x_best[idx[better]] = x_new[better]
             loss_best[idx[better]] = loss[better]
             done[idx[adv]] = True
-        return x_best, {"queries": queries}
+        return x_best, {"queries": queries, "eps": eps}

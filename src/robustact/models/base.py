@@ -1,6 +1,7 @@
 """The model contract every robustact architecture follows.
 
-- input: images in [0, 1], shape (N, C, H, W); normalization is the first layer (``self.normalize``);
+- input: images in [0, 1], shape (N, C, H, W); normalization is the first layer
+  (``self.normalize``);
 - output: logits (N, num_classes), never probabilities;
 - ``features(x)`` returns the penultimate representation φ(x) of shape (N, D) and ``head`` is the
   final ``nn.Linear(D, num_classes)``, so ``forward(x) == head(features(x))``. Differential

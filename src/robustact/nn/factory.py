@@ -32,12 +32,15 @@ __all__ = [
 
 #: ``num_features -> module``; ``num_features`` is the channel (or unit) count at that site.
 ActivationFactory = Callable[[int], nn.Module]
-ActivationSpec = Union[str, ActivationFactory]
+ActivationSpec = Union[str, ActivationFactory]  # noqa: UP007 (a runtime alias on 3.10)
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 
 
-def register_activation(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+Builder = Callable[..., nn.Module]
+
+
+def register_activation(name: str) -> Callable[[Builder], Builder]:
     """Decorator: register ``builder(num_features, **kwargs) -> nn.Module`` under ``name``."""
 
     def deco(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:

@@ -1,0 +1,127 @@
+"""End-to-end tests of the CLI and the workflows behind it, on the bundled digits set.
+
+These run the real commands (train → eval → tune-jump → retrofit → attack) in-process with
+typer's runner, so they check the wiring between packages, the files written, and that bad
+arguments end in a one-line error (exit code 2) rather than a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from robustact.cli import app
+from robustact.io import load_tensors, read_json
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "m"
+    res = runner.invoke(app, ["train", "--model", "smallcnn", "--dataset", "digits",
+                              "--epochs", "3", "--optimizer", "adam", "--lr", "0.003",
+                              "--batch-size", "64", "--out", str(out), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "test accuracy" in res.output
+    return out
+
+
+def test_train_writes_checkpoint_and_results(trained: Path) -> None:
+    card = read_json(trained / "final" / "card.json")
+    assert card["model"]["name"] == "smallcnn"
+    assert (trained / "final" / "model.safetensors").exists()
+    results = read_json(trained / "results.json")
+    assert results["metrics"]["epochs"] == 3
+    assert 0.5 < results["metrics"]["test_accuracy"] <= 1.0  # 3 epochs of Adam learn digits
+
+
+def test_eval_matches_training_report(trained: Path) -> None:
+    res = runner.invoke(app, ["eval", "--model", str(trained / "final")])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["n"] == 359
+    results = read_json(trained / "results.json")
+    assert out["accuracy"] == pytest.approx(results["metrics"]["test_accuracy"])
+
+
+def test_tune_jump_retrofit_and_attack(trained: Path, tmp_path: Path) -> None:
+    res = runner.invoke(app, ["tune-jump", "--model", str(trained / "final"), "--max-drop", "100",
+                              "--grid", "0,0.5,1", "--out", str(tmp_path / "jump"),
+                              "--no-progress"])
+    assert res.exit_code == 0, res.output
+    tuned = json.loads(res.output)
+    assert tuned["kappa"] == 1.0  # a 100-point budget admits the largest κ
+    assert [c["kappa"] for c in tuned["curve"]] == [0.0, 0.5, 1.0]
+    card = read_json(tmp_path / "jump" / "card.json")
+    assert card["defenses"] == [{"type": "jumprelu", "kappa": 1.0}]
+
+    res = runner.invoke(app, ["attack", "--model", str(tmp_path / "jump"), "--attack", "pgd",
+                              "--eps", "0.2", "--steps", "5", "--n", "40", "--bpda",
+                              "--out", str(tmp_path / "atk"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    summary = read_json(tmp_path / "atk" / "summary.json")
+    assert summary["n"] == 40 and summary["bpda"] is True
+    adv = load_tensors(tmp_path / "atk" / "adversarial.safetensors")
+    assert adv["x_adv"].shape == (40, 1, 8, 8)
+    assert float(adv["x_adv"].min()) >= 0.0 and float(adv["x_adv"].max()) <= 1.0
+    assert summary["success_rate"] == pytest.approx(float(adv["success"].float().mean()))
+    assert summary["robust_accuracy"] <= summary["clean_accuracy"]
+
+
+def test_retrofit_command_records_defense(trained: Path, tmp_path: Path) -> None:
+    res = runner.invoke(app, ["retrofit", "--model", str(trained / "final"), "--jump", "0.0",
+                              "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    # κ = 0 is exactly the ReLU model.
+    assert out["test_accuracy"] == out["test_accuracy_relu"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["train", "--dataset", "digits", "--model", "nope"], "unknown model"),
+    (["train", "--dataset", "digits", "--model", "smallcnn", "--activation", "bogus"],
+     "unknown activation"),
+    (["train", "--dataset", "digits", "--model", "smallcnn", "--classes", "1,2,3"],
+     "exactly two classes"),
+    (["train", "--dataset", "digits", "--model", "smallcnn", "--epochs", "0"], "epochs"),
+])
+def test_bad_arguments_give_one_line_errors(args: list[str], needle: str, tmp_path: Path) -> None:
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "x"), "--no-progress"])
+    assert res.exit_code == 2
+    assert needle in res.output
+    assert "Traceback" not in res.output
+
+
+def test_attack_rejects_unknown_parameter(trained: Path, tmp_path: Path) -> None:
+    res = runner.invoke(app, ["attack", "--model", str(trained / "final"), "--attack", "deepfool",
+                              "--eps", "0.1", "--out", str(tmp_path / "a"), "--no-progress"])
+    assert res.exit_code == 2
+    assert "does not take eps" in res.output
+
+
+def test_missing_mnist_names_the_folder(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["train", "--dataset", "mnist", "--data-root", str(tmp_path),
+                              "--out", str(tmp_path / "x"), "--no-progress"])
+    assert res.exit_code == 2
+    assert "MNIST" in res.output and str(tmp_path) in res.output
+
+
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    from robustact.demo import run_demo
+
+    threads = torch.get_num_threads()
+    summary = run_demo(tmp_path / "demo", epochs=2, progress=False)
+    assert torch.get_num_threads() == threads  # restored
+    report = (tmp_path / "demo" / "report.md").read_text()
+    assert "claimed vs. adaptive" in report
+    assert (tmp_path / "demo" / "robustness.png").stat().st_size > 1000
+    curves = summary["robust_accuracy"]
+    assert len(curves) == 5 and all(len(v) == len(summary["eps"]) for v in curves.values())
+    for values in curves.values():
+        assert all(0.0 <= v <= 1.0 for v in values)
+        assert values[-1] <= values[0]  # ε = 0.3 never beats ε = 0
