@@ -125,3 +125,36 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     for values in curves.values():
         assert all(0.0 <= v <= 1.0 for v in values)
         assert values[-1] <= values[0]  # ε = 0.3 never beats ε = 0
+
+
+def test_train_differential_binary_task(tmp_path: Path) -> None:
+    out = tmp_path / "diff"
+    res = runner.invoke(app, ["train", "--model", "smallcnn", "--dataset", "digits",
+                              "--loss", "differential", "--classes", "3,8", "--epochs", "2",
+                              "--optimizer", "adam", "--lr", "0.003", "--batch-size", "32",
+                              "--out", str(out), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    results = read_json(out / "results.json")
+    assert results["loss"] == "differential"
+    assert results["data"]["classes"] == ["3", "8"]
+    bias = results["extra"]["bias"]
+    # The margin rule puts b midway between the lowest positive and highest negative score.
+    assert bias["bias"] == pytest.approx(-0.5 * (bias["min_pos"] + bias["max_neg"]), abs=1e-5)
+    # eval re-carves the same two-class test set from the card.
+    ev = json.loads(runner.invoke(app, ["eval", "--model", str(out / "final")]).output)
+    assert ev["accuracy"] == pytest.approx(results["metrics"]["test_accuracy"])
+
+
+def test_train_with_output_activation_round_trips(tmp_path: Path) -> None:
+    out = tmp_path / "oa"
+    res = runner.invoke(app, ["train", "--model", "smallcnn", "--dataset", "digits",
+                              "--output-activation", "sigmoid", "--temperature", "1",
+                              "--epochs", "1", "--optimizer", "adam", "--lr", "0.003",
+                              "--out", str(out), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    card = read_json(out / "final" / "card.json")
+    assert card["defenses"] == [{"type": "output_activation", "f": "sigmoid",
+                                 "temperature": 1.0}]
+    ev = json.loads(runner.invoke(app, ["eval", "--model", str(out / "final")]).output)
+    assert ev["accuracy"] == pytest.approx(read_json(out / "results.json")["metrics"][
+        "test_accuracy"])

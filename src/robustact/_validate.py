@@ -7,6 +7,8 @@ labels, logits or a model calls these first.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -33,9 +35,11 @@ def check_images(x: torch.Tensor, name: str = "x", *, ndim: int | None = 4) -> N
         )
     if x.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
-    if not torch.isfinite(x).all():
+    # One pass: NaN propagates into aminmax and ±inf lands in it, so finite bounds imply finite x.
+    lo_t, hi_t = torch.aminmax(x.detach())
+    lo, hi = float(lo_t), float(hi_t)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"{name} contains NaN or infinite values")
-    lo, hi = float(x.min()), float(x.max())
     if lo < 0.0 or hi > 1.0:
         raise ValueError(
             f"{name} must lie in [0, 1] (robustact models normalise internally), "

@@ -104,21 +104,29 @@ class Square(Attack):
         if todo.numel() == 0 or self.n_queries < 2:
             return x_best, {"queries": queries, "eps": eps}
 
-        signs = torch.randint(0, 2, (todo.numel(), c, 1, w), generator=gen, device=x.device)
-        x_best[todo] = (x[todo] + eps * (2.0 * signs.to(x.dtype) - 1.0)).clamp(0.0, 1.0)
-        loss_best = torch.full((n,), -math.inf, dtype=x.dtype, device=x.device)
-        loss_best[todo], adv = self._objective(view, x_best[todo], label[todo], y[todo],
-                                               None if target is None else target[todo])
-        queries[todo] += 1
-        done[todo] = adv
+        # The search works on compact copies of the still-unbroken samples; a sample leaves
+        # (and is written back) the moment it is broken, so no step gathers from full tensors.
+        idx = todo
+        xa = x[idx]
+        ya, la = y[idx], label[idx]
+        ta = None if target is None else target[idx]
+        signs = torch.randint(0, 2, (idx.numel(), c, 1, w), generator=gen, device=x.device)
+        xb = (xa + eps * (2.0 * signs.to(x.dtype) - 1.0)).clamp(0.0, 1.0)
+        lb, adv = self._objective(view, xb, la, ya, ta)
+        queries[idx] += 1
 
         rows_h = torch.arange(h, device=x.device)
         rows_w = torch.arange(w, device=x.device)
         for it in range(self.n_queries - 2):
-            idx = (~done).nonzero().squeeze(1)
-            if idx.numel() == 0:
-                break
+            if adv.any():  # write back the broken ones and drop them
+                x_best[idx[adv]] = xb[adv]
+                keep = ~adv
+                idx, xa, xb, lb = idx[keep], xa[keep], xb[keep], lb[keep]
+                ya, la = ya[keep], la[keep]
+                ta = None if ta is None else ta[keep]
             m = idx.numel()
+            if m == 0:
+                break
             p = p_schedule(self.p_init, it, self.n_queries)
             s = min(max(int(round(math.sqrt(p * h * w))), 1), h, w)
             vh = torch.randint(0, h - s + 1, (m,), generator=gen, device=x.device)
@@ -126,23 +134,21 @@ class Square(Attack):
             in_h = (rows_h >= vh[:, None]) & (rows_h < vh[:, None] + s)
             in_w = (rows_w >= vw[:, None]) & (rows_w < vw[:, None] + s)
             window = (in_h[:, :, None] & in_w[:, None, :])[:, None]  # (m, 1, h, w)
-            xi, xb = x[idx], x_best[idx]
-            x_new = xb.clone()
-            redraw = torch.ones(m, dtype=torch.bool, device=x.device)
-            for _ in range(_RESAMPLE_TRIES):
-                r = redraw.nonzero().squeeze(1)
-                if r.numel() == 0:
+            sgn = torch.randint(0, 2, (m, c, 1, 1), generator=gen, device=x.device)
+            x_new = torch.where(window, (xa + eps * (2.0 * sgn.to(x.dtype) - 1.0)).clamp(0, 1), xb)
+            same = ~(x_new != xb).flatten(1).any(1)
+            for _ in range(_RESAMPLE_TRIES):  # a draw that changes nothing wastes a query
+                if not bool(same.any()):
                     break
+                r = same.nonzero().squeeze(1)
                 sgn = torch.randint(0, 2, (r.numel(), c, 1, 1), generator=gen, device=x.device)
-                vertex = (xi[r] + eps * (2.0 * sgn.to(x.dtype) - 1.0)).clamp(0.0, 1.0)
+                vertex = (xa[r] + eps * (2.0 * sgn.to(x.dtype) - 1.0)).clamp(0.0, 1.0)
                 x_new[r] = torch.where(window[r], vertex, xb[r])
-                changed = ((x_new[r] - xb[r]).abs() * window[r]).flatten(1).amax(1) > 0
-                redraw[r[changed]] = False
-            loss, adv = self._objective(view, x_new, label[idx], y[idx],
-                                        None if target is None else target[idx])
+                same[r] = ~(x_new[r] != xb[r]).flatten(1).any(1)
+            loss, adv = self._objective(view, x_new, la, ya, ta)
             queries[idx] += 1
-            better = (loss > loss_best[idx]) | adv
-            x_best[idx[better]] = x_new[better]
-            loss_best[idx[better]] = loss[better]
-            done[idx[adv]] = True
+            better = (loss > lb) | adv
+            xb = torch.where(better[:, None, None, None], x_new, xb)
+            lb = torch.where(better, loss, lb)
+        x_best[idx] = xb
         return x_best, {"queries": queries, "eps": eps}
