@@ -97,10 +97,10 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> li
 
     ours: dict[str, tuple[Callable[[], Any], int]] = {
         "raw": (lambda: raw_loop(model, x, y, s), s),
-        "BIM": (lambda: BIM(eps, alpha=alpha, steps=s)(model, x, y), s),
-        "PGD": (lambda: PGD(eps, alpha=alpha, steps=s)(model, x, y), s),
-        "MIM": (lambda: MIM(eps, alpha=alpha, steps=s)(model, x, y), s),
-        "APGD": (lambda: APGD(eps, steps=s)(model, x, y), s),
+        "BIM": (lambda: BIM(eps, alpha=alpha, steps=s, early_stop=False)(model, x, y), s),
+        "PGD": (lambda: PGD(eps, alpha=alpha, steps=s, early_stop=False)(model, x, y), s),
+        "MIM": (lambda: MIM(eps, alpha=alpha, steps=s, early_stop=False)(model, x, y), s),
+        "APGD": (lambda: APGD(eps, steps=s, early_stop=False)(model, x, y), s),
         "FGSM": (lambda: FGSM(eps)(model, x, y), 1),
     }
     ta = {
@@ -130,8 +130,8 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> li
     raw_step = med["raw"] / s
 
     def success_ours(key: str) -> float:
-        atk = {"FGSM": FGSM(eps), "PGD": PGD(eps, alpha=alpha, steps=s),
-               "APGD": APGD(eps, steps=s)}[key]
+        atk = {"FGSM": FGSM(eps), "PGD": PGD(eps, alpha=alpha, steps=s, early_stop=False),
+               "APGD": APGD(eps, steps=s, early_stop=False)}[key]
         return atk(model, x, y).success_rate
 
     def success_theirs(key: str) -> float:

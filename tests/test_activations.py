@@ -129,9 +129,12 @@ def test_splash_offsets_and_init() -> None:
     assert tuple(SPLASH(4, S=5, per_channel=True).a_pos.shape) == (4, 3)
 
 
+# kernel="auto" runs the compiled C++ kernel where it builds (see test_splash_kernel.py), so the
+# SPLASH definition tests below cover both implementations.
+@pytest.mark.parametrize("kernel", ["eager", "auto"])
 @pytest.mark.parametrize("per_channel", [False, True])
-def test_splash_relu_init_is_relu_exactly(per_channel: bool) -> None:
-    m = SPLASH(3, per_channel=per_channel)
+def test_splash_relu_init_is_relu_exactly(per_channel: bool, kernel: str) -> None:
+    m = SPLASH(3, per_channel=per_channel, kernel=kernel)
     x = torch.randn(4, 3, 5, 5, generator=_gen(1)) * 3
     x[0, 0, 0, :3] = torch.tensor([0.0, 2.5 / 3, -2.5])  # exact zero and exact hinges
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
@@ -145,10 +148,11 @@ def test_splash_relu_init_is_relu_exactly(per_channel: bool) -> None:
 
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 10_000), S=st.sampled_from([3, 5, 7]), pc=st.booleans(),
-       scale=st.floats(0.1, 5.0))
-def test_splash_grounded_and_matches_reference(seed: int, S: int, pc: bool, scale: float) -> None:
+       scale=st.floats(0.1, 5.0), kernel=st.sampled_from(["eager", "auto"]))
+def test_splash_grounded_and_matches_reference(seed: int, S: int, pc: bool, scale: float,
+                                               kernel: str) -> None:
     g = _gen(seed)
-    m = SPLASH(3, S=S, per_channel=pc).double().calibrate_(scale)
+    m = SPLASH(3, S=S, per_channel=pc, kernel=kernel).double().calibrate_(scale)
     with torch.no_grad():
         m.a_pos.copy_(torch.randn(m.a_pos.shape, generator=g, dtype=torch.float64))
         m.a_neg.copy_(torch.randn(m.a_neg.shape, generator=g, dtype=torch.float64))
@@ -160,9 +164,10 @@ def test_splash_grounded_and_matches_reference(seed: int, S: int, pc: bool, scal
     assert torch.allclose(y, ref, atol=1e-12, rtol=1e-12)
 
 
+@pytest.mark.parametrize("kernel", ["eager", "auto"])
 @pytest.mark.parametrize("S,per_channel", [(3, False), (5, True), (7, False), (7, True)])
-def test_splash_gradcheck_fused(S: int, per_channel: bool) -> None:
-    m = SPLASH(3, S=S, per_channel=per_channel).double().calibrate_(0.8)
+def test_splash_gradcheck_fused(S: int, per_channel: bool, kernel: str) -> None:
+    m = SPLASH(3, S=S, per_channel=per_channel, kernel=kernel).double().calibrate_(0.8)
     g = _gen(S)
     with torch.no_grad():
         m.a_pos.copy_(torch.randn(m.a_pos.shape, generator=g, dtype=torch.float64))
@@ -180,9 +185,10 @@ def test_splash_gradcheck_fused(S: int, per_channel: bool) -> None:
     assert torch.autograd.gradcheck(f, (x, ap, an))
 
 
-def test_splash_fused_gradients_match_reference_float32() -> None:
+@pytest.mark.parametrize("kernel", ["eager", "auto"])
+def test_splash_fused_gradients_match_reference_float32(kernel: str) -> None:
     g = _gen(3)
-    m = SPLASH(8, per_channel=True)
+    m = SPLASH(8, per_channel=True, kernel=kernel)
     with torch.no_grad():
         m.a_pos.normal_(generator=g)
         m.a_neg.normal_(generator=g)
@@ -207,13 +213,13 @@ def test_splash_fused_saves_only_the_input() -> None:
         return t
 
     counts = {}
-    for fused in (True, False):
+    for fused, kernel in ((True, "eager"), (True, "auto"), (False, "auto")):
         big.clear()
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            SPLASH(4, S=7, fused=fused)(x)
-        counts[fused] = len(big)
-    assert counts[True] == 1  # x itself
-    assert counts[False] >= 8  # the literal sum keeps intermediates of all 8 hinge terms
+            SPLASH(4, S=7, fused=fused, kernel=kernel)(x)
+        counts[fused, kernel] = len(big)
+    assert counts[True, "eager"] == counts[True, "auto"] == 1  # x itself
+    assert counts[False, "auto"] >= 8  # the literal sum keeps intermediates of all 8 hinge terms
 
 
 def test_splash_nan_propagates_and_bad_inputs() -> None:

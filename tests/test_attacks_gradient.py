@@ -233,7 +233,8 @@ def test_pgd_l2_reaches_eps_times_unit_gradient() -> None:
 def test_pgd_early_stop_freezes_at_first_adversarial_iterate() -> None:
     model = one_pixel_model(0.5)
     x, y = pixels(0.205), torch.tensor([0])
-    late = PGD(0.5, alpha=0.01, steps=100, random_start=False)(model, x, y)
+    late = PGD(0.5, alpha=0.01, steps=100, random_start=False, early_stop=False)(
+        model, x, y)
     early = PGD(0.5, alpha=0.01, steps=100, random_start=False, early_stop=True)(model, x, y)
     assert abs(float(late.x_adv) - 0.705) < 1e-9  # kept iterating up to the ε-ball edge
     assert abs(float(early.x_adv) - 0.505) < 1e-9  # 30 steps of 0.01: first point past 0.5
@@ -296,7 +297,7 @@ def test_mim_momentum_matches_a_hand_written_recursion() -> None:
         grad, = torch.autograd.grad(F.cross_entropy(model(xa), y, reduction="sum"), xa)
         acc = mu * acc + grad / grad.abs().sum(dim=(1, 2, 3), keepdim=True)
         xa = torch.min(torch.max(xa.detach() + alpha * acc.sign(), x - eps), x + eps).clamp(0, 1)
-    r = MIM(eps, alpha=alpha, steps=5, decay=mu)(model, x, y)
+    r = MIM(eps, alpha=alpha, steps=5, decay=mu, early_stop=False)(model, x, y)
     assert torch.allclose(r.x_adv, xa, atol=1e-12)
 
 

@@ -142,7 +142,7 @@ def test_deepfool_l2_hand_example() -> None:
     # r = 0.2001 / 2 · w; x_adv = x + 1.02 r = (0.497949, 0.502051, 0.5, 0.5).
     model = affine(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]))
     x = torch.tensor([[[[0.6, 0.4], [0.5, 0.5]]]])
-    res = DeepFool("l2")(model, x, torch.tensor([0]))
+    res = DeepFool("l2", refine=0)(model, x, torch.tensor([0]))
     expected = torch.tensor([[[[0.497949, 0.502051], [0.5, 0.5]]]])
     torch.testing.assert_close(res.x_adv, expected, atol=1e-6, rtol=0)
     assert res.success.item() and res.info["mean_steps"] == 1.0
@@ -154,7 +154,7 @@ def test_deepfool_linf_hand_example() -> None:
     # r = 0.8001 / 3 · sign(w); x_adv = x + 1.02 r = (0.327966, 0.672034, 0.5, 0.5).
     model = affine(torch.tensor([[2.0, 0, 0, 0], [0, 1.0, 0, 0]]))
     x = torch.tensor([[[[0.6, 0.4], [0.5, 0.5]]]])
-    res = DeepFool("linf")(model, x, torch.tensor([0]))
+    res = DeepFool("linf", refine=0)(model, x, torch.tensor([0]))
     expected = torch.tensor([[[[0.327966, 0.672034], [0.5, 0.5]]]])
     torch.testing.assert_close(res.x_adv, expected, atol=1e-6, rtol=0)
     assert res.success.item() and res.norms.item() == pytest.approx(0.272034, rel=1e-5)
@@ -165,7 +165,7 @@ def test_deepfool_is_exact_on_affine_multiclass(norm: str) -> None:
     model = random_affine(1, k=5)
     x = mid_images(2, 12)
     y = predict(model, x)
-    res = DeepFool(norm)(model, x, y)
+    res = DeepFool(norm, refine=0)(model, x, y)  # the published algorithm
     fk, qk = closed_form(model, x, y, norm)
     assert bool(((res.x_adv > 0) & (res.x_adv < 1)).all()), "precondition: nothing clipped"
     assert res.info["mean_steps"] == 1.0
@@ -174,6 +174,35 @@ def test_deepfool_is_exact_on_affine_multiclass(norm: str) -> None:
     # optimal up to the overshoot: no adversarial example is closer than |f|/‖w‖_q
     assert bool((res.norms >= fk / qk).all())
     assert bool((predict(model, res.x_adv) != y).all()) and bool(res.success.all())
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_deepfool_refinement_removes_the_overshoot_on_affine_models(norm: str) -> None:
+    # On an affine model the published point overshoots the exact minimum |f|/‖w‖_q by 2 %;
+    # the refinement must land between the exact minimum and 1 % above it, still adversarial.
+    model = random_affine(1, k=5)
+    x = mid_images(2, 12)
+    y = predict(model, x)
+    plain = DeepFool(norm, refine=0)(model, x, y)
+    refined = DeepFool(norm)(model, x, y)
+    fk, qk = closed_form(model, x, y, norm)
+    exact = fk / qk
+    assert bool(refined.success.all())
+    assert bool((predict(model, refined.x_adv) != y).all())
+    assert bool((refined.norms >= exact * (1 - 1e-5)).all())  # nothing beats the true minimum
+    assert bool((refined.norms <= plain.norms).all())
+    assert bool((refined.norms <= exact * 1.01 + 2 * NUDGE / qk).all())
+
+
+def test_deepfool_refinement_never_grows_a_perturbation(tiny) -> None:
+    model, x, y = tiny
+    for norm in ("l2", "linf"):
+        plain = DeepFool(norm, refine=0)(model, x, y)
+        refined = DeepFool(norm, refine=2)(model, x, y)
+        assert torch.equal(refined.success, plain.success)
+        assert bool((refined.norms <= plain.norms + 1e-6).all())
+        assert bool((predict(model, refined.x_adv) != y)[refined.success].all())
+        assert float(refined.x_adv.min()) >= 0.0 and float(refined.x_adv.max()) <= 1.0
 
 
 def test_deepfool_step_direction_is_the_boundary_normal() -> None:
@@ -198,7 +227,7 @@ def test_deepfool_candidates_restrict_the_search() -> None:
     model = random_affine(5, k=6)
     x = mid_images(6, 10)
     y = predict(model, x)
-    res = DeepFool("l2", candidates=2)(model, x, y)  # only the runner-up class
+    res = DeepFool("l2", candidates=2, refine=0)(model, x, y)  # only the runner-up class
     z = model(x).detach()
     k = z.scatter(1, y[:, None], -math.inf).argmax(1)
     rows = torch.arange(10)
@@ -277,6 +306,10 @@ def test_deepfool_refuses_targets_and_bad_settings() -> None:
         DeepFool(candidates=1)
     with pytest.raises(ValueError, match="overshoot"):
         DeepFool(overshoot=-0.1)
+    with pytest.raises(ValueError, match="refine"):
+        DeepFool(refine=-1)
+    with pytest.raises(ValueError, match="bisect"):
+        DeepFool(bisect=0)
     with pytest.raises(TypeError, match="box_aware"):
         DeepFool(box_aware=1)  # type: ignore[arg-type]
 

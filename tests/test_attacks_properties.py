@@ -196,6 +196,25 @@ def test_train_mode_refused_unless_forced(name: str) -> None:
     assert model.training
 
 
+def test_a_submodule_left_in_train_mode_counts_as_train_mode() -> None:
+    # An eval model with one dropout switched back on would give random, irreproducible
+    # results; force_eval must restore the exact mixed state afterwards.
+    model = nn.Sequential(make_model(1), nn.Dropout(0.5)).eval()
+    model[1].train()
+    x, y, _ = make_data(3, 3)
+    with pytest.raises(ValueError, match="1 of its submodules is in train mode"):
+        PGD(0.1, steps=2)(model, x, y)
+    PGD(0.1, steps=2, force_eval=True)(model, x, y)
+    assert [m.training for m in model.modules()] == [
+        False, False, False, False, False, False, True]
+    wrapped = with_bpda(model, strict=False)
+    wrapped.train()
+    model[0].eval()
+    before = [m.training for m in wrapped.modules()]
+    PGD(0.1, steps=2, force_eval=True)(wrapped, x, y)
+    assert [m.training for m in wrapped.modules()] == before
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_bad_inputs_fail_clearly(name: str) -> None:
     factory, _ = ATTACKS[name]
@@ -215,6 +234,17 @@ def test_bad_inputs_fail_clearly(name: str) -> None:
         attack(model, x[0], y)
     with pytest.raises(ValueError, match="target equals"):
         attack(model, x, y, target=y)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_probabilities_instead_of_logits_are_refused(name: str) -> None:
+    # The output is validated on the attack's first forward pass (no separate probe pass),
+    # so the error must still come before any loss has been computed on softmax outputs.
+    factory, _ = ATTACKS[name]
+    attack, model = factory(0.1, 0), make_model(1)
+    x, y, _ = make_data(4, 3)
+    with pytest.raises(ValueError, match="probabilities"):
+        attack(nn.Sequential(model, nn.Softmax(dim=1)).eval(), x, y)
 
 
 @pytest.mark.parametrize("make", [

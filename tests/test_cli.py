@@ -104,6 +104,21 @@ def test_attack_rejects_unknown_parameter(trained: Path, tmp_path: Path) -> None
     assert "does not take eps" in res.output
 
 
+def test_attack_passes_extra_parameters(trained: Path, tmp_path: Path) -> None:
+    base = ["attack", "--model", str(trained / "final"), "--attack", "pgd", "--eps", "0.1",
+            "--steps", "3", "--n", "8", "--no-progress"]
+    res = runner.invoke(app, base + ["--param", "early_stop=false", "--param", "seed=3",
+                                     "--out", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["attack_config"]["early_stop"] is False
+    assert summary["attack_config"]["seed"] == 3
+    res = runner.invoke(app, base + ["--param", "early_stopp=false", "--out", str(tmp_path / "b")])
+    assert res.exit_code == 2 and "does not take early_stopp" in res.output
+    res = runner.invoke(app, base + ["--param", "nonsense", "--out", str(tmp_path / "c")])
+    assert res.exit_code == 2 and "KEY=VALUE" in res.output
+
+
 def test_missing_mnist_names_the_folder(tmp_path: Path) -> None:
     res = runner.invoke(app, ["train", "--dataset", "mnist", "--data-root", str(tmp_path),
                               "--out", str(tmp_path / "x"), "--no-progress"])

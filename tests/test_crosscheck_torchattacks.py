@@ -52,7 +52,7 @@ def test_fgsm_matches(seed: int, eps: float) -> None:
 @pytest.mark.parametrize("eps,alpha,steps", [(8 / 255, 2 / 255, 10), (0.1, 0.01, 20)])
 def test_pgd_linf_matches(seed: int, eps: float, alpha: float, steps: int) -> None:
     model, x, y = model_and_data(seed)
-    ours = PGD(eps, alpha=alpha, steps=steps, random_start=False)(model, x, y)
+    ours = PGD(eps, alpha=alpha, steps=steps, random_start=False, early_stop=False)(model, x, y)
     theirs = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=False)(x, y)
     close(ours.x_adv, theirs)
 
@@ -63,7 +63,8 @@ def test_pgd_l2_matches(seed: int) -> None:
     # our definition, up to the 1e-10 guard (set to ~0 here).
     model, x, y = model_and_data(seed)
     eps, alpha, steps = 0.5, 0.1, 10
-    ours = PGD(eps, alpha=alpha, steps=steps, norm="l2", random_start=False)(model, x, y)
+    ours = PGD(eps, alpha=alpha, steps=steps, norm="l2", random_start=False,
+               early_stop=False)(model, x, y)
     theirs = torchattacks.PGDL2(model, eps=eps, alpha=alpha, steps=steps, random_start=False,
                                 eps_for_division=1e-300)(x, y)
     close(ours.x_adv, theirs)
@@ -73,7 +74,8 @@ def test_pgd_l2_matches(seed: int) -> None:
 def test_targeted_pgd_matches(seed: int) -> None:
     model, x, y = model_and_data(seed)
     t = (y + 3) % 10
-    ours = PGD(0.1, alpha=0.01, steps=10, random_start=False)(model, x, y, target=t)
+    ours = PGD(0.1, alpha=0.01, steps=10, random_start=False, early_stop=False)(
+        model, x, y, target=t)
     atk = torchattacks.PGD(model, eps=0.1, alpha=0.01, steps=10, random_start=False)
     atk.set_mode_targeted_by_function(lambda images, labels: (labels + 3) % 10, quiet=True)
     close(ours.x_adv, atk(x, y))
@@ -82,7 +84,7 @@ def test_targeted_pgd_matches(seed: int) -> None:
 @pytest.mark.parametrize("seed", [0, 1])
 def test_bim_matches(seed: int) -> None:
     model, x, y = model_and_data(seed)
-    ours = BIM(8 / 255, alpha=1 / 255, steps=10)(model, x, y)
+    ours = BIM(8 / 255, alpha=1 / 255, steps=10, early_stop=False)(model, x, y)
     theirs = torchattacks.BIM(model, eps=8 / 255, alpha=1 / 255, steps=10)(x, y)
     close(ours.x_adv, theirs)
 
@@ -92,6 +94,6 @@ def test_mim_matches(seed: int) -> None:
     # torchattacks divides by mean|∇| instead of ‖∇‖₁ = d·mean|∇|: every accumulated term is
     # scaled by the same d, so the sign of the momentum, hence each step, is the same.
     model, x, y = model_and_data(seed)
-    ours = MIM(8 / 255, alpha=2 / 255, steps=10, decay=1.0)(model, x, y)
+    ours = MIM(8 / 255, alpha=2 / 255, steps=10, decay=1.0, early_stop=False)(model, x, y)
     theirs = torchattacks.MIFGSM(model, eps=8 / 255, alpha=2 / 255, steps=10, decay=1.0)(x, y)
     close(ours.x_adv, theirs)

@@ -81,9 +81,10 @@ def check_logits(z: torch.Tensor, n: int | None = None, name: str = "logits") ->
         zd = z.detach()
         rows_sum_to_one = torch.allclose(zd.sum(1), torch.ones_like(zd[:, 0]), atol=1e-4)
         # Exactly one-hot rows are not evidence of a softmax: a saturated bounded output
-        # activation (sigmoid(T·z) at high T) legitimately produces them.
-        one_hot = bool(((zd == 0) | (zd == 1)).all())
-        if rows_sum_to_one and not one_hot and bool((zd >= 0).all()) and bool((zd <= 1).all()):
+        # activation (sigmoid(T·z) at high T) legitimately produces them. (Checked only when
+        # the rows sum to one: raw logits almost never do, so the common case is one pass.)
+        if (rows_sum_to_one and not bool(((zd == 0) | (zd == 1)).all())
+                and bool((zd >= 0).all()) and bool((zd <= 1).all())):
             raise ValueError(
                 f"{name} look like probabilities (non-negative rows summing to 1); "
                 "robustact expects raw logits: remove the final softmax from the model"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -185,6 +185,9 @@ def attack(
         help="Compute the loss on this submodule's output (e.g. base).")] = None,
     bpda: Annotated[bool, typer.Option(
         help="Backward through substitutes: JumpReLU→ReLU, output activation→identity.")] = False,
+    param: Annotated[list[str] | None, typer.Option(
+        "--param", help="Any other attack parameter as KEY=VALUE (repeatable), e.g. "
+                        "early_stop=false, refine=0, n_queries=1000.")] = None,
     n: Annotated[int, typer.Option(help="Attack the first N examples.")] = 500,
     split: str = "test",
     batch_size: int = 250,
@@ -200,6 +203,7 @@ def attack(
               "loss": loss, "logits_from": logits_from}
     params = {k: v for k, v in params.items() if v is not None}
     try:
+        params.update(_parse_params(param or []))
         summary = attack_checkpoint(model, attack, params, out=out, split=split, n=n,
                                     batch_size=batch_size, bpda=bpda, data_root=data_root,
                                     progress=progress)
@@ -208,6 +212,32 @@ def attack(
         return
     summary.pop("environment", None)
     _echo_json(summary)
+
+
+def _parse_params(items: list[str]) -> dict[str, Any]:
+    """``["steps=40", "early_stop=false"]`` → ``{"steps": 40, "early_stop": False}``.
+
+    Values are read as bool (true/false), int, float, then string; the attack itself checks
+    names and types, so a typo fails with the list of parameters it accepts.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ValueError(f"--param expects KEY=VALUE, got {item!r}")
+        value: Any = raw.strip()
+        if value.lower() in ("true", "false"):
+            value = value.lower() == "true"
+        else:
+            for kind in (int, float):
+                try:
+                    value = kind(value)
+                    break
+                except ValueError:
+                    continue
+        out[key] = value
+    return out
 
 
 def main() -> None:

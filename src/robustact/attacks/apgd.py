@@ -11,7 +11,8 @@ model, and defenses that flatten or rescale the loss make that easy. APGD remove
   previous checkpoint increased the loss, or (2) η was not reduced at the previous checkpoint and
   the best loss has not improved since then; a sample whose η is halved restarts from its best
   (highest-loss) point;
-- it returns, per sample, an adversarial iterate if one was met, else the highest-loss point.
+- it returns, per sample, an adversarial iterate if one was met, else the highest-loss point;
+  a sample leaves the batch at its first adversarial iterate (per-sample early stop).
 
 Restarts (random starts in the ε-ball) run only on samples not broken yet. With ``loss="dlr"``
 (scale-invariant) it is APGD-DLR, the adaptive choice against logit-rescaling defenses.
@@ -67,6 +68,9 @@ class APGD(Attack):
         restarts: random restarts, each only on samples not yet adversarial.
         rho: fraction of loss-increasing steps below which the step size is halved (0.75).
         momentum: α of the momentum update (0.75).
+        early_stop: drop a sample from the batch at its first adversarial iterate (its result
+            is that iterate either way; False only makes every sample pay for every step, which
+            is what a per-step cost benchmark needs).
         seed: seed of the random starts.
     """
 
@@ -74,8 +78,9 @@ class APGD(Attack):
 
     def __init__(self, eps: float, *, norm: str = "linf", steps: int = 100,
                  loss: str | AttackLoss = "ce", restarts: int = 1, rho: float = 0.75,
-                 momentum: float = 0.75, logits_from: str | None = None,
-                 force_eval: bool = False, seed: int = 0) -> None:
+                 momentum: float = 0.75, early_stop: bool = True,
+                 logits_from: str | None = None, force_eval: bool = False,
+                 seed: int = 0) -> None:
         super().__init__(loss=loss, logits_from=logits_from, force_eval=force_eval, seed=seed)
         self.eps = check_eps(eps)
         self.norm = check_norm(norm)
@@ -85,52 +90,90 @@ class APGD(Attack):
         self.momentum = check_eps(momentum, "momentum")
         if self.rho > 1 or self.momentum > 1:
             raise ValueError(f"rho and momentum must lie in [0, 1], got {rho} and {momentum}")
+        self.early_stop = bool(early_stop)
 
     def _run(self, view: LogitsView, x: torch.Tensor, y: torch.Tensor,
              target: torch.Tensor | None, x0: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One APGD run from ``x0``: returns (x_result, found_adversarial, best_loss)."""
+        """One APGD run from ``x0``: returns (x_result, found_adversarial, best_loss).
+
+        A sample leaves the batch as soon as one of its iterates is adversarial: its result is
+        that iterate whatever happens later, and every quantity of the step-size schedule is
+        per sample, so the samples left are unaffected (eval mode: samples are independent).
+        """
         n = x.shape[0]
         shape = (n,) + (1,) * (x.ndim - 1)
         checkpoints = set(apgd_checkpoints(self.steps))
-        eta = torch.full(shape, 2.0 * self.eps, dtype=x.dtype, device=x.device)
-        losses = torch.empty(self.steps + 1, n, dtype=x.dtype, device=x.device)
 
         x_cur = x0
         loss, grad, logits = loss_and_grad(view, x_cur, self.loss_fn, y, target)
         assert grad is not None
+        found = self.is_adversarial(logits, y, target)
+        result = torch.where(found.view(shape), x_cur, x0)  # filled in as samples finish
+        best_loss = loss.clone()
+        # Working state on the samples still unbroken (compacted as samples finish).
+        act = (~found).nonzero().squeeze(1)
+        if act.numel() == 0:
+            return result, found, best_loss
+        xs, ys = x[act], y[act]
+        ts = None if target is None else target[act]
+        x_cur, grad, loss = x_cur[act], grad[act], loss[act]
+        m = act.numel()
+        sh = (m,) + shape[1:]
+        eta = torch.full(sh, 2.0 * self.eps, dtype=x.dtype, device=x.device)
+        losses = torch.empty(self.steps + 1, m, dtype=x.dtype, device=x.device)
         losses[0] = loss
         x_max, f_max, grad_max = x_cur.clone(), loss.clone(), grad.clone()
-        found = self.is_adversarial(logits, y, target)
-        x_found = x_cur.clone()
         x_prev = x_cur
         last_w, f_max_at_last_w = 0, f_max.clone()
-        reduced_last = torch.zeros(n, dtype=torch.bool, device=x.device)
+        reduced_last = torch.zeros(m, dtype=torch.bool, device=x.device)
 
         for k in range(self.steps):
             z = clip_to_box(x_cur + normalize_direction(grad, self.norm).mul_(eta),
-                            x, self.eps, self.norm)
+                            xs, self.eps, self.norm)
             if k == 0:
                 x_new = z
             else:
                 a = self.momentum
                 x_new = clip_to_box(x_cur + a * (z - x_cur) + (1.0 - a) * (x_cur - x_prev),
-                                    x, self.eps, self.norm)
+                                    xs, self.eps, self.norm)
             x_prev, x_cur = x_cur, x_new
             need_grad = k < self.steps - 1  # the last point only needs its loss
-            loss, g_new, logits = loss_and_grad(view, x_cur, self.loss_fn, y, target,
+            loss, g_new, logits = loss_and_grad(view, x_cur, self.loss_fn, ys, ts,
                                                 need_grad=need_grad)
             losses[k + 1] = loss
-            adv = self.is_adversarial(logits, y, target)
-            x_found = torch.where(adv.view(shape), x_cur, x_found)
-            found |= adv
             better = loss > f_max
-            x_max = torch.where(better.view(shape), x_cur, x_max)
+            x_max = torch.where(better.view(-1, *sh[1:]), x_cur, x_max)
             f_max = torch.where(better, loss, f_max)
+            best_loss[act] = f_max
+            adv = self.is_adversarial(logits, ys, ts)
             if g_new is None:
-                break
+                new_hit = adv & ~found[act]
+                done = found[act] | adv
+                result[act] = torch.where(new_hit.view(-1, *sh[1:]), x_cur,
+                                          torch.where(found[act].view(-1, *sh[1:]),
+                                                      result[act], x_max))
+                found[act] = done
+                return result, found, best_loss
             grad = g_new
-            grad_max = torch.where(better.view(shape), grad, grad_max)
+            grad_max = torch.where(better.view(-1, *sh[1:]), grad, grad_max)
+            if not self.early_stop:  # full work (benchmarks): record first hits, keep going
+                adv = adv & ~found[act]
+                result[act[adv]] = x_cur[adv]
+                found[act[adv]] = True
+            elif bool(adv.any()):
+                result[act[adv]] = x_cur[adv]
+                found[act[adv]] = True
+                keep = ~adv
+                if not bool(keep.any()):
+                    return result, found, best_loss
+                act, xs, ys = act[keep], xs[keep], ys[keep]
+                ts = None if ts is None else ts[keep]
+                x_cur, x_prev, grad = x_cur[keep], x_prev[keep], grad[keep]
+                x_max, f_max, grad_max = x_max[keep], f_max[keep], grad_max[keep]
+                eta, losses = eta[keep], losses[:, keep]
+                f_max_at_last_w, reduced_last = f_max_at_last_w[keep], reduced_last[keep]
+                sh = (act.numel(),) + shape[1:]
 
             t = k + 1
             if t in checkpoints and t < self.steps:
@@ -138,12 +181,14 @@ class APGD(Attack):
                 cond1 = increased < self.rho * (t - last_w)
                 cond2 = ~reduced_last & (f_max <= f_max_at_last_w)
                 reduce = cond1 | cond2
-                rs = reduce.view(shape)
+                rs = reduce.view(-1, *sh[1:])
                 eta = torch.where(rs, eta * 0.5, eta)
                 x_cur = torch.where(rs, x_max, x_cur)
                 grad = torch.where(rs, grad_max, grad)
                 reduced_last, f_max_at_last_w, last_w = reduce, f_max.clone(), t
-        return torch.where(found.view(shape), x_found, x_max), found, f_max
+        unfound = act[~found[act]]
+        result[unfound] = x_max[~found[act]]
+        return result, found, best_loss
 
     def perturb(self, view: LogitsView, x: torch.Tensor, y: torch.Tensor,
                 target: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, Any]]:

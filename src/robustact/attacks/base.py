@@ -17,7 +17,7 @@ final success / norm computation.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,8 +35,8 @@ NORMS = ("linf", "l2", "l1", "l0")
 def lp_norms(delta: torch.Tensor, norm: str) -> torch.Tensor:
     """Per-sample norm of a perturbation batch (N, ...)."""
     flat = delta.flatten(1)
-    if norm == "linf":
-        return flat.abs().amax(1)
+    if norm == "linf":  # one fused reduction, no |δ| temporary
+        return torch.linalg.vector_norm(flat, float("inf"), dim=1)
     if norm == "l2":
         return flat.norm(p=2, dim=1)
     if norm == "l1":
@@ -88,9 +88,13 @@ class LogitsView:
     judged on the defended model's output.
     """
 
-    def __init__(self, model: nn.Module, layer: str | None = None) -> None:
+    def __init__(self, model: nn.Module, layer: str | None = None,
+                 check: Callable[[torch.Tensor], None] | None = None) -> None:
         self.model = model
         self.layer = layer
+        # Run once, on the logits of the first call: validating the model's output on the
+        # forward pass the attack needs anyway costs nothing extra (no probe pass).
+        self._check = check
         self._module: nn.Module | None = None
         if layer is not None:
             try:
@@ -103,6 +107,13 @@ class LogitsView:
                 ) from e
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        zl, z = self._forward(x)
+        if self._check is not None:
+            check, self._check = self._check, None
+            check(z.detach())
+        return zl, z
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self._module is None:
             z = self.model(x)
             return z, z
@@ -120,23 +131,34 @@ class LogitsView:
 
 @contextlib.contextmanager
 def prepared_model(model: nn.Module, force_eval: bool = False) -> Iterator[nn.Module]:
-    """Eval mode required (or forced and restored); parameter gradients off, then restored."""
-    was_training = model.training
-    if was_training and not force_eval:
+    """Eval mode required (or forced and restored); parameter gradients off, then restored.
+
+    "Train mode" means any submodule in train mode (a dropout layer switched back on inside an
+    eval model counts). Only what changes is touched and restored, module by module: calling
+    ``Module.train`` walks and re-sets every submodule, a measurable share of a one-step attack
+    on a small batch.
+    """
+    states = [(m, m.training) for m in model.modules()]
+    in_training = [m for m, mode in states if mode]
+    if in_training and not force_eval:
+        where = "the model" if model.training else f"{len(in_training)} of its submodules"
         raise ValueError(
-            "the model is in train mode; call model.eval() before attacking it, or pass "
+            f"{where} is in train mode; call model.eval() before attacking it, or pass "
             "force_eval=True to let the attack switch it to eval mode and back"
         )
-    flags = [(p, p.requires_grad) for p in model.parameters()]
+    trainable = [p for p in model.parameters() if p.requires_grad]
     try:
-        model.eval()
-        for p, _ in flags:
+        if in_training:
+            model.eval()
+        for p in trainable:
             p.requires_grad_(False)
         yield model
     finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(was_training)
+        for p in trainable:
+            p.requires_grad_(True)
+        if in_training:  # root first, so a wrapper that forwards its mode is overridden below
+            for m, mode in states:
+                m.training = mode
 
 
 class Attack:
@@ -198,20 +220,24 @@ class Attack:
             if bool((target == y).any()):
                 raise ValueError("target equals the true label for some samples")
         x = x.detach()
-        with prepared_model(model, self.force_eval):
-            with torch.no_grad():
-                z0 = model(x[:2])
-            check_logits(z0, name="model output")
-            k = z0.shape[1]
-            check_labels(y, x.shape[0], num_classes=k)
+
+        def check_output(z: torch.Tensor) -> None:
+            # The model's output and the labels against its class count, checked on the first
+            # forward pass of the attack (before any loss reads the labels).
+            check_logits(z, name="model output")
+            check_labels(y, x.shape[0], num_classes=z.shape[1])
             if target is not None:
-                check_labels(target, x.shape[0], num_classes=k, name="target")
-            view = LogitsView(model, self.logits_from)
+                check_labels(target, x.shape[0], num_classes=z.shape[1], name="target")
+
+        with prepared_model(model, self.force_eval):
+            view = LogitsView(model, self.logits_from, check=check_output)
             out = self.perturb(view, x, y, target)
             x_adv, info = out if isinstance(out, tuple) else (out, {})
             x_adv = x_adv.detach().clamp(0.0, 1.0)
             with torch.no_grad():
                 logits = model(x_adv)
+            if view._check is not None:  # the search never called the model (e.g. ε = 0)
+                check_output(logits)
         success = self.is_adversarial(logits, y, target)
         queries = info.pop("queries", None)
         return AttackResult(x_adv=x_adv, success=success, norms=lp_norms(x_adv - x, self.norm),

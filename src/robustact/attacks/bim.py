@@ -22,13 +22,14 @@ __all__ = ["BIM", "IFGSM"]
 class BIM(PGD):
     """Basic iterative method: ``steps`` projected sign-gradient steps of size ``alpha`` from x.
 
-    ``early_stop=True`` freezes each sample at its first adversarial iterate.
+    ``early_stop=True`` (default) freezes each sample at its first adversarial iterate;
+    ``early_stop=False`` returns the final iterate, as Kurakin et al. and torchattacks do.
     """
 
     name = "bim"
 
     def __init__(self, eps: float, alpha: float | None = None, steps: int | None = None, *,
-                 loss: str | AttackLoss = "ce", early_stop: bool = False,
+                 loss: str | AttackLoss = "ce", early_stop: bool = True,
                  logits_from: str | None = None, force_eval: bool = False,
                  seed: int = 0) -> None:
         eps = check_eps(eps)

@@ -118,44 +118,54 @@ class CarliniWagnerL2(Attack):
         for _ in range(self.binary_search_steps):
             if not self.warm_start:
                 w = w0.clone()
-            # Adam, written out per sample so samples that stall can leave the batch.
+            found = torch.zeros(n, dtype=torch.bool, device=x.device)
+            # Adam, written out per sample on compact copies of the samples still running, so
+            # samples that stall leave the batch (written back) and cost nothing more.
+            ids = torch.arange(n, device=x.device)
+            wa, xa, la, ya, ca = w, x, label, y, c
+            ta = target
             mom = torch.zeros_like(w)
             vel = torch.zeros_like(w)
-            found = torch.zeros(n, dtype=torch.bool, device=x.device)
-            running = torch.ones(n, dtype=torch.bool, device=x.device)
             prev = torch.full_like(c, float("inf"))
             for step in range(self.steps):
-                idx = running.nonzero().squeeze(1)
-                if idx.numel() == 0:
-                    break
-                wi = w[idx].requires_grad_(True)
+                wi = wa.detach().requires_grad_(True)
                 with torch.enable_grad():
                     x_new = _from_tanh_space(wi)
-                    l2sq = (x_new - x[idx]).flatten(1).square().sum(1)
+                    l2sq = (x_new - xa).flatten(1).square().sum(1)
                     zl, z = view(x_new)
-                    margin = self._margin(zl, label[idx], targeted)
-                    loss = l2sq + c[idx] * torch.clamp(-margin, min=-self.kappa)
+                    margin = self._margin(zl, la, targeted)
+                    loss = l2sq + ca * torch.clamp(-margin, min=-self.kappa)
                     (grad,) = torch.autograd.grad(loss.sum(), wi)
-                evaluations += idx.numel()
+                evaluations += ids.numel()
                 with torch.no_grad():
                     # Judge the iterate that produced these logits (before the update).
-                    ok = (margin >= self.kappa) & self.is_adversarial(
-                        z, y[idx], None if target is None else target[idx])
+                    ok = (margin >= self.kappa) & self.is_adversarial(z, ya, ta)
                     l2 = l2sq.sqrt()
-                    better = ok & (l2 < best_l2[idx])
-                    best_l2[idx[better]] = l2[better]
-                    best_adv[idx[better]] = x_new[better]
-                    found[idx[ok]] = True
+                    better = ok & (l2 < best_l2[ids])
+                    if bool(better.any()):
+                        best_l2[ids[better]] = l2[better]
+                        best_adv[ids[better]] = x_new[better]
+                    found[ids[ok]] = True
                     t = step + 1
-                    mom[idx] = b1 * mom[idx] + (1 - b1) * grad
-                    vel[idx] = b2 * vel[idx] + (1 - b2) * grad.square()
-                    m_hat = mom[idx] / (1 - b1**t)
-                    v_hat = vel[idx] / (1 - b2**t)
-                    w[idx] = wi.detach() - self.lr * m_hat / (v_hat.sqrt() + _ADAM_EPS)
+                    mom.mul_(b1).add_(grad, alpha=1 - b1)
+                    vel.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+                    step_size = self.lr / (1 - b1**t)
+                    denom = (vel / (1 - b2**t)).sqrt_().add_(_ADAM_EPS)
+                    wa = wi.detach().addcdiv(mom, denom, value=-step_size)
                     if self.abort_early and step % check_every == 0:
-                        stalled = loss > prev[idx] * 0.9999
-                        running[idx[stalled]] = False
-                        prev[idx] = loss
+                        stalled = loss > prev * 0.9999
+                        prev = loss.detach()
+                        if bool(stalled.any()):
+                            w[ids[stalled]] = wa[stalled]
+                            keep = ~stalled
+                            if not bool(keep.any()):
+                                break
+                            ids, wa, xa, la, ya, ca = (ids[keep], wa[keep], xa[keep], la[keep],
+                                                       ya[keep], ca[keep])
+                            ta = None if ta is None else ta[keep]
+                            mom, vel, prev = mom[keep], vel[keep], prev[keep]
+            else:  # the round ran out of steps: write back the samples still running
+                w[ids] = wa
             # Binary search on c, per sample.
             upper = torch.where(found, torch.minimum(upper, c), upper)
             lower = torch.where(found, lower, torch.maximum(lower, c))

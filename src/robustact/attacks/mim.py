@@ -33,14 +33,14 @@ class MIM(PGD):
     Args:
         eps: budget; alpha: step (default ``eps / steps``); steps: iterations;
         decay: momentum factor μ (μ = 0 gives BIM: sign(∇/‖∇‖₁) = sign(∇));
-        norm: "linf" or "l2"; early_stop: freeze samples once adversarial.
+        norm: "linf" or "l2"; early_stop: freeze samples once adversarial (default).
     """
 
     name = "mim"
 
     def __init__(self, eps: float, alpha: float | None = None, steps: int = 10,
                  decay: float = 1.0, *, norm: str = "linf", loss: str | AttackLoss = "ce",
-                 early_stop: bool = False, logits_from: str | None = None,
+                 early_stop: bool = True, logits_from: str | None = None,
                  force_eval: bool = False, seed: int = 0) -> None:
         eps = check_eps(eps)
         if alpha is None:

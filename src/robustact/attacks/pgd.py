@@ -2,15 +2,18 @@
 
 Each step moves by ``alpha`` along the steepest-ascent direction of the loss for the threat
 model (sign of the gradient for L∞, the normalised gradient for L2), then projects back onto the
-ε-ball around x and the [0, 1] box. Within one run the result is the *final* iterate (the
-standard protocol, and what other libraries return, so results can be cross-checked). Across
-restarts the attack keeps, per sample, the first restart whose final point is adversarial, or
-else the one with the highest loss; later restarts only run on samples still unbroken.
+ε-ball around x and the [0, 1] box.
 
-``early_stop=True`` freezes each sample at the first iterate that is adversarial (judged on the
-real model output), so the perturbation found is not pushed further than needed; the batch
-shrinks as samples finish. BIM and the JumpReLU paper's I-FGSM (``bim.py``) are this loop with
-other defaults.
+Per-sample early stopping is on by default (``early_stop=True``): a sample is frozen at its
+first iterate that is adversarial (judged on the real model output of the forward pass the step
+needed anyway) and leaves the batch, so the perturbation is not pushed further than needed and
+broken samples stop costing gradient evaluations. It can only raise the success rate: the
+standard protocol's *final* iterate may have left the adversarial region again.
+``early_stop=False`` returns the final iterate, like other libraries (the cross-checks against
+torchattacks use it) and makes every sample pay for every step (per-step cost benchmarks).
+Across restarts the attack keeps, per sample, the first restart whose result is adversarial, or
+else the one with the highest loss; later restarts only run on samples still unbroken. BIM and
+the JumpReLU paper's I-FGSM (``bim.py``) are this loop with other defaults.
 """
 
 from __future__ import annotations
@@ -50,7 +53,8 @@ class PGD(Attack):
         random_start: start each restart from a uniform point of the ε-ball.
         restarts: number of runs; > 1 needs ``random_start=True`` (else all runs coincide).
         loss: "ce", "margin" or "dlr" (or a callable ``(z, y, targeted) -> (N,)``).
-        early_stop: freeze a sample as soon as it is adversarial.
+        early_stop: freeze a sample as soon as it is adversarial (default; False returns the
+            final iterate).
         logits_from, force_eval, seed: see :class:`~robustact.attacks.base.Attack`.
     """
 
@@ -58,7 +62,7 @@ class PGD(Attack):
 
     def __init__(self, eps: float | None, alpha: float | None = None, steps: int = 10, *,
                  norm: str = "linf", random_start: bool = True, restarts: int = 1,
-                 loss: str | AttackLoss = "ce", early_stop: bool = False,
+                 loss: str | AttackLoss = "ce", early_stop: bool = True,
                  logits_from: str | None = None, force_eval: bool = False,
                  seed: int = 0) -> None:
         super().__init__(loss=loss, logits_from=logits_from, force_eval=force_eval, seed=seed)
