@@ -240,7 +240,15 @@ class DeepFool(Attack):
                     ok = other - z.gather(1, ys[:, None]).squeeze(1) >= need
                     hi = torch.where(ok, mid, hi)
                     lo = torch.where(ok, lo, mid)
-            p = torch.where((hi < 2).view(shape), self._on_path(x0, u, p, hi.view(shape)), p)
+            moved = hi < 2
+            p = torch.where(moved.view(shape), self._on_path(x0, u, p, hi.view(shape)), p)
+            # A round is a deterministic function of p: a sample whose p did not move would
+            # repeat it exactly, so it is done (written back) and leaves the batch.
+            if not bool(moved.all()):
+                x_adv[idx[~moved]] = p[~moved]
+                idx, x0, ys, p = idx[moved], x0[moved], ys[moved], p[moved]
+                if idx.numel() == 0:
+                    return
         x_adv[idx] = p
 
     @staticmethod
