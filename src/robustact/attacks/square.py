@@ -117,11 +117,19 @@ class Square(Attack):
 
         rows_h = torch.arange(h, device=x.device)
         rows_w = torch.arange(w, device=x.device)
+        # The two vertex values of every pixel, x ± ε clamped to the box, computed once (and
+        # compacted with the batch) instead of per query; bitwise what x + ε·(±1) then clamp
+        # gives. Queries are counted when a sample leaves (2 before the loop + 1 per iteration
+        # it took part in) rather than with an indexed add per iteration.
+        hi_v, lo_v = (xa + eps).clamp(0.0, 1.0), (xa - eps).clamp(0.0, 1.0)
+        done_iters = 0
         for it in range(self.n_queries - 2):
             if adv.any():  # write back the broken ones and drop them
                 x_best[idx[adv]] = xb[adv]
+                queries[idx[adv]] += it
                 keep = ~adv
                 idx, xa, xb, lb = idx[keep], xa[keep], xb[keep], lb[keep]
+                hi_v, lo_v = hi_v[keep], lo_v[keep]
                 ya, la = ya[keep], la[keep]
                 ta = None if ta is None else ta[keep]
             m = idx.numel()
@@ -135,20 +143,23 @@ class Square(Attack):
             in_w = (rows_w >= vw[:, None]) & (rows_w < vw[:, None] + s)
             window = (in_h[:, :, None] & in_w[:, None, :])[:, None]  # (m, 1, h, w)
             sgn = torch.randint(0, 2, (m, c, 1, 1), generator=gen, device=x.device)
-            x_new = torch.where(window, (xa + eps * (2.0 * sgn.to(x.dtype) - 1.0)).clamp(0, 1), xb)
+            x_new = torch.where(window, torch.where(sgn.bool(), hi_v, lo_v), xb)
             same = ~(x_new != xb).flatten(1).any(1)
             for _ in range(_RESAMPLE_TRIES):  # a draw that changes nothing wastes a query
                 if not bool(same.any()):
                     break
                 r = same.nonzero().squeeze(1)
                 sgn = torch.randint(0, 2, (r.numel(), c, 1, 1), generator=gen, device=x.device)
-                vertex = (xa[r] + eps * (2.0 * sgn.to(x.dtype) - 1.0)).clamp(0.0, 1.0)
+                vertex = torch.where(sgn.bool(), hi_v[r], lo_v[r])
                 x_new[r] = torch.where(window[r], vertex, xb[r])
                 same[r] = ~(x_new[r] != xb[r]).flatten(1).any(1)
             loss, adv = self._objective(view, x_new, la, ya, ta)
-            queries[idx] += 1
+            done_iters = it + 1
             better = (loss > lb) | adv
             xb = torch.where(better[:, None, None, None], x_new, xb)
             lb = torch.where(better, loss, lb)
         x_best[idx] = xb
+        # Samples still in the batch took part in every iteration run; those broken by the
+        # last query were not dropped by the loop (it ended first), so count them here too.
+        queries[idx] += done_iters
         return x_best, {"queries": queries, "eps": eps}
