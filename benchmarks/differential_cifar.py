@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 for e in args.eps:
                     row: dict[str, Any] = {"model": kind, "split": split, "eps_255": e}
                     for loss in LOSSES:
-                        attack = PGD(e / 255, steps=args.steps, loss=loss, seed=args.seed)
+                        attack = PGD(e / 255, steps=args.steps, loss=loss, seed=args.seed,
+                                     early_stop=False)  # last iterate, as committed
                         r = attack_metrics(attack, model, x, y)
                         row[f"found_{loss}"] = r["success_rate"]
                         row[f"{loss}_detail"] = {**r, "attack_config": attack.config()}
