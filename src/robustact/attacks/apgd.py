@@ -101,15 +101,13 @@ class APGD(Attack):
         that iterate whatever happens later, and every quantity of the step-size schedule is
         per sample, so the samples left are unaffected (eval mode: samples are independent).
         """
-        n = x.shape[0]
-        shape = (n,) + (1,) * (x.ndim - 1)
+        col = (-1,) + (1,) * (x.ndim - 1)  # per-sample values against image batches
         checkpoints = set(apgd_checkpoints(self.steps))
 
-        x_cur = x0
-        loss, grad, logits = loss_and_grad(view, x_cur, self.loss_fn, y, target)
+        loss, grad, logits = loss_and_grad(view, x0, self.loss_fn, y, target)
         assert grad is not None
         found = self.is_adversarial(logits, y, target)
-        result = torch.where(found.view(shape), x_cur, x0)  # filled in as samples finish
+        result = x0.clone()  # a sample's entry is final once found (or at the end)
         best_loss = loss.clone()
         # Working state on the samples still unbroken (compacted as samples finish).
         act = (~found).nonzero().squeeze(1)
@@ -117,10 +115,9 @@ class APGD(Attack):
             return result, found, best_loss
         xs, ys = x[act], y[act]
         ts = None if target is None else target[act]
-        x_cur, grad, loss = x_cur[act], grad[act], loss[act]
+        x_cur, grad, loss = x0[act], grad[act], loss[act]
         m = act.numel()
-        sh = (m,) + shape[1:]
-        eta = torch.full(sh, 2.0 * self.eps, dtype=x.dtype, device=x.device)
+        eta = torch.full((m,) + col[1:], 2.0 * self.eps, dtype=x.dtype, device=x.device)
         losses = torch.empty(self.steps + 1, m, dtype=x.dtype, device=x.device)
         losses[0] = loss
         x_max, f_max, grad_max = x_cur.clone(), loss.clone(), grad.clone()
@@ -143,28 +140,20 @@ class APGD(Attack):
                                                 need_grad=need_grad)
             losses[k + 1] = loss
             better = loss > f_max
-            x_max = torch.where(better.view(-1, *sh[1:]), x_cur, x_max)
+            x_max = torch.where(better.view(col), x_cur, x_max)
             f_max = torch.where(better, loss, f_max)
             best_loss[act] = f_max
-            adv = self.is_adversarial(logits, ys, ts)
-            if g_new is None:
-                new_hit = adv & ~found[act]
-                done = found[act] | adv
-                result[act] = torch.where(new_hit.view(-1, *sh[1:]), x_cur,
-                                          torch.where(found[act].view(-1, *sh[1:]),
-                                                      result[act], x_max))
-                found[act] = done
-                return result, found, best_loss
+            # First adversarial iterate of each sample is its result. With early stopping
+            # nothing in the batch has been found yet; without, earlier hits are kept.
+            hit = self.is_adversarial(logits, ys, ts) & ~found[act]
+            result[act[hit]] = x_cur[hit]
+            found[act[hit]] = True
+            if g_new is None:  # the last step: only its loss was needed
+                break
             grad = g_new
-            grad_max = torch.where(better.view(-1, *sh[1:]), grad, grad_max)
-            if not self.early_stop:  # full work (benchmarks): record first hits, keep going
-                adv = adv & ~found[act]
-                result[act[adv]] = x_cur[adv]
-                found[act[adv]] = True
-            elif bool(adv.any()):
-                result[act[adv]] = x_cur[adv]
-                found[act[adv]] = True
-                keep = ~adv
+            grad_max = torch.where(better.view(col), grad, grad_max)
+            if self.early_stop and bool(hit.any()):
+                keep = ~hit
                 if not bool(keep.any()):
                     return result, found, best_loss
                 act, xs, ys = act[keep], xs[keep], ys[keep]
@@ -173,7 +162,6 @@ class APGD(Attack):
                 x_max, f_max, grad_max = x_max[keep], f_max[keep], grad_max[keep]
                 eta, losses = eta[keep], losses[:, keep]
                 f_max_at_last_w, reduced_last = f_max_at_last_w[keep], reduced_last[keep]
-                sh = (act.numel(),) + shape[1:]
 
             t = k + 1
             if t in checkpoints and t < self.steps:
@@ -181,13 +169,13 @@ class APGD(Attack):
                 cond1 = increased < self.rho * (t - last_w)
                 cond2 = ~reduced_last & (f_max <= f_max_at_last_w)
                 reduce = cond1 | cond2
-                rs = reduce.view(-1, *sh[1:])
+                rs = reduce.view(col)
                 eta = torch.where(rs, eta * 0.5, eta)
                 x_cur = torch.where(rs, x_max, x_cur)
                 grad = torch.where(rs, grad_max, grad)
                 reduced_last, f_max_at_last_w, last_w = reduce, f_max.clone(), t
-        unfound = act[~found[act]]
-        result[unfound] = x_max[~found[act]]
+        unfound = ~found[act]
+        result[act[unfound]] = x_max[unfound]
         return result, found, best_loss
 
     def perturb(self, view: LogitsView, x: torch.Tensor, y: torch.Tensor,

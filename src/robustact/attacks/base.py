@@ -108,10 +108,14 @@ class LogitsView:
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         zl, z = self._forward(x)
+        self.check_if_pending(z)
+        return zl, z
+
+    def check_if_pending(self, z: torch.Tensor) -> None:
+        """Run the output check on ``z`` unless it already ran (it runs once)."""
         if self._check is not None:
             check, self._check = self._check, None
             check(z.detach())
-        return zl, z
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self._module is None:
@@ -236,8 +240,7 @@ class Attack:
             x_adv = x_adv.detach().clamp(0.0, 1.0)
             with torch.no_grad():
                 logits = model(x_adv)
-            if view._check is not None:  # the search never called the model (e.g. ε = 0)
-                check_output(logits)
+            view.check_if_pending(logits)  # the search never called the model (e.g. ε = 0)
         success = self.is_adversarial(logits, y, target)
         queries = info.pop("queries", None)
         return AttackResult(x_adv=x_adv, success=success, norms=lp_norms(x_adv - x, self.norm),

@@ -32,6 +32,7 @@ import torch
 
 from robustact.attacks._utils import check_int, check_norm
 from robustact.attacks.base import Attack, LogitsView, lp_norms
+from robustact.losses.attack import margin_loss
 
 __all__ = ["DeepFool", "candidate_classes", "margin_jacobian", "dual_norm"]
 
@@ -106,11 +107,11 @@ class DeepFool(Attack):
             many small, mostly clipped steps of the plain algorithm approach the boundary more
             carefully. Use it when steps are what you pay for.
         refine: ours; rounds of a final refinement of each successful perturbation (0 gives
-            the published algorithm): project x onto the boundary's tangent plane at the
-            DeepFool point and bisect back towards that point, keeping the nearest point still
+            the published algorithm): linearise the margin at the DeepFool point, step from x
+            to that plane, and bisect along x → step → DeepFool point for the first point still
             adversarial. A round costs one gradient and ``bisect`` forward passes on the broken
-            samples, and can only shrink the norm (see ``_refine``; measured in
-            ``benchmarks/bench_attacks_peers.py``, results/README.md).
+            samples that still improve, and can only shrink the norm (see ``_refine``; measured
+            in ``benchmarks/bench_attacks_peers.py``, results/README.md).
         bisect: bisection steps per refinement round.
         logits_from, force_eval: see :class:`~robustact.attacks.base.Attack`.
 
@@ -206,12 +207,10 @@ class DeepFool(Attack):
             pg = p.detach().requires_grad_(True)
             with torch.enable_grad():
                 zl, zp = view(pg)
-                k = zl.detach().scatter(1, ys[:, None], float("-inf")).argmax(1)
-                f = zl.gather(1, k[:, None]) - zl.gather(1, ys[:, None])
+                f = margin_loss(zl, ys)  # z_k − z_y for the winning other class k
                 (w,) = torch.autograd.grad(f.sum(), pg)
-            zp = zp.detach()
-            need = (zp.scatter(1, ys[:, None], float("-inf")).amax(1)
-                    - zp.gather(1, ys[:, None]).squeeze(1)).clamp(max=_NUDGE)
+            f = f.detach()
+            need = margin_loss(zp.detach(), ys).clamp(max=_NUDGE)
             d = (p - x0).flatten(1)
             # Only coordinates x can move along count: a pixel of x on a box face cannot follow
             # a gradient pointing out of the box (the clamp would drop that part of the step).
@@ -220,7 +219,7 @@ class DeepFool(Attack):
             safe = torch.where(wn > 0, wn, torch.ones_like(wn))
             # f at x on p's linearisation is f(p) − ⟨w, d⟩ (with the blocked coordinates of w
             # dropped, which aims a little further); the step brings it to the nudge.
-            gap = (_NUDGE - f.detach().squeeze(1) + (wf * d).sum(1)).clamp_min(0.0)
+            gap = (_NUDGE - f + (wf * d).sum(1)).clamp_min(0.0)
             if self.norm == "l2":
                 r = (gap / safe.square())[:, None] * wf
             else:
@@ -236,8 +235,7 @@ class DeepFool(Attack):
                 for _ in range(self.bisect):
                     mid = (lo + hi) / 2
                     z = view(self._on_path(x0, u, p, mid.view(shape)))[1]
-                    other = z.scatter(1, ys[:, None], float("-inf")).amax(1)
-                    ok = other - z.gather(1, ys[:, None]).squeeze(1) >= need
+                    ok = margin_loss(z, ys) >= need
                     hi = torch.where(ok, mid, hi)
                     lo = torch.where(ok, lo, mid)
             moved = hi < 2
