@@ -275,7 +275,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="timed runs of an attack whose first run is shorter than --min-seconds "
                         "(the median is reported)")
     p.add_argument("--min-seconds", type=float, default=5.0)
-    p.add_argument("--square-seeds", type=int, default=3,
+    p.add_argument("--square-seeds", type=int, default=9,
                    help="Square is timed over this many seeds (median reported)")
     p.add_argument("--attacks", default=",".join(KIND), help="comma-separated subset")
     p.add_argument("--libraries", default="robustact,torchattacks,art")

@@ -218,3 +218,37 @@ def test_budget_box_queries_and_reproducibility(seed: int, eps: float, n_queries
     assert torch.equal(res.success, predict(model, res.x_adv) != y)
     again = attack(model, x, y)
     assert torch.equal(again.x_adv, res.x_adv)
+
+
+class Recorder(nn.Module):
+    """Constant logits (class 0 wins; nothing ever improves) that remember every query."""
+
+    def __init__(self, k: int = 3) -> None:
+        super().__init__()
+        self.k = k
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.clone())
+        z = torch.zeros(x.shape[0], self.k, dtype=x.dtype)
+        z[:, 0] = 1.0
+        return z
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_no_query_is_wasted_on_a_candidate_equal_to_the_current_point(channels: int) -> None:
+    # With nothing ever accepted, the current point stays the stripes start for the whole run
+    # and the windows shrink to single pixels, where a random sign repeats the current vertex
+    # with probability 2^-c: each such draw must be replaced, so every query differs from it.
+    x = torch.rand(5, channels, 4, 4, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.25
+    y = torch.zeros(5, dtype=torch.long)
+    rec = Recorder().eval()
+    res = Square(eps=0.1, n_queries=200, p_init=0.5, seed=3)(rec, x, y)
+    assert res.success_rate == 0.0 and bool((res.queries == 200).all())
+    clean, start, *queries, final = rec.seen
+    assert torch.equal(clean, x) and torch.equal(final, start)  # nothing accepted
+    assert (start - x).abs().flatten(1).amax(1).sub(0.1).abs().max() < 1e-6  # at the vertices
+    assert len(queries) == 198
+    for q in queries:
+        assert bool(((q != start).flatten(1).any(1)).all())
+        assert float((q - x).abs().max()) <= 0.1 + 1e-6

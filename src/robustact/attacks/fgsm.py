@@ -46,6 +46,10 @@ class FGSM(Attack):
                 target: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, Any]]:
         _, grad, _ = loss_and_grad(view, x, self.loss_fn, y, target)
         assert grad is not None
-        x_adv = x + normalize_direction(grad, self.norm).mul_(self.eps)
-        # The step already has norm ε; projecting again only removes rounding excess.
-        return clip_to_box(x_adv, x, self.eps, self.norm), {"eps": self.eps}
+        step = normalize_direction(grad, self.norm).mul_(self.eps)
+        if self.norm == "linf":
+            # ε·sign(g) is exactly ±ε or 0 per pixel, so the step is in the ball already and a
+            # projection would only re-round x + δ (a pass over the batch for nothing).
+            return step.add_(x).clamp_(0.0, 1.0), {"eps": self.eps}
+        # The L2 step has norm ε up to rounding; projecting removes that excess.
+        return clip_to_box(x + step, x, self.eps, self.norm), {"eps": self.eps}

@@ -26,8 +26,8 @@ def ce_loss(z: torch.Tensor, y: torch.Tensor, targeted: bool = False) -> torch.T
 
 def _other_max(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Largest logit among classes other than y."""
-    mask = F.one_hot(y, z.shape[1]).bool()
-    return z.masked_fill(mask, float("-inf")).amax(dim=1)
+    # scatter, not one_hot: one_hot validates y's range with a full reduction on every call
+    return z.scatter(1, y[:, None], float("-inf")).amax(dim=1)
 
 
 def margin_loss(z: torch.Tensor, y: torch.Tensor, targeted: bool = False) -> torch.Tensor:
