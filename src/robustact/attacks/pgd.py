@@ -83,19 +83,39 @@ class PGD(Attack):
             raise ValueError("restarts > 1 needs random_start=True; otherwise every run is equal")
 
     # -- one run -----------------------------------------------------------------------------
-    def _step(self, x_adv: torch.Tensor, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        """One ascent step and projection; subclasses (MIM) change the direction only."""
+    def _step(self, x_adv: torch.Tensor, x: torch.Tensor, grad: torch.Tensor,
+              bounds: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """One ascent step and projection; subclasses (MIM) change the direction only.
+
+        ``bounds``: per-pixel [lo, hi] of the L∞ ball ∩ [0, 1] (see :meth:`_bounds`); with
+        them the projection is one clamp instead of subtract, clamp, add, clamp.
+        """
         step = normalize_direction(grad, self.norm).mul_(self.alpha)
+        if bounds is not None:
+            return step.add_(x_adv).clamp_(*bounds)
         return clip_to_box(x_adv + step, x, self.eps, self.norm)
+
+    def _bounds(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The L∞ ball ∩ [0, 1] as per-pixel bounds, computed once per run (None otherwise).
+
+        Each coordinate's feasible set is an interval, so clamping to the intersection of
+        [x − ε, x + ε] and [0, 1] is the exact projection onto ball ∩ box.
+        """
+        if self.norm != "linf" or self.eps is None:
+            return None
+        return (x - self.eps).clamp_min_(0.0), (x + self.eps).clamp_max_(1.0)
 
     def _run(self, view: LogitsView, x: torch.Tensor, y: torch.Tensor,
              target: torch.Tensor | None, x_adv: torch.Tensor) -> torch.Tensor:
-        """``steps`` iterations from ``x_adv``; returns the final iterate (frozen when early)."""
+        """``steps`` iterations from ``x_adv``; returns the final iterate (frozen when early).
+
+        With early stopping the still-running samples are kept in compact tensors that shrink
+        only when some sample leaves, so a step gathers nothing.
+        """
         x_adv = x_adv.clone()
+        xa, x0, ys, ts, bounds = x_adv, x, y, target, self._bounds(x)
         idx: torch.Tensor | None = None  # indices still iterating (None: all of them)
         for _ in range(self.steps):
-            xa, x0 = _take(x_adv, idx), _take(x, idx)
-            ys, ts = _take(y, idx), _take(target, idx)
             _, grad, logits = loss_and_grad(view, xa, self.loss_fn, ys, ts)
             assert grad is not None
             if self.early_stop:
@@ -104,15 +124,16 @@ class PGD(Attack):
                     break
                 if keep.numel() < xa.shape[0]:
                     idx = keep if idx is None else idx[keep]
-                    xa, x0, grad = xa[keep], x0[keep], grad[keep]
-            new = self._step(xa, x0, grad)
+                    xa, x0, grad, ys = xa[keep], x0[keep], grad[keep], ys[keep]
+                    ts = _take(ts, keep)
+                    bounds = None if bounds is None else (bounds[0][keep], bounds[1][keep])
+            xa = self._step(xa, x0, grad, bounds)
             if idx is None:
-                x_adv = new
+                x_adv = xa
             else:
-                x_adv[idx] = new
+                x_adv[idx] = xa
         return x_adv
 
-    # -- restarts ----------------------------------------------------------------------------
     def perturb(self, view: LogitsView, x: torch.Tensor, y: torch.Tensor,
                 target: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, Any]]:
         info: dict[str, Any] = {"eps": self.eps} if self.eps is not None else {}
