@@ -252,3 +252,16 @@ def test_no_query_is_wasted_on_a_candidate_equal_to_the_current_point(channels: 
     for q in queries:
         assert bool(((q != start).flatten(1).any(1)).all())
         assert float((q - x).abs().max()) <= 0.1 + 1e-6
+
+
+def test_results_are_ordinary_tensors_after_inference_mode_queries(tiny) -> None:
+    # Queries run under torch.inference_mode(); nothing it creates may leak into the result,
+    # where an in-place edit or an autograd use would then fail.
+    model, x, y = tiny
+    res = Square(eps=0.3, n_queries=50, seed=0)(model, x, y)
+    for t in (res.x_adv, res.logits, res.norms, res.success, res.queries):
+        assert t is not None and not t.is_inference()
+    res.logits.add_(0.0)
+    xa = res.x_adv.clone().requires_grad_(True)
+    model(xa).sum().backward()
+    assert xa.grad is not None

@@ -238,8 +238,9 @@ class Attack:
             out = self.perturb(view, x, y, target)
             x_adv, info = out if isinstance(out, tuple) else (out, {})
             x_adv = x_adv.detach().clamp(0.0, 1.0)
-            with torch.no_grad():
+            with torch.inference_mode():
                 logits = model(x_adv)
+            logits = logits.clone()  # a normal tensor again: callers may edit or reuse it
             view.check_if_pending(logits)  # the search never called the model (e.g. ε = 0)
         success = self.is_adversarial(logits, y, target)
         queries = info.pop("queries", None)

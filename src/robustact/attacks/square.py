@@ -29,7 +29,7 @@ Our choices:
   at the drawn vertex already, this saves about 10 % of the queries at equal success.
 - ``p_init`` 0.8 and 5000 queries are AutoAttack's standard settings. Every forward pass is
   counted per sample and reported as ``queries``; the total never exceeds ``n_queries``. The
-  model is only ever called inside ``torch.no_grad()``.
+  model is only ever called inside ``torch.inference_mode()``.
 """
 
 from __future__ import annotations
@@ -93,7 +93,9 @@ class Square(Attack):
                    y: torch.Tensor, target: torch.Tensor | None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One query: (loss to maximise, adversarial?) for a batch."""
-        with torch.no_grad():
+        # inference mode, not just no_grad: no autograd bookkeeping at all on the query path
+        # (about 1 % of a forward pass); nothing computed here is modified in place later
+        with torch.inference_mode():
             zl, z = view(x)
             return self.loss_fn(zl, label, target is not None), self.is_adversarial(z, y, target)
 
