@@ -154,7 +154,10 @@ class Square(Attack):
             s = min(max(int(round(math.sqrt(p * h * w))), 1), h, w)
             r0 = int(torch.randint(0, h - s + 1, (1,), generator=gen, device=x.device))
             c0 = int(torch.randint(0, w - s + 1, (1,), generator=gen, device=x.device))
-            cur = xb[:, :, r0:r0 + s, c0:c0 + s]  # views: a window is a slice, never a mask
+            # Views: a window is a slice, never a mask. The candidate is written into the
+            # batch in place and reverted where rejected, so the model is handed ``xb`` itself
+            # (as with any input batch, a model must not modify its input in place).
+            cur = xb[:, :, r0:r0 + s, c0:c0 + s]
             up, hi_w, lo_w = aux[:, :, :, r0:r0 + s, c0:c0 + s].unbind(1)
             sgn = torch.randint(0, 2, (m, c), generator=gen, device=x.device)
             if redraw:
