@@ -10,17 +10,9 @@ Defaults as in the paper: ``alpha = eps / steps``, ``decay μ = 1.0``, no random
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from robustact.attacks._utils import (
-    check_eps,
-    clip_to_box,
-    loss_and_grad,
-    normalize_direction,
-)
-from robustact.attacks.base import LogitsView
+from robustact.attacks._utils import check_eps, normalize_direction
 from robustact.attacks.pgd import PGD
 from robustact.losses.attack import AttackLoss
 
@@ -50,37 +42,13 @@ class MIM(PGD):
                          force_eval=force_eval, seed=seed)
         self.decay = check_eps(decay, "decay")
 
-    def _run(self, view: LogitsView, x: torch.Tensor, y: torch.Tensor,
-             target: torch.Tensor | None, x_adv: torch.Tensor) -> torch.Tensor:
-        x_adv = x_adv.clone()
-        momentum = torch.zeros_like(x)
-        active = torch.arange(x.shape[0], device=x.device)
-        full = True  # every sample still iterating: skip the indexing entirely
-        for _ in range(self.steps):
-            xa = x_adv if full else x_adv[active]
-            ys = y if full else y[active]
-            ts = target if (full or target is None) else target[active]
-            _, grad, logits = loss_and_grad(view, xa, self.loss_fn, ys, ts)
-            assert grad is not None
-            if self.early_stop:
-                keep = (~self.is_adversarial(logits, ys, ts)).nonzero().squeeze(1)
-                if keep.numel() == 0:
-                    break
-                if keep.numel() < xa.shape[0]:
-                    active, xa, grad = active[keep], xa[keep], grad[keep]
-                    full = False
-            g = momentum if full else momentum[active]
-            g = g.mul_(self.decay).add_(normalize_direction(grad, "l1"))
-            if not full:
-                momentum[active] = g
-            step = normalize_direction(g, self.norm).mul_(self.alpha)
-            new = clip_to_box(xa + step, x if full else x[active], self.eps, self.norm)
-            if full:
-                x_adv = new
-            else:
-                x_adv[active] = new
-        return x_adv
+    def _init_state(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x)  # the accumulated gradient g, one per sample
 
-    def perturb(self, view: LogitsView, x: torch.Tensor, y: torch.Tensor,
-                target: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, Any]]:
-        return self._run(view, x, y, target, x), {"eps": self.eps}
+    def _step(self, x_adv: torch.Tensor, x: torch.Tensor, grad: torch.Tensor,
+              bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
+              state: torch.Tensor | None = None) -> torch.Tensor:
+        """PGD's step along the momentum ``g ← μ·g + ∇/‖∇‖₁`` (updated in place in ``state``)."""
+        assert state is not None
+        state.mul_(self.decay).add_(normalize_direction(grad, "l1"))
+        return super()._step(x_adv, x, state, bounds)

@@ -13,7 +13,8 @@ standard protocol's *final* iterate may have left the adversarial region again.
 torchattacks use it) and makes every sample pay for every step (per-step cost benchmarks).
 Across restarts the attack keeps, per sample, the first restart whose result is adversarial, or
 else the one with the highest loss; later restarts only run on samples still unbroken. BIM and
-the JumpReLU paper's I-FGSM (``bim.py``) are this loop with other defaults.
+the JumpReLU paper's I-FGSM (``bim.py``) are this loop with other defaults; MIM (``mim.py``)
+changes only the step's direction, carrying its momentum as per-sample state.
 """
 
 from __future__ import annotations
@@ -83,12 +84,21 @@ class PGD(Attack):
             raise ValueError("restarts > 1 needs random_start=True; otherwise every run is equal")
 
     # -- one run -----------------------------------------------------------------------------
+    def _init_state(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Per-sample state a subclass carries across steps (MIM: its momentum); None here.
+
+        :meth:`_run` keeps it aligned with the batch as samples leave.
+        """
+        return None
+
     def _step(self, x_adv: torch.Tensor, x: torch.Tensor, grad: torch.Tensor,
-              bounds: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+              bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
+              state: torch.Tensor | None = None) -> torch.Tensor:
         """One ascent step and projection; subclasses (MIM) change the direction only.
 
         ``bounds``: per-pixel [lo, hi] of the L∞ ball ∩ [0, 1] (see :meth:`_bounds`); with
-        them the projection is one clamp instead of subtract, clamp, add, clamp.
+        them the projection is one clamp instead of subtract, clamp, add, clamp. ``state``:
+        see :meth:`_init_state` (unused here).
         """
         step = normalize_direction(grad, self.norm).mul_(self.alpha)
         if bounds is not None:
@@ -114,6 +124,7 @@ class PGD(Attack):
         """
         x_adv = x_adv.clone()
         xa, x0, ys, ts, bounds = x_adv, x, y, target, self._bounds(x)
+        state = self._init_state(x)
         idx: torch.Tensor | None = None  # indices still iterating (None: all of them)
         for _ in range(self.steps):
             _, grad, logits = loss_and_grad(view, xa, self.loss_fn, ys, ts)
@@ -127,13 +138,15 @@ class PGD(Attack):
                     xa, x0, grad, ys = xa[keep], x0[keep], grad[keep], ys[keep]
                     ts = _take(ts, keep)
                     bounds = None if bounds is None else (bounds[0][keep], bounds[1][keep])
-            xa = self._step(xa, x0, grad, bounds)
+                    state = _take(state, keep)
+            xa = self._step(xa, x0, grad, bounds, state)
             if idx is None:
                 x_adv = xa
             else:
                 x_adv[idx] = xa
         return x_adv
 
+    # -- restarts ----------------------------------------------------------------------------
     def perturb(self, view: LogitsView, x: torch.Tensor, y: torch.Tensor,
                 target: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, Any]]:
         info: dict[str, Any] = {"eps": self.eps} if self.eps is not None else {}

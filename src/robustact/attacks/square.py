@@ -142,7 +142,7 @@ class Square(Attack):
             if adv.any():  # write back the broken ones and drop them
                 gone = meta[adv, 0]
                 x_best[gone] = xb[adv]  # accepted: adversarial counts as better
-                queries[gone] += it  # 2 queries before the loop, 1 per iteration (it − 1 + 1)
+                queries[gone] += it  # one per iteration 0 … it−1 (the 2 before the loop counted)
                 keep = ~adv
                 xb, aux, meta, lb = xb[keep], aux[keep], meta[keep], lb[keep]
             m = meta.shape[0]
