@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from robustact.attacks.base import Attack
-from robustact.io import atomic_write_json, environment_info
+from robustact.core.storage import atomic_write_json, environment_info
 
 __all__ = [
     "DEFAULT_DATA_ROOT",

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustact.io import atomic_write_json, environment_info
+from robustact.core.storage import atomic_write_json, environment_info
 from robustact.models import create_model
 from robustact.nn.splash import splash_implementation
 

@@ -18,8 +18,7 @@ import time
 
 import torch
 
-from robustact.data import ENV_VAR, DatasetNotFoundError, ImageDataset, load_dataset
-from robustact.nn.normalize import DATASET_STATS
+from robustact.data import ENV_VAR, DatasetNotFoundError, ImageDataset, dataset_info, load_dataset
 
 EXPECTED_SIZES = {
     "mnist": {"train": 60000, "test": 10000},
@@ -54,10 +53,10 @@ def check(name: str, split: str, root: str) -> bool:
     want = EXPECTED_SIZES.get(name, {}).get(split)
     if want is not None and len(ds) != want:
         ok = False
-    # digits' DATASET_STATS are rounded (0.3, 0.38) on purpose, so only the papers' datasets
+    # digits' statistics are rounded (0.3, 0.38) on purpose, so only the papers' datasets
     # are held to their published means.
     if split == "train" and ds.name in EXPECTED_SIZES:
-        ref_mean = DATASET_STATS[ds.name][0]
+        ref_mean = dataset_info(ds.name).mean
         ok &= all(abs(m - r) < 2e-3 for m, r in zip(mean, ref_mean, strict=True))
     fmt = ", ".join
     print(f"{name:9s} {split:5s} n={len(ds):6d} images={tuple(ds.images.shape)} "

@@ -45,9 +45,9 @@ from torch import nn
 
 from robustact.attacks import PGD
 from robustact.data import binary_task, load_dataset
-from robustact.defenses.differential import differential_train
 from robustact.models import create_model
 from robustact.train import TrainConfig, Trainer, save_checkpoint
+from robustact.train.recipes import differential_train
 from robustact.workflows import accuracy
 
 EPS_255 = (1, 2, 4, 8)  # default L-inf budgets, units of 1/255

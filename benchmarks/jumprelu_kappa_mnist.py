@@ -6,7 +6,7 @@ JumpReLU_κ at inference only, no retraining. Reported:
 
 1. clean validation and test accuracy for κ over the paper's MNIST grid {0, 0.5, 1, 1.5} and a
    finer grid (0 … 2 in steps of 0.25 by default);
-2. the tuner's choice (:func:`robustact.defenses.jumprelu.tune_jumprelu`, on the validation
+2. the tuner's choice (:func:`robustact.defenses.jumprelu_retrofit.tune_jumprelu`, on the validation
    split) for accuracy-drop budgets of 0.5 and 1.0 percentage points, on both grids;
 3. accuracy under attack on the first ``--attack-n`` test images for κ = 0 and each tuned κ:
    the paper's I-FGSM (step 0.01, ≤ 40 iterations, per-sample early stop, no ε projection),
@@ -49,10 +49,9 @@ from torch import nn
 
 from robustact.attacks import IFGSM, PGD, TransferAttack, with_bpda
 from robustact.attacks.base import Attack
-from robustact.data import load_dataset, train_val_split
-from robustact.defenses.jumprelu import MNIST_KAPPA_GRID, retrofit_jumprelu, tune_jumprelu
+from robustact.data import dataset_info, load_dataset, train_val_split
+from robustact.defenses.jumprelu_retrofit import MNIST_KAPPA_GRID, retrofit_jumprelu, tune_jumprelu
 from robustact.models import create_model
-from robustact.nn.normalize import DATASET_STATS
 from robustact.train import TrainConfig, Trainer, load_checkpoint, save_checkpoint
 from robustact.workflows import accuracy
 
@@ -169,7 +168,7 @@ def jump_model(model: nn.Module, kappa: float) -> nn.Module:
 
 def attacks_for(model: nn.Module, seed: int) -> dict[str, tuple[Attack, bool]]:
     """name -> (attack, needs BPDA wrapper). ``model`` is the κ = 0 network (gray-box source)."""
-    paper_step = 0.01 * DATASET_STATS["mnist"][1][0]  # 0.01 in normalized units, in pixels
+    paper_step = 0.01 * dataset_info("mnist").std[0]  # 0.01 in normalized units, in pixels
     return {
         "ifgsm": (IFGSM(alpha=0.01, steps=40), False),
         "ifgsm-paper-units": (IFGSM(alpha=paper_step, steps=40), False),

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
+from robustact.core.storage import atomic_write_json, environment_info
 from robustact.data import load_dataset, train_val_split
-from robustact.io import atomic_write_json, environment_info
 from robustact.models import create_model
 from robustact.train import TrainConfig, Trainer, jumprelu_resnet_config
 

@@ -473,8 +473,8 @@ def test_bpda_default_rule_jumprelu_to_relu() -> None:
 
 
 def test_bpda_on_library_layers_inplace_jumprelu_and_output_activation() -> None:
+    from robustact.nn.bounded import OutputActivation
     from robustact.nn.jumprelu import JumpReLU as LibJumpReLU
-    from robustact.nn.output_activation import OutputActivation
 
     g = torch.Generator().manual_seed(4)
     lin1, lin2 = nn.Linear(16, 8), nn.Linear(8, 3)

@@ -10,7 +10,13 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from robustact.io import atomic_write_json, read_json, save_tensors
+from robustact.checkpoint import (
+    flatten_optimizer_state,
+    resolve_checkpoint,
+    sha256_file,
+    unflatten_optimizer_state,
+)
+from robustact.core.storage import atomic_write_json, read_json, save_tensors
 from robustact.models.registry import create_model
 from robustact.train import (
     CheckpointError,
@@ -20,12 +26,6 @@ from robustact.train import (
     load_weights,
     read_card,
     save_checkpoint,
-)
-from robustact.train.checkpoint import (
-    flatten_optimizer_state,
-    resolve_checkpoint,
-    sha256_file,
-    unflatten_optimizer_state,
 )
 
 
@@ -182,7 +182,7 @@ def test_saving_again_replaces_the_directory_and_leaves_no_debris(tmp_path: Path
 
 def test_failed_save_keeps_the_previous_checkpoint(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    import robustact.train.checkpoint as ck
+    import robustact.checkpoint as ck
 
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)

@@ -15,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from robustact.cli import app
-from robustact.io import load_tensors, read_json
+from robustact.core.storage import load_tensors, read_json
 
 runner = CliRunner()
 

@@ -48,8 +48,7 @@ from robustact.data import (
     train_val_split,
 )
 from robustact.data.cifar import UnsafePickleError
-from robustact.models.registry import DATASET_SHAPES
-from robustact.nn.normalize import DATASET_STATS
+from robustact.models import create_model
 
 # ---------------------------------------------------------------------------------------------
 # hand-written fixtures
@@ -669,10 +668,11 @@ def test_digits_shape_range_split_and_values(no_env: None) -> None:
 
 
 def test_registry_names_info_and_errors(tmp_path: Path) -> None:
-    for name, info in DATASET_INFO.items():
-        c, h, w, k = DATASET_SHAPES[name]
-        assert info.shape == (c, h, w) and info.num_classes == k
-        assert (info.mean, info.std) == DATASET_STATS[name]
+    for name, info in DATASET_INFO.items():  # the model registry builds from the same table
+        cfg = create_model("mlp", dataset=name).robustact_config
+        assert (cfg["in_channels"], cfg["input_size"], cfg["input_size"]) == info.shape
+        assert cfg["num_classes"] == info.num_classes
+        assert (tuple(cfg["mean"]), tuple(cfg["std"])) == (info.mean, info.std)
     assert DATASET_INFO["cifar100"].num_classes == 100
     with pytest.raises(ValueError, match="unknown dataset 'imagenet'"):
         load_dataset("imagenet")

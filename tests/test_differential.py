@@ -8,14 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from robustact.defenses.differential import (
+from robustact.losses.differential import DifferentialLoss, differential_loss, score_direction
+from robustact.models.base import Classifier
+from robustact.train import TrainConfig
+from robustact.train.recipes import (
     differential_train,
     margin_scores,
     set_bias_by_margin,
 )
-from robustact.losses.differential import DifferentialLoss, differential_loss, score_direction
-from robustact.models.base import Classifier
-from robustact.train import TrainConfig
 
 
 class Net(Classifier):

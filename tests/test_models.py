@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 import robustact.models as zoo
+from robustact.data.catalog import DATASET_INFO
 from robustact.models import Classifier, available_models, count_parameters, create_model
 from robustact.models._utils import Layer, out_size, trace_size
-from robustact.models.registry import DATASET_SHAPES
 from robustact.models.resnet import PadShortcut
 
 # model -> datasets it is tested on (its paper's dataset first)
@@ -92,7 +92,7 @@ def marker_factory(linear: bool = False):
 
 
 def images(ds: str, n: int = 2, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    c, h, w, _ = DATASET_SHAPES[ds]
+    c, h, w = DATASET_INFO[ds].shape
     g = torch.Generator().manual_seed(seed)
     return torch.rand(n, c, h, w, generator=g, dtype=dtype)
 
@@ -115,7 +115,7 @@ def test_contract_shapes_and_sites(name: str, ds: str) -> None:
         # every site is used exactly once per forward pass (none built and then bypassed)
         assert [m.calls for m in markers] == [1] * sites
         feats = model.features(x)
-    assert logits.shape == (3, DATASET_SHAPES[ds][3])
+    assert logits.shape == (3, DATASET_INFO[ds].num_classes)
     assert feats.shape == (3, dim) and model.feature_dim == dim
     torch.testing.assert_close(model.head(feats), logits, rtol=0, atol=0)
     # the head is the last layer: no activation is applied to the logits
@@ -153,7 +153,7 @@ def test_input_gradient_matches_finite_differences(name: str) -> None:
     ds = "digits" if name in ("smallcnn", "mlp", "resnet20") else "mnist"
     model = create_model(name, dataset=ds, activation="tanh").double().eval()
     x = images(ds, n=1, dtype=torch.float64).requires_grad_(True)
-    w = torch.linspace(-1, 1, DATASET_SHAPES[ds][3], dtype=torch.float64)
+    w = torch.linspace(-1, 1, DATASET_INFO[ds].num_classes, dtype=torch.float64)
     (model(x) @ w).sum().backward()
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -176,7 +176,7 @@ def test_activation_specs(name: str, ds: str, spec: str) -> None:
     if spec == "prelu":  # one slope per channel at every site, all distinct parameters
         assert len({id(a.weight) for a in acts}) == len(acts)
     out = model(images(ds))
-    assert out.shape == (2, DATASET_SHAPES[ds][3]) and torch.isfinite(out).all()
+    assert out.shape == (2, DATASET_INFO[ds].num_classes) and torch.isfinite(out).all()
 
 
 @pytest.mark.parametrize(

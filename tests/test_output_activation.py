@@ -23,7 +23,7 @@ from robustact.defenses import (
     retrofit_jumprelu,
     strip_defenses,
 )
-from robustact.nn.output_activation import OUTPUT_FUNCTIONS, OutputActivation
+from robustact.nn.bounded import OUTPUT_FUNCTIONS, OutputActivation
 
 FUNCS = ["sigmoid", "tanh", "softsign", "arctan"]
 

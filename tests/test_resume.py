@@ -14,8 +14,8 @@ import _resume_worker as worker  # tests/ is on sys.path under pytest's default 
 import pytest
 import torch
 
-import robustact.train.checkpoint as ckpt_mod
-from robustact.io import load_tensors
+import robustact.checkpoint as ckpt_mod
+from robustact.core.storage import load_tensors
 from robustact.train import Trainer, load_training_state, read_card
 
 WORKER = Path(__file__).parent / "_resume_worker.py"

@@ -12,20 +12,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from matplotlib.figure import Figure
 
-from robustact.io import atomic_write_json, environment_info
+from robustact.core.storage import atomic_write_json, environment_info
 from robustact.report import Report
 
 __all__ = ["run_demo"]
 
 
-def _training_figure(history: list[dict[str, Any]]) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+def _training_figure(history: list[dict[str, Any]]) -> Figure:
+    fig = Figure(figsize=(9, 3.2))
+    ax = fig.subplots(1, 2)
     ep = [h["epoch"] for h in history]  # 1-based in the history
     ax[0].plot(ep, [h["train_loss"] for h in history], label="train")
     if history and history[0].get("val_loss") is not None:
@@ -57,13 +54,9 @@ def _robust_accuracy(model: Any, attack: Any, x: torch.Tensor, y: torch.Tensor,
     return float((v.clean_correct & ~v.success).double().mean())
 
 
-def _curve_figure(eps_grid: list[float], curves: dict[str, list[float]]) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+def _curve_figure(eps_grid: list[float], curves: dict[str, list[float]]) -> Figure:
+    fig = Figure(figsize=(6.4, 3.8))
+    ax = fig.subplots()
     for label, acc in curves.items():
         style = "--" if "claimed" in label else "-"
         ax.plot(eps_grid, [100 * a for a in acc], style, marker="o", label=label)

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustact._validate import check_eval_mode
-from robustact.io import atomic_write_json, environment_info
+from robustact.core.storage import atomic_write_json, environment_info
+from robustact.core.validate import check_eval_mode
 
 __all__ = [
     "TrainOutcome",
@@ -119,7 +119,7 @@ def train_classifier(
     run_dir = Path(out_dir) / "train" if out_dir is not None else None
     extra: dict[str, Any] = {}
     if loss == "differential":
-        from robustact.defenses.differential import differential_train
+        from robustact.train.recipes import differential_train
 
         history, bias_info = differential_train(model, train, val, config, out_dir=run_dir,
                                                 resume=resume, progress=progress)
@@ -253,7 +253,7 @@ def attack_checkpoint(path: str | Path, attack: str, params: dict[str, Any], *,
 
     from robustact.attacks import verify, with_bpda
     from robustact.attacks.registry import create_attack
-    from robustact.io import save_tensors
+    from robustact.core.storage import save_tensors
     from robustact.train import load_checkpoint
 
     t0 = time.perf_counter()

@@ -48,7 +48,7 @@ def default_substitutes() -> dict[MatchKey, Substitute]:
     """JumpReLU → ReLU; OutputActivation (f(T·z) on logits) → identity.
 
     Matched by class name: the classes live in ``robustact.nn.jumprelu`` and
-    ``robustact.nn.output_activation`` and need not be imported (or even exist) for the rule.
+    ``robustact.nn.bounded`` and need not be imported (or even exist) for the rule.
     """
     return {"JumpReLU": F.relu, "OutputActivation": _identity}
 

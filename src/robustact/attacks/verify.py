@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from robustact._validate import check_eval_mode, check_images, check_labels, check_logits
 from robustact.attacks._utils import check_eps, check_norm
 from robustact.attacks.base import Attack, AttackResult, lp_norms
+from robustact.core.validate import check_eval_mode, check_images, check_labels, check_logits
 
 __all__ = ["VerifiedResult", "WorstCaseResult", "verify", "robust_accuracy"]
 

@@ -10,6 +10,7 @@ Missing files raise :class:`DatasetNotFoundError`; ``download=True`` fetches the
 checksums (:mod:`robustact.data.download`).
 """
 
+from robustact.data.catalog import DATASET_INFO, DatasetInfo, available_datasets, dataset_info
 from robustact.data.cifar import load_cifar10, load_cifar100, restricted_load
 from robustact.data.dataset import ImageDataset
 from robustact.data.digits import load_digits
@@ -21,13 +22,7 @@ from robustact.data.download import (
     safe_extract_tar,
 )
 from robustact.data.mnist import load_mnist, read_idx
-from robustact.data.registry import (
-    DATASET_INFO,
-    DatasetInfo,
-    available_datasets,
-    dataset_info,
-    load_dataset,
-)
+from robustact.data.registry import load_dataset
 from robustact.data.root import ENV_VAR, DatasetNotFoundError, resolve_data_root
 from robustact.data.splits import binary_task, split_indices, train_val_split
 

@@ -15,7 +15,7 @@ from typing import TypeAlias
 import torch
 from torch.utils.data import Dataset
 
-from robustact._validate import check_images
+from robustact.core.validate import check_images
 
 __all__ = ["ImageDataset", "Index"]
 

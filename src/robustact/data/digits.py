@@ -35,7 +35,7 @@ def load_digits(
     ships inside scikit-learn.
     """
     check_split(split)
-    from sklearn.datasets import load_digits as sk_load_digits  # slow import; only when used
+    from sklearn.datasets import load_digits as sk_load_digits  # lazy: sklearn takes ~1 s
 
     bunch = sk_load_digits()
     values = np.asarray(bunch.images, dtype=np.float64)

@@ -1,10 +1,11 @@
 """Defenses as functions on a model: JumpReLU retrofit (+ κ tuner), high-temperature output
 activations, and the registry that records/re-applies them for checkpoints.
 
-Differential training lives in :mod:`robustact.defenses.differential` (import it directly).
+Differential training is a training recipe: :mod:`robustact.train.recipes`.
 """
 
-from robustact.defenses.jumprelu import (
+from robustact.defenses.base import DefenseWrapper
+from robustact.defenses.jumprelu_retrofit import (
     ALEXLIKE_KAPPA_GRID,
     KAPPA_GRIDS,
     MNIST_KAPPA_GRID,
@@ -24,6 +25,7 @@ from robustact.defenses.output_activation import (
 from robustact.defenses.registry import apply_defenses, describe_defenses, strip_defenses
 
 __all__ = [
+    "DefenseWrapper",
     "ALEXLIKE_KAPPA_GRID",
     "KAPPA_GRIDS",
     "MNIST_KAPPA_GRID",

@@ -16,13 +16,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robustact.defenses.jumprelu import _Delegating
-from robustact.nn.output_activation import OutputActivation
+from robustact.defenses.base import DefenseWrapper
+from robustact.nn.bounded import OutputActivation
 
 __all__ = ["OutputActivationModel", "add_output_activation", "remove_output_activation"]
 
 
-class OutputActivationModel(_Delegating):
+class OutputActivationModel(DefenseWrapper):
     """``f(temperature · base(x))``; ``f`` in {"sigmoid", "tanh", "softsign", "arctan"}.
 
     ``features``/``head`` delegate to ``base`` (note ``forward`` is then f(T·head(features))).

@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import nn
 
-from robustact.defenses.jumprelu import JumpReLURetrofit, retrofit_jumprelu
+from robustact.defenses.jumprelu_retrofit import JumpReLURetrofit, retrofit_jumprelu
 from robustact.defenses.output_activation import OutputActivationModel, add_output_activation
 
 __all__ = ["apply_defenses", "describe_defenses", "strip_defenses", "DEFENSE_TYPES"]

@@ -8,7 +8,7 @@ at pairs from opposite classes::
 Why pairs: cross-entropy stops pushing once each point is on the right side, while the pairwise
 loss keeps widening the gap between the two classes' scores; the bias b cancels in every pair
 difference, so it is set afterwards to the middle of the gap
-(:func:`robustact.defenses.differential.set_bias_by_margin`).
+(:func:`robustact.train.recipes.set_bias_by_margin`).
 
 Binary models here are ordinary 2-class classifiers (``num_classes=2``; the model contract needs
 at least two logits). The choice, documented: the score direction is ``w = W[pos] − W[neg]`` of
@@ -80,7 +80,7 @@ class DifferentialLoss:
     The forward goes through ``model`` (so a DDP wrapper still synchronises gradients); φ is
     captured as the input of the classifier's ``head`` with a forward pre-hook. The returned
     logits let the trainer report accuracy, which reflects the current bias (see
-    :func:`robustact.defenses.differential.set_bias_by_margin`). The head bias receives no
+    :func:`robustact.train.recipes.set_bias_by_margin`). The head bias receives no
     gradient from this loss.
     """
 

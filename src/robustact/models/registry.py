@@ -11,22 +11,12 @@ from typing import Any
 
 from torch import nn
 
+from robustact.data.catalog import dataset_info
 from robustact.nn.factory import ActivationSpec, activation_factory
-from robustact.nn.normalize import DATASET_STATS
 
-__all__ = ["register_model", "create_model", "available_models", "DATASET_SHAPES"]
+__all__ = ["register_model", "create_model", "available_models"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
-
-#: (channels, height, width, classes) of each dataset, so ``create_model(..., dataset=...)``
-#: fills in the input shape, class count and normalization.
-DATASET_SHAPES: dict[str, tuple[int, int, int, int]] = {
-    "mnist": (1, 28, 28, 10),
-    "cifar10": (3, 32, 32, 10),
-    "cifar100": (3, 32, 32, 100),
-    "digits": (1, 8, 8, 10),
-}
-
 
 def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     def deco(cls: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -39,12 +29,7 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
     return deco
 
 
-def _ensure_loaded() -> None:
-    import robustact.models  # noqa: F401  (registers the architectures)
-
-
 def available_models() -> list[str]:
-    _ensure_loaded()
     return sorted(_MODELS)
 
 
@@ -66,21 +51,16 @@ def create_model(
     ``num_classes``, ``in_channels``, ``input_size``, ``mean`` and ``std`` is not given. Every
     architecture accepts those five keywords plus ``activation`` (a spec string or a factory).
     """
-    _ensure_loaded()
     key = name.lower()
     if key not in _MODELS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(_MODELS))}")
     if dataset is not None:
-        ds = dataset.lower()
-        if ds not in DATASET_SHAPES:
-            raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(DATASET_SHAPES)}")
-        c, h, _, k = DATASET_SHAPES[ds]
-        in_channels = c if in_channels is None else in_channels
-        input_size = h if input_size is None else input_size
-        num_classes = k if num_classes is None else num_classes
-        m, s = DATASET_STATS[ds]
-        mean = m if mean is None else mean
-        std = s if std is None else std
+        info = dataset_info(dataset)
+        in_channels = info.shape[0] if in_channels is None else in_channels
+        input_size = info.shape[1] if input_size is None else input_size
+        num_classes = info.num_classes if num_classes is None else num_classes
+        mean = info.mean if mean is None else mean
+        std = info.std if std is None else std
     num_classes = 10 if num_classes is None else num_classes
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")

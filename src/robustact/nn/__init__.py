@@ -9,7 +9,7 @@ from robustact.nn.factory import (
     parse_activation_spec,
     register_activation,
 )
-from robustact.nn.normalize import DATASET_STATS, Normalize
+from robustact.nn.normalize import Normalize
 
 __all__ = [
     "ActivationFactory",
@@ -19,16 +19,15 @@ __all__ = [
     "create_activation",
     "parse_activation_spec",
     "register_activation",
-    "DATASET_STATS",
     "Normalize",
 ]
 
 # Custom activations register themselves with the factory on import; then surgery and the
 # output-layer activation (which use them).
 from robustact.nn.apl import APL  # noqa: E402
+from robustact.nn.bounded import OutputActivation  # noqa: E402
 from robustact.nn.jumprelu import JumpReLU, jump_relu  # noqa: E402
 from robustact.nn.maxout import Maxout  # noqa: E402
-from robustact.nn.output_activation import OutputActivation  # noqa: E402
 from robustact.nn.splash import SPLASH, calibrate_splash, splash_reference  # noqa: E402
 from robustact.nn.surgery import (  # noqa: E402
     JumpReLUMode,

@@ -53,13 +53,7 @@ def register_activation(name: str) -> Callable[[Builder], Builder]:
     return deco
 
 
-def _ensure_loaded() -> None:
-    # Importing the package registers the custom activations (JumpReLU, SPLASH, APL, Maxout).
-    import robustact.nn  # noqa: F401
-
-
 def available_activations() -> list[str]:
-    _ensure_loaded()
     return sorted(_BUILDERS)
 
 
@@ -98,7 +92,6 @@ def activation_factory(spec: ActivationSpec = "relu", **overrides: Any) -> Activ
         if overrides:
             raise ValueError("keyword overrides only apply to string specs")
         return spec
-    _ensure_loaded()
     name, kwargs = parse_activation_spec(spec)
     kwargs.update(overrides)
     if name not in _BUILDERS:

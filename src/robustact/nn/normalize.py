@@ -11,16 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["Normalize", "DATASET_STATS"]
-
-#: (mean, std) per dataset, as used by the papers (SPEC.md).
-DATASET_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "mnist": ((0.1307,), (0.3081,)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "digits": ((0.3,), (0.38,)),
-}
-
+__all__ = ["Normalize"]
 
 class Normalize(nn.Module):
     """``(x - mean) / std`` per channel; mean and std are buffers, saved with the weights."""

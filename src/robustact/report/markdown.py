@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from robustact.io import atomic_write_bytes
+from robustact.core.storage import atomic_write_bytes
 
 __all__ = ["Report", "format_table"]
 
@@ -52,14 +52,15 @@ class Report:
         return self
 
     def figure(self, fig: Any, name: str, caption: str = "") -> Path:
-        """Save a matplotlib figure as ``<name>.png`` beside the report and link it."""
-        import matplotlib.pyplot as plt
+        """Save a matplotlib ``Figure`` as ``<name>.png`` beside the report and link it.
 
+        Figures are drawn on :class:`matplotlib.figure.Figure` objects, never through pyplot,
+        so nothing here touches matplotlib's global backend or figure registry.
+        """
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / f"{name}.png"
         tmp = self.out_dir / f".{name}.tmp.png"
         fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        plt.close(fig)
         os.replace(tmp, path)
         link = f"![{caption or name}]({path.name})"
         self.blocks.append(link + (f"\n\n*{caption}*" if caption else ""))

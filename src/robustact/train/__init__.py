@@ -1,12 +1,11 @@
 """Training: the trainer, LR schedules, tensor augmentation, safetensors checkpoints, resume.
 
 See :mod:`robustact.train.trainer` for the extension points (loss, batch hook, model wrapper,
-callbacks) and the determinism contract, and :mod:`robustact.train.checkpoint` for the on-disk
+callbacks) and the determinism contract, and :mod:`robustact.checkpoint` for the on-disk
 format and its crash safety.
 """
 
-from robustact.train.augment import crop_flip, get_augmentation, random_crop_flip
-from robustact.train.checkpoint import (
+from robustact.checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_training_state,
@@ -14,6 +13,7 @@ from robustact.train.checkpoint import (
     read_card,
     save_checkpoint,
 )
+from robustact.train.augment import crop_flip, get_augmentation, random_crop_flip
 from robustact.train.schedules import LRSchedule, lr_at
 from robustact.train.trainer import (
     Callback,

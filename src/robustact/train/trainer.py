@@ -40,15 +40,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustact._validate import check_images, check_labels
-from robustact.train.augment import AUGMENTATIONS, get_augmentation
-from robustact.train.checkpoint import (
+from robustact.checkpoint import (
     CheckpointError,
     load_training_state,
     read_card,
     resolve_checkpoint,
     save_checkpoint,
 )
+from robustact.core.validate import check_images, check_labels
+from robustact.train.augment import AUGMENTATIONS, get_augmentation
 from robustact.train.schedules import SCHEDULES, LRSchedule
 
 __all__ = [

@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save
+
+from robustact import __version__
 
 __all__ = ["atomic_write_bytes", "atomic_write_json", "read_json", "save_tensors", "load_tensors",
            "environment_info"]
@@ -66,25 +69,19 @@ def read_json(path: str | os.PathLike[str]) -> Any:
 def save_tensors(path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor],
                  metadata: Mapping[str, str] | None = None) -> Path:
     """Write tensors to a safetensors file atomically (contiguous CPU copies)."""
-    from safetensors.torch import save
-
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     return atomic_write_bytes(path, save(flat, metadata=dict(metadata or {})))
 
 
 def load_tensors(path: str | os.PathLike[str], device: str | torch.device = "cpu"
                  ) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     return load_file(str(path), device=str(device))
 
 
 def environment_info() -> dict[str, Any]:
     """Versions and device, recorded in every results file so numbers can be traced."""
-    import robustact
-
     return {
-        "robustact": robustact.__version__,
+        "robustact": __version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),

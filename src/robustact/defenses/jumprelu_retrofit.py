@@ -26,7 +26,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from robustact._validate import check_eval_mode, check_images, check_labels
+from robustact.core.validate import check_eval_mode, check_images, check_labels
+from robustact.defenses.base import DefenseWrapper
 from robustact.nn.jumprelu import JumpReLU, check_kappa
 from robustact.nn.surgery import JumpReLUMode, replace_modules, set_module
 
@@ -64,20 +65,7 @@ def paper_kappa_grid(model_name: str, dataset: str) -> tuple[float, ...]:
     return RESNET_KAPPA_GRID
 
 
-class _Delegating(nn.Module):
-    """Unknown public attributes (``num_classes``, ``robustact_config``, ...) come from ``base``."""
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            base = self.__dict__.get("_modules", {}).get("base")
-            if base is None or name.startswith("_"):
-                raise
-            return getattr(base, name)
-
-
-class JumpReLURetrofit(_Delegating):
+class JumpReLURetrofit(DefenseWrapper):
     """``base`` with every ReLU turned into JumpReLU(κ); κ settable via ``.kappa``.
 
     Constructing it modifies ``base`` in place (its ReLU modules are swapped); use
@@ -170,12 +158,10 @@ def retrofit_jumprelu(model: nn.Module, kappa: float, inplace: bool = False) -> 
     """Return ``model`` with every ReLU replaced by JumpReLU(κ) (a :class:`JumpReLURetrofit`).
 
     ``inplace=False`` (default) works on a deep copy, so ``model`` stays a ReLU model. An
-    already-retrofitted model just gets the new κ. An output-activation wrapper keeps its place
-    on the outside (the retrofit goes on its ``base``), so ``logits_from="base"`` still names
-    the logits.
+    already-retrofitted model just gets the new κ. Any other defense wrapper (e.g. an output
+    activation) keeps its place on the outside (the retrofit goes on its ``base``), so
+    ``logits_from="base"`` still names the logits.
     """
-    from robustact.defenses.output_activation import OutputActivationModel
-
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     kappa = check_kappa(kappa)
@@ -183,19 +169,17 @@ def retrofit_jumprelu(model: nn.Module, kappa: float, inplace: bool = False) -> 
     if isinstance(out, JumpReLURetrofit):
         out.kappa = kappa
         return out
-    if isinstance(out, OutputActivationModel):
+    if isinstance(out, DefenseWrapper):
         out.base = retrofit_jumprelu(out.base, kappa, inplace=True)
         return out
     return JumpReLURetrofit(out, kappa)
 
 
 def remove_jumprelu(model: nn.Module) -> nn.Module:
-    """Undo a retrofit (in place): the original ReLU model (inside an output activation, if any)."""
-    from robustact.defenses.output_activation import OutputActivationModel
-
+    """Undo a retrofit (in place): the original ReLU model (inside an outer wrapper, if any)."""
     if isinstance(model, JumpReLURetrofit):
         return model.undo()
-    if isinstance(model, OutputActivationModel) and isinstance(model.base, JumpReLURetrofit):
+    if isinstance(model, DefenseWrapper) and isinstance(model.base, JumpReLURetrofit):
         model.base = model.base.undo()
         return model
     raise ValueError(f"{type(model).__name__} is not a JumpReLU retrofit (nothing to remove)")

@@ -34,7 +34,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustact.io import atomic_write_json, environment_info, load_tensors, read_json, save_tensors
+from robustact.core.storage import (
+    atomic_write_json,
+    environment_info,
+    load_tensors,
+    read_json,
+    save_tensors,
+)
+from robustact.defenses.registry import apply_defenses, describe_defenses
+from robustact.models.registry import create_model
 
 __all__ = [
     "CARD_FILE",
@@ -136,14 +144,6 @@ def _model_config(model: nn.Module) -> dict[str, Any] | None:
     return None
 
 
-def _describe_defenses(model: nn.Module) -> Any:
-    try:
-        from robustact.defenses.registry import describe_defenses
-    except ImportError:
-        return None
-    return describe_defenses(model)
-
-
 def _as_dict(obj: Any) -> Any:
     if obj is None:
         return None
@@ -224,7 +224,7 @@ def save_checkpoint(
             "format": FORMAT,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "model": _model_config(model),
-            "defenses": _describe_defenses(model),
+            "defenses": describe_defenses(model),
             "train": _as_dict(config),
             "epoch": epoch,
             "metrics": dict(metrics or {}),
@@ -353,17 +353,8 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
                 f"the card in {ckpt} has no model config (the model had no robustact_config); "
                 "build the model yourself and pass it as load_checkpoint(..., model=...)"
             )
-        from robustact.models.registry import create_model
-
         model = create_model(**card["model"])
         if card.get("defenses"):
-            try:
-                from robustact.defenses.registry import apply_defenses
-            except ImportError as e:
-                raise CheckpointError(
-                    f"the checkpoint records defenses {card['defenses']!r} but "
-                    "robustact.defenses.registry is not available"
-                ) from e
             out = apply_defenses(model, card["defenses"], inplace=True)
             model = out if out is not None else model
     state = _verified_tensors(ckpt, card, MODEL_FILE, device)
