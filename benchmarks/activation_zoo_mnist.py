@@ -1,4 +1,4 @@
-"""LeNet-5 on MNIST with each of the ten activations of the SPLASH comparison (SPEC §2).
+"""LeNet-5 on MNIST with each of the ten activations of the SPLASH comparison (papers.md §2).
 
 Claim under test (Tavakoli et al. 2021): SPLASH units give higher clean accuracy than ReLU,
 Leaky ReLU, PReLU, ELU, tanh, sigmoid, Swish, Maxout and APL. Every network here gets the same
@@ -14,7 +14,7 @@ moves in a few epochs (its gradients vanish through four saturating layers), so 
 tuned for ReLU would measure the optimizer, not the activation; one optimizer for all keeps the
 comparison fair. SPLASH is placed where ReLU is (LeNet-5 has no BatchNorm), so its hinge offsets
 are calibrated once, before training, to the spread of each layer's pre-activations on 512
-training images (SPEC §2's option for layers without BatchNorm; ``--no-splash-calibration`` to
+training images (papers.md §2's option for layers without BatchNorm; ``--no-splash-calibration`` to
 switch off).
 
     python benchmarks/activation_zoo_mnist.py            # full zoo, 6 epochs, ~15 min, 1 thread

@@ -1,4 +1,4 @@
-"""Differential training vs cross-entropy on CIFAR-10 cat vs dog (SPEC §4, Nar et al. 2019).
+"""Differential training vs cross-entropy on CIFAR-10 cat vs dog (papers.md §4, Nar et al. 2019).
 
 The same network, same seed, same schedule is trained twice on the 10000 cat/dog training
 images: (a) with cross-entropy, (b) with differential training (pairwise loss

@@ -1,6 +1,6 @@
 """JumpReLU on MNIST: the κ curve, the κ tuner, and accuracy under the paper's and adaptive attacks.
 
-Protocol (SPEC §1, Erichson et al. 2019): train an ordinary ReLU network (LeNetLike by default,
+Protocol (papers.md §1, Erichson et al. 2019): train an ordinary ReLU network (LeNetLike by default,
 or load one with ``--model``, e.g. the zoo's ``runs/zoo/relu/final`` LeNet-5), then retrofit
 JumpReLU_κ at inference only, no retraining. Reported:
 

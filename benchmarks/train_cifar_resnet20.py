@@ -1,6 +1,6 @@
 """Benchmark: train ResNet-20 on CIFAR-10 with the robustact trainer; report test accuracy.
 
-On a GPU the default is the JumpReLU paper's schedule (SPEC §1): 120 epochs, SGD momentum 0.9,
+On a GPU the default is the JumpReLU paper's schedule (papers.md §1): 120 epochs, SGD momentum 0.9,
 weight decay 5e-4, batch 128, lr 0.1 ×0.1 at epochs 30/60/90, random crop 32 (pad 4) + flip.
 On a CPU that takes days, so the default there is a short cosine schedule (2 epochs, optionally
 on a stratified ``--subset`` of the training images) and the result is labelled

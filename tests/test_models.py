@@ -286,8 +286,8 @@ def test_paper_flatten_sizes_and_allcnn_count() -> None:
     lenetlike = create_model("lenetlike", dataset="mnist")
     alexlike = create_model("alexlike", dataset="cifar10")
     first_fc = lambda m: next(l for l in m.body if isinstance(l, nn.Linear))  # noqa: E731
-    assert first_fc(lenetlike).in_features == 320  # SPEC: flatten(320)
-    assert first_fc(alexlike).in_features == 5 * 5 * 128  # SPEC: flatten(5*5*128)
+    assert first_fc(lenetlike).in_features == 320  # papers.md §1: flatten(320)
+    assert first_fc(alexlike).in_features == 5 * 5 * 128  # papers.md §1: flatten(5*5*128)
     convs = [(3, 96, 3), (96, 96, 3), (96, 96, 3), (96, 192, 3), (192, 192, 3), (192, 192, 3)]
     convs += [(192, 192, 3), (192, 192, 1)]
     expected = sum(i * o * k * k + 2 * o for i, o, k in convs) + 192 * 10 + 10

@@ -93,8 +93,8 @@ def train_classifier(
     """Train ``model_name`` on ``dataset`` and save ``out_dir/final`` with its test accuracy.
 
     ``loss="differential"`` trains a two-class model (``classes``, default cat/dog) with the
-    pairwise loss on balanced batches and sets the bias by the margin rule (SPEC §4);
-    ``output_activation`` wraps the model in f(T·z) *before* training (SPEC §3).
+    pairwise loss on balanced batches and sets the bias by the margin rule (papers.md §4);
+    ``output_activation`` wraps the model in f(T·z) *before* training (papers.md §3).
     """
     from robustact.models import create_model
     from robustact.train import TrainConfig, Trainer, save_checkpoint

@@ -7,7 +7,7 @@ blindly: each step is limited to a radius r that grows when the linear predictio
 and shrinks when it was not, which matters exactly on the non-smooth models (JumpReLU) studied
 here.
 
-One iteration, per sample still classified y (SPEC.md §1):
+One iteration, per sample still classified y (papers.md §1):
 1. linearise the margins m_j = z_y − z_j of the candidate classes (the top ``candidates`` clean
    classes, as DeepFool) and pick j = argmin m_j / ‖∇m_j‖_q (q dual: L2 → 2, L∞ → 1);
 2. step against g = ∇m_j with length t = min(r, (m_j + 1e-4)/‖g‖_q): L2 s = −t·g/‖g‖₂,
@@ -25,7 +25,7 @@ Choices marked as ours (the paper's text and the authors' code differ in details
   radius never overshoots the linear model; the 1e-4 nudge is DeepFool's;
 - the class j is re-chosen at every accepted iterate (the authors' code fixes it at the start);
 - steps that do not decrease the margin are reverted (step 4);
-- grow ×2 / shrink ×0.5 at ρ thresholds 0.9 / 0.5 (SPEC; the authors' code uses ×/÷1.2);
+- grow ×2 / shrink ×0.5 at ρ thresholds 0.9 / 0.5 (papers.md §1; the authors' code uses ×/÷1.2);
 - ``r_max`` defaults to the diameter of the [0, 1] box in the attack norm (1 for L∞, √D for L2).
 """
 

@@ -23,7 +23,7 @@ class DatasetInfo:
     std: tuple[float, ...]
 
 
-#: One row per dataset. Statistics as used by the papers (SPEC.md); the digits' are rounded.
+#: One row per dataset. Statistics as used by the papers (papers.md); the digits' are rounded.
 DATASET_INFO: dict[str, DatasetInfo] = {
     "mnist": DatasetInfo("mnist", (1, 28, 28), 10, (0.1307,), (0.3081,)),
     "cifar10": DatasetInfo("cifar10", (3, 32, 32), 10, (0.4914, 0.4822, 0.4465),

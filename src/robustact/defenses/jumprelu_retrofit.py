@@ -44,7 +44,7 @@ __all__ = [
     "paper_kappa_grid",
 ]
 
-#: κ grids of the paper (SPEC §1): LeNetLike on MNIST; AlexLike on CIFAR-10; ResNet-20, WRN and
+#: κ grids of the paper (papers.md §1): LeNetLike on MNIST; AlexLike on CIFAR-10; ResNet-20, WRN and
 #: MobileNetV2 on CIFAR-10.
 MNIST_KAPPA_GRID: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5)
 ALEXLIKE_KAPPA_GRID: tuple[float, ...] = tuple(round(0.1 * i, 10) for i in range(9))

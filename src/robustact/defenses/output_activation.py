@@ -6,7 +6,7 @@ training) or bolt it onto a trained model (:func:`add_output_activation`); it ha
 its own, so the wrapped model's state dict is unchanged apart from the ``base.`` prefix.
 
 Evaluate it honestly: f is strictly increasing, so decisions equal the base model's and the
-defense is pure gradient masking (SPEC §3). The wrapped model is the attribute ``base`` so
+defense is pure gradient masking (papers.md §3). The wrapped model is the attribute ``base`` so
 adaptive attacks can compute their loss on z with ``logits_from="base"``; the activation is the
 submodule ``activation`` (class ``OutputActivation``), which BPDA replaces by the identity.
 """

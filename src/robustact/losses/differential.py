@@ -1,4 +1,4 @@
-"""Differential training loss (Nar, Ocal, Sastry, Ramchandran, arXiv:1901.08360; SPEC §4).
+"""Differential training loss (Nar, Ocal, Sastry, Ramchandran, arXiv:1901.08360; papers.md §4).
 
 For a binary task with penultimate features φ(x) and score s(x) = wᵀφ(x) + b, the loss looks only
 at pairs from opposite classes::

@@ -2,7 +2,7 @@
 
 A network of convolutions only: pooling is replaced by stride-2 convolutions, and the classifier
 is a 1×1 convolution to the class count followed by global average pooling. SPLASH compares
-activations on it (SPEC.md §2).
+activations on it (papers.md §2).
 
 Layout (padding 1 everywhere except the valid 3×3 near the end, as in the paper)::
 

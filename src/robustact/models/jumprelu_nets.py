@@ -1,6 +1,6 @@
 """The two small networks of the JumpReLU paper (Erichson, Yao, Mahoney 2019): LeNetLike, AlexLike.
 
-They are built exactly as SPEC.md §1 describes them, because the JumpReLU retrofit is tuned and
+They are built exactly as papers.md §1 describes them, because the JumpReLU retrofit is tuned and
 compared on these very models (κ grids, the published AlexLike row). Every hidden layer's
 activation is a factory site, so the retrofit can swap all of them for JumpReLU; the logits layer
 (``head``) has none.
@@ -89,7 +89,7 @@ class AlexLike(ZooClassifier):
 
     Choices where the paper's description is terse: the convolutions are unpadded (that is what
     makes the stated 5·5·128 flatten size come out), and the single dropout sits between the
-    flatten and the first fully connected layer, where SPEC.md places it.
+    flatten and the first fully connected layer, where papers.md §1 places it.
     """
 
     arch = "alexlike"

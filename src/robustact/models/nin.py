@@ -18,7 +18,7 @@ model returns logits.
 
 ``batchnorm`` (default True) adds BatchNorm after every convolution, before its activation: the
 2014 network predates BatchNorm, but SPLASH's fixed hinge offsets assume roughly N(0, 1)
-pre-activations (SPEC.md §2). ``batchnorm=False`` gives the original layout with biases.
+pre-activations (papers.md §2). ``batchnorm=False`` gives the original layout with biases.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
     h(x) = max(0, x) + Σ_{s=1}^{S} a_s · max(0, −x + b_s)
 
 a ReLU plus S learned hinges on the left, with learned slopes a_s and learned hinge locations
-b_s. One of the nine activations SPLASH is compared against (SPEC §2); unlike SPLASH, the hinge
+b_s. One of the nine activations SPLASH is compared against (papers.md §2); unlike SPLASH, the hinge
 locations are trained too and h(0) = Σ a_s·max(0, b_s) need not be 0.
 
 Initialisation (a choice, documented): a = 0 so a fresh APL layer is exactly a ReLU (as with

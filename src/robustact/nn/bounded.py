@@ -5,7 +5,7 @@ The logits z are multiplied by a temperature T and squashed by a strictly increa
 increasing, argmax f(T·z) = argmax z: the decisions are the undefended model's. What changes is
 the gradient: at high T, f saturates, its derivative underflows to exactly 0 in float32 for
 sigmoid and tanh, and every gradient-based attack sees a zero gradient -- gradient masking
-(SPEC §3). softsign and arctan saturate only polynomially, so their gradients become tiny but
+(papers.md §3). softsign and arctan saturate only polynomially, so their gradients become tiny but
 rarely exactly zero.
 """
 

@@ -319,7 +319,7 @@ class SPLASH(nn.Module):
         """Set the offsets from a batch of this layer's pre-activations: b ← linspace · std(x).
 
         For layers without BatchNorm, whose inputs are not on the unit scale the default offsets
-        assume. One std per layer (SPEC §2).
+        assume. One std per layer (papers.md §2).
         """
         if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x) or x.numel() < 2:
             raise ValueError("SPLASH.calibrate needs a floating tensor with at least 2 values")

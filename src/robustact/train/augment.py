@@ -5,8 +5,8 @@ resumed run diverge from an uninterrupted one. Here one call augments a whole ba
 number comes from the generator the trainer seeds from ``(seed, epoch)``; and the random draws are
 made on the CPU, so the same seed gives the same crops on CPU and GPU.
 
-``"cifar"`` is the standard CIFAR recipe of the papers (SPEC §1): pad 4 pixels with zeros, take a
-random crop of the original size, flip horizontally with probability ½. ``"shift"`` is the digit
+``"cifar"`` is the standard CIFAR recipe of the papers (papers.md §1): pad 4 pixels with zeros, take
+a random crop of the original size, flip horizontally with probability ½. ``"shift"`` is the digit
 version: a random translation by up to 2 pixels (pad 2, crop), never a flip (a mirrored digit is
 another symbol).
 """

@@ -1,4 +1,4 @@
-"""Differential-training helpers: the margin bias and a one-call training recipe (SPEC §4).
+"""Differential-training helpers: the margin bias and a one-call training recipe (papers.md §4).
 
 The pairwise loss (:mod:`robustact.losses.differential`) fixes the score direction w but not
 the bias, because b cancels in every pair. Nar et al. then put the decision boundary in the

@@ -165,7 +165,7 @@ class TrainConfig:
         return cls(**d)
 
 
-# --- paper presets (SPEC §1) ---------------------------------------------------------------------
+# --- paper presets (papers.md §1) ----------------------------------------------------------
 
 def jumprelu_mnist_config(**overrides: Any) -> TrainConfig:
     """LeNetLike on MNIST: SGD 0.9, wd 5e-4, batch 128, 90 epochs, lr 0.02 ×0.2 at 30/60/80."""
