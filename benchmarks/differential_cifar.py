@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                      early_stop=False)  # last iterate, as committed
                         r = attack_metrics(attack, model, x, y)
                         row[f"found_{loss}"] = r["success_rate"]
-                        row[f"{loss}_detail"] = {**r, "attack_config": attack.config()}
+                        row[f"{loss}_detail"] = {**r, "attack_spec": attack.spec()}
                     row["n"] = n
                     attack_rows.append(row)
                 print(f"  attacked {kind} / {split}", flush=True)

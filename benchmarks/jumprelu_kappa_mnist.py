@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 target = with_bpda(m) if bpda else m
                 r = attack_metrics(attack, target, xa, ya)
                 attack_rows.append({"kappa": k, "attack": name, **r,
-                                    "attack_config": attack.config()})
+                                    "attack_spec": attack.spec()})
                 print(f"  kappa {k:.2f} {name:18s} acc {100 * r['accuracy']:6.2f} %  "
                       f"({r['seconds']:.0f} s)", flush=True)
     attack_table = format_table(

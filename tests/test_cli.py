@@ -111,8 +111,8 @@ def test_attack_passes_extra_parameters(trained: Path, tmp_path: Path) -> None:
                                      "--out", str(tmp_path / "a")])
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
-    assert summary["attack_config"]["early_stop"] is False
-    assert summary["attack_config"]["seed"] == 3
+    assert summary["attack_spec"]["early_stop"] is False
+    assert summary["attack_spec"]["seed"] == 3
     res = runner.invoke(app, base + ["--param", "early_stopp=false", "--out", str(tmp_path / "b")])
     assert res.exit_code == 2 and "does not take early_stopp" in res.output
     res = runner.invoke(app, base + ["--param", "nonsense", "--out", str(tmp_path / "c")])

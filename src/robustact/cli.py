@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -173,12 +173,14 @@ def tune_jump(
 def attack(
     model: Annotated[Path, typer.Option("--model", help="Checkpoint to attack.")],
     attack: Annotated[str, typer.Option(
-        "--attack", help="fgsm | bim | ifgsm | pgd | mim | apgd | deepfool | cw | "
-                         "trust_region | square")] = "pgd",
-    eps: Annotated[float | None, typer.Option(help="Budget (fixed-budget attacks).")] = None,
+        "--attack", help="fgsm | bim | ifgsm | pgd | mim | apgd | deepfool | cw | trust_region "
+                         "| square, or a spec such as pgd:eps=8/255,steps=40")] = "pgd",
+    eps: Annotated[str | None, typer.Option(
+        help="Budget in [0, 1] pixel units, e.g. 0.3 or 8/255 (fixed-budget attacks; default: "
+             "the dataset's, MNIST 0.3, CIFAR 8/255, digits 0.1 for linf).")] = None,
     norm: Annotated[str | None, typer.Option(help="linf | l2")] = None,
     steps: int | None = None,
-    alpha: Annotated[float | None, typer.Option(help="Step size.")] = None,
+    alpha: Annotated[str | None, typer.Option(help="Step size, e.g. 0.01 or 2/255.")] = None,
     restarts: int | None = None,
     loss: Annotated[str | None, typer.Option(help="ce | margin | dlr")] = None,
     logits_from: Annotated[str | None, typer.Option(
@@ -197,13 +199,21 @@ def attack(
     progress: bool = True,
 ) -> None:
     """Attack a saved model; writes the adversarial examples and a JSON summary."""
+    from robustact.core.spec import parse_number, parse_params
     from robustact.workflows import attack_checkpoint
 
-    params = {"eps": eps, "norm": norm, "steps": steps, "alpha": alpha, "restarts": restarts,
-              "loss": loss, "logits_from": logits_from}
-    params = {k: v for k, v in params.items() if v is not None}
     try:
-        params.update(_parse_params(param or []))
+        params = {"eps": None if eps is None else parse_number(eps, "--eps"),
+                  "norm": norm, "steps": steps,
+                  "alpha": None if alpha is None else parse_number(alpha, "--alpha"),
+                  "restarts": restarts, "loss": loss, "logits_from": logits_from}
+        params = {k: v for k, v in params.items() if v is not None}
+        extra = parse_params(param or [])
+        twice = sorted(set(params) & set(extra))
+        if twice:
+            raise ValueError(f"{', '.join(twice)} given twice: as --{twice[0].replace('_', '-')} "
+                             f"and as --param {twice[0]}=...; give it once")
+        params.update(extra)
         summary = attack_checkpoint(model, attack, params, out=out, split=split, n=n,
                                     batch_size=batch_size, bpda=bpda, data_root=data_root,
                                     progress=progress)
@@ -211,33 +221,10 @@ def attack(
         _fail(e)
         return
     summary.pop("environment", None)
+    for key, value in summary.get("defaults", {}).items():
+        typer.echo(f"no --{key} given: using {key}={value:.6g}, the default for this dataset",
+                   err=True)
     _echo_json(summary)
-
-
-def _parse_params(items: list[str]) -> dict[str, Any]:
-    """``["steps=40", "early_stop=false"]`` → ``{"steps": 40, "early_stop": False}``.
-
-    Values are read as bool (true/false), int, float, then string; the attack itself checks
-    names and types, so a typo fails with the list of parameters it accepts.
-    """
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
-            raise ValueError(f"--param expects KEY=VALUE, got {item!r}")
-        value: Any = raw.strip()
-        if value.lower() in ("true", "false"):
-            value = value.lower() == "true"
-        else:
-            for kind in (int, float):
-                try:
-                    value = kind(value)
-                    break
-                except ValueError:
-                    continue
-        out[key] = value
-    return out
 
 
 def main() -> None:

@@ -248,25 +248,30 @@ def attack_checkpoint(path: str | Path, attack: str, params: dict[str, Any], *,
                       data_root: str | Path | None = None, progress: bool = True
                       ) -> dict[str, Any]:
     """Run one attack on the first ``n`` examples of a split and write the adversarial examples
-    (``adversarial.safetensors``) and a JSON summary; success is re-verified independently."""
+    (``adversarial.safetensors``) and a JSON summary; success is re-verified independently.
+
+    ``attack`` is a name or spec string; a fixed-budget attack given no ``eps`` gets the default
+    budget of the checkpoint's dataset (``summary["defaults"]`` says which)."""
     from tqdm.auto import tqdm
 
     from robustact.attacks import verify, with_bpda
-    from robustact.attacks.registry import create_attack
+    from robustact.attacks.registry import create_attack, resolve_attack
     from robustact.core.storage import save_tensors
     from robustact.train import load_checkpoint
 
     t0 = time.perf_counter()
     model, card = load_checkpoint(path)
+    spec, defaults = resolve_attack(attack, params,
+                                    dataset=(card.get("data") or {}).get("dataset", ""))
+    atk = create_attack(**spec)  # before loading data: a bad parameter fails at once
     ds = _load_eval_data(card, None, split, data_root, limit=n)
-    atk = create_attack(attack, **params)
     target_model = with_bpda(model) if bpda else model
     xs, advs, succ, norms, ys = [], [], [], [], []
     for i in tqdm(range(0, len(ds), batch_size), desc=f"{attack}", disable=not progress):
         x = ds.x(slice(i, i + batch_size))
         y = ds.labels[i:i + batch_size]
         res = atk(target_model, x, y)
-        v = verify(model, x, y, res, eps=params.get("eps"), norm=atk.norm)
+        v = verify(model, x, y, res, eps=atk.spec().get("eps"), norm=atk.norm)
         xs.append(x)
         advs.append(res.x_adv)
         succ.append(v.success)
@@ -280,8 +285,9 @@ def attack_checkpoint(path: str | Path, attack: str, params: dict[str, Any], *,
     save_tensors(out / "adversarial.safetensors",
                  {"x_adv": adv, "labels": y_all, "success": ok.to(torch.uint8)})
     summary: dict[str, Any] = {
-        "checkpoint": str(path), "attack": attack, "params": params,
-        "attack_config": atk.config(), "bpda": bpda, "split": split, "n": int(len(y_all)),
+        "checkpoint": str(path), "attack": spec["name"], "params": params,
+        "defaults": defaults, "attack_spec": atk.spec(), "bpda": bpda, "split": split,
+        "n": int(len(y_all)),
         "clean_accuracy": float(clean_ok.double().mean()),
         "success_rate": float(ok.double().mean()),
         "robust_accuracy": float((clean_ok & ~ok).double().mean()),

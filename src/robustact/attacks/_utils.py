@@ -24,6 +24,7 @@ __all__ = [
     "loss_and_grad",
     "check_norm",
     "check_eps",
+    "check_budget",
     "check_positive",
     "check_int",
     "per_sample",
@@ -51,6 +52,20 @@ def check_eps(eps: float, name: str = "eps") -> float:
     if not math.isfinite(eps) or eps < 0:
         raise ValueError(f"{name} must be finite and >= 0, got {eps}")
     return float(eps)
+
+
+def check_budget(eps: float, norm: str) -> float:
+    """An attack's budget ε for ``norm``: :func:`check_eps`, and ε ≤ 1 for L∞.
+
+    Images are in [0, 1], so an L∞ ε above 1 constrains nothing: it is almost surely a budget
+    in grey levels (8 for 8/255). An L2 (or L1) ε has no such bound: the [0, 1] box has
+    diameter √d in L2 (28 on MNIST), and min-norm comparisons use budgets above 1 legitimately.
+    """
+    eps = check_eps(eps)
+    if norm == "linf" and eps > 1.0:
+        raise ValueError(f"eps must be in [0, 1] for linf (images are in [0, 1]; write e.g. "
+                         f"8/255 for 8 grey levels), got {eps:g}")
+    return eps
 
 
 def check_positive(value: float, name: str) -> float:

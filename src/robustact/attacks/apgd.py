@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from robustact.attacks._utils import (
+    check_budget,
     check_eps,
     check_int,
     check_norm,
@@ -82,8 +83,8 @@ class APGD(Attack):
                  logits_from: str | None = None, force_eval: bool = False,
                  seed: int = 0) -> None:
         super().__init__(loss=loss, logits_from=logits_from, force_eval=force_eval, seed=seed)
-        self.eps = check_eps(eps)
         self.norm = check_norm(norm)
+        self.eps = check_budget(eps, self.norm)
         self.steps = check_int(steps, "steps")
         self.restarts = check_int(restarts, "restarts")
         self.rho = check_eps(rho, "rho")

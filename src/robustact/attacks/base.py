@@ -17,6 +17,7 @@ final success / norm computation.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from robustact.core.validate import check_images, check_labels, check_logits
+from robustact.core.spec import bind_params
 from robustact.losses.attack import AttackLoss, get_attack_loss
 
 __all__ = ["Attack", "AttackResult", "LogitsView", "lp_norms", "prepared_model"]
@@ -176,14 +178,46 @@ class Attack:
         force_eval: switch a model in train mode to eval for the attack, then restore it.
         seed: seed of the attack's own ``torch.Generator`` (random starts, Square's sampling);
             attacks never touch the global RNG, so runs are reproducible and independent.
+
+    Every subclass's constructor is checked and recorded generically (see
+    :meth:`__init_subclass__`): a parameter it does not take, a missing one, or a value of the
+    wrong type for its annotation (``early_stop="maybe"`` for a ``bool``) is one
+    :class:`~robustact.core.spec.ParameterError` line, and :meth:`spec` returns the parameters
+    the attack was built with, so ``create_attack(**attack.spec())`` rebuilds it.
     """
 
     name: str = "attack"
     norm: str = "linf"
 
+    _spec: dict[str, Any]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Wrap the subclass's ``__init__``: check its arguments, then record them for spec().
+
+        Only the outermost constructor call is checked and recorded (``BIM.__init__`` calling
+        ``PGD.__init__`` with derived values is an implementation detail, not the user's spec).
+        Why generic: the types are declared once, in the signature, and every attack (including
+        a user's subclass) gets the same one-line errors and a spec() without writing either.
+        """
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+
+        @functools.wraps(init)
+        def checked_init(self: Attack, *args: Any, **kw: Any) -> None:
+            if type(self).__init__ is not checked_init:  # called via super(): already checked
+                init(self, *args, **kw)
+                return
+            params = bind_params(init, args, kw, owner=f"attack {type(self).name!r}",
+                                 skip=1)
+            init(self, *args, **kw)
+            self._spec = {"name": type(self).name, **params}
+
+        cls.__init__ = checked_init  # type: ignore[method-assign]
+
     def __init__(self, *, loss: str | AttackLoss = "ce", logits_from: str | None = None,
                  force_eval: bool = False, seed: int = 0) -> None:
-        self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", "custom")
         self.loss_fn: AttackLoss = get_attack_loss(loss)
         self.logits_from = logits_from
         self.force_eval = force_eval
@@ -209,10 +243,15 @@ class Attack:
         pred = logits.argmax(1)
         return pred == target if target is not None else pred != y
 
-    def config(self) -> dict[str, Any]:
-        """The attack's hyper-parameters, for results files (protocol-as-data)."""
-        return {k: v for k, v in vars(self).items()
-                if isinstance(v, (int, float, str, bool, type(None))) and not k.startswith("_")}
+    def spec(self) -> dict[str, Any]:
+        """``{"name": registered name, **constructor parameters}``, defaults included.
+
+        ``create_attack(**attack.spec())`` rebuilds an identical attack (same spec, same outputs
+        for the same inputs). The values are the ones given, not derived ones (``alpha=None``
+        stays None: PGD derives it from eps and steps again). Everything the CLI or a spec string
+        can express is a plain value (JSON-ready); a callable ``loss`` stays the callable.
+        """
+        return dict(self._spec)
 
     # -- the call --------------------------------------------------------------------------------
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,

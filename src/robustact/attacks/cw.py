@@ -71,7 +71,7 @@ class CarliniWagnerL2(Attack):
     result carries ``mean_gradient_evaluations`` (forward+backward passes per sample).
     """
 
-    name = "cw_l2"
+    name = "cw"
     norm = "l2"
 
     def __init__(self, c_init: float = 1e-2, binary_search_steps: int = 9, steps: int = 100,
@@ -87,9 +87,6 @@ class CarliniWagnerL2(Attack):
                 0.0 <= kappa < float("inf")):
             raise ValueError(f"kappa must be a finite number >= 0, got {kappa!r}")
         self.kappa = float(kappa)
-        for flag, value in (("abort_early", abort_early), ("warm_start", warm_start)):
-            if not isinstance(value, bool):
-                raise TypeError(f"{flag} must be a bool, got {type(value).__name__}")
         self.abort_early = abort_early
         self.warm_start = warm_start
 

@@ -131,8 +131,6 @@ class DeepFool(Attack):
             raise ValueError(f"overshoot must be a finite number >= 0, got {overshoot!r}")
         self.overshoot = float(overshoot)
         self.candidates = check_int(candidates, "candidates", minimum=2)
-        if not isinstance(box_aware, bool):
-            raise TypeError(f"box_aware must be a bool, got {type(box_aware).__name__}")
         self.box_aware = box_aware
         self.refine = check_int(refine, "refine", minimum=0)
         self.bisect = check_int(bisect, "bisect")

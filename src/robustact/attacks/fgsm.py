@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from robustact.attacks._utils import (
-    check_eps,
+    check_budget,
     check_norm,
     clip_to_box,
     loss_and_grad,
@@ -39,8 +39,8 @@ class FGSM(Attack):
                  logits_from: str | None = None, force_eval: bool = False,
                  seed: int = 0) -> None:
         super().__init__(loss=loss, logits_from=logits_from, force_eval=force_eval, seed=seed)
-        self.eps = check_eps(eps)
         self.norm = check_norm(norm)
+        self.eps = check_budget(eps, self.norm)
 
     def perturb(self, view: LogitsView, x: torch.Tensor, y: torch.Tensor,
                 target: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, Any]]:

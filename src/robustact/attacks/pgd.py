@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from robustact.attacks._utils import (
+    check_budget,
     check_eps,
     check_int,
     check_norm,
@@ -68,7 +69,7 @@ class PGD(Attack):
                  seed: int = 0) -> None:
         super().__init__(loss=loss, logits_from=logits_from, force_eval=force_eval, seed=seed)
         self.norm = check_norm(norm)
-        self.eps = None if eps is None else check_eps(eps)
+        self.eps = None if eps is None else check_budget(eps, self.norm)
         self.steps = check_int(steps, "steps")
         self.restarts = check_int(restarts, "restarts")
         if alpha is None:

@@ -1,8 +1,12 @@
 """``create_attack(name, **params)``: attacks by name, for the CLI and protocol files.
 
-Why: an evaluation protocol is data (AutoAttack-style) — a list of ``{"attack": name, ...}``
-entries — so results files can record exactly what ran and re-run it. Unknown parameters are an
-error naming the attack's accepted ones, never silently ignored.
+Why: an evaluation protocol is data (AutoAttack-style) — a list of ``{"name": ..., ...}``
+entries — so results files can record exactly what ran and re-run it: every attack's
+:meth:`~robustact.attacks.base.Attack.spec` is such an entry, and ``create_attack(**spec)``
+rebuilds the attack. ``name`` may also be a spec string in the one grammar of
+:mod:`robustact.core.spec` (``"pgd:eps=8/255,steps=40"``). Each attack has one name, its class's
+``name``; unknown parameters, missing ones and wrongly typed ones are one-line errors naming
+the attack, never silently ignored.
 """
 
 from __future__ import annotations
@@ -11,25 +15,38 @@ import inspect
 from typing import Any
 
 from robustact.attacks.base import Attack
+from robustact.core.spec import ParameterError, parse_spec
 
-__all__ = ["create_attack", "available_attacks", "attack_parameters"]
+__all__ = [
+    "DEFAULT_BUDGETS",
+    "attack_parameters",
+    "available_attacks",
+    "create_attack",
+    "default_budget",
+    "resolve_attack",
+]
+
+#: The budget ε a fixed-budget attack gets when none is given, by dataset and norm, in [0, 1]
+#: pixel units. L∞: the standard threat models (MNIST 0.3, Madry et al.; CIFAR 8/255,
+#: RobustBench); sklearn's 8×8 digits have 17 grey levels, and 0.1 (≈ 1.6 levels) is the ε the
+#: demo reports. L2: MNIST 2.0 and CIFAR 0.5 as commonly reported; digits 0.5 (64 pixels: a bit
+#: below 0.8, the L2 size of a full 0.1 L∞ corner).
+DEFAULT_BUDGETS: dict[str, dict[str, float]] = {
+    "mnist": {"linf": 0.3, "l2": 2.0},
+    "cifar10": {"linf": 8 / 255, "l2": 0.5},
+    "cifar100": {"linf": 8 / 255, "l2": 0.5},
+    "digits": {"linf": 0.1, "l2": 0.5},
+}
 
 
 def _classes() -> dict[str, type[Attack]]:
     from robustact import attacks as A
 
-    return {
-        "fgsm": A.FGSM,
-        "bim": A.BIM,
-        "ifgsm": A.IFGSM,
-        "pgd": A.PGD,
-        "mim": A.MIM,
-        "apgd": A.APGD,
-        "deepfool": A.DeepFool,
-        "cw": A.CarliniWagnerL2,
-        "trust_region": A.TrustRegion,
-        "square": A.Square,
-    }
+    classes: tuple[type[Attack], ...] = (
+        A.FGSM, A.BIM, A.IFGSM, A.PGD, A.MIM, A.APGD, A.DeepFool, A.CarliniWagnerL2,
+        A.TrustRegion, A.Square,
+    )
+    return {cls.name: cls for cls in classes}
 
 
 def available_attacks() -> list[str]:
@@ -44,22 +61,56 @@ def attack_parameters(name: str) -> list[str]:
 
 def _lookup(name: str) -> type[Attack]:
     classes = _classes()
-    key = name.lower().replace("-", "_")
-    key = {"tr": "trust_region", "cw_l2": "cw", "i_fgsm": "ifgsm"}.get(key, key)
+    key = name.strip().lower().replace("-", "_")
     if key not in classes:
         raise ValueError(f"unknown attack {name!r}; available: {', '.join(sorted(classes))}")
     return classes[key]
 
 
+def default_budget(dataset: str, norm: str) -> float:
+    """The ε of :data:`DEFAULT_BUDGETS` for ``dataset`` and ``norm``; ValueError if none."""
+    budgets = DEFAULT_BUDGETS.get(dataset, {})
+    if norm not in budgets:
+        known = ", ".join(f"{d} ({'/'.join(b)})" for d, b in DEFAULT_BUDGETS.items())
+        raise ValueError(f"no default eps for dataset {dataset!r} and norm {norm!r} (defaults "
+                         f"exist for {known}); give eps explicitly")
+    return budgets[norm]
+
+
+def resolve_attack(name: str, params: dict[str, Any] | None = None, *,
+                   dataset: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Merge a name or spec string with keyword ``params`` into ``{"name": ..., **params}``.
+
+    A parameter both in the spec string and in ``params`` is refused (which one was meant?).
+    With ``dataset``, a fixed-budget attack given no ``eps`` gets the dataset's default budget
+    for its norm (:data:`DEFAULT_BUDGETS`). Returns ``(spec, defaults_used)``; the spec is not
+    validated here: the attack's constructor does that.
+    """
+    base, given = parse_spec(name)
+    params = dict(params or {})
+    twice = sorted(set(given) & set(params))
+    if twice:
+        raise ParameterError(f"{', '.join(twice)} given twice: in {name!r} and as a parameter; "
+                             "give it once")
+    cls = _lookup(base)
+    merged: dict[str, Any] = {**given, **params}
+    signature = inspect.signature(cls.__init__).parameters
+    eps = signature.get("eps")
+    defaults: dict[str, Any] = {}
+    if dataset is not None and eps is not None and eps.default is eps.empty and (
+            "eps" not in merged):
+        norm_param = signature.get("norm")
+        norm = merged.get("norm", norm_param.default if norm_param is not None else cls.norm)
+        defaults["eps"] = default_budget(dataset, norm)
+    return {"name": cls.name, **merged, **defaults}, defaults
+
+
 def create_attack(name: str, **params: Any) -> Attack:
-    """Build an attack; ``None`` values are dropped so callers can pass optional CLI flags."""
-    cls = _lookup(name)
-    accepted = set(attack_parameters(name))
-    given = {k: v for k, v in params.items() if v is not None}
-    unknown = sorted(set(given) - accepted)
-    if unknown:
-        raise ValueError(
-            f"attack {name!r} does not take {', '.join(unknown)}; it accepts: "
-            f"{', '.join(sorted(accepted))}"
-        )
-    return cls(**given)
+    """Build an attack from its name (or a spec string) and parameters.
+
+    ``create_attack(**attack.spec())`` rebuilds ``attack``. Parameters are passed as given
+    (``None`` included: ``PGD(eps=None, alpha=...)`` is the unbounded variant).
+    """
+    spec, _ = resolve_attack(name, params)
+    cls = _classes()[spec.pop("name")]
+    return cls(**spec)

@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from robustact.attacks._utils import check_eps, check_int, check_norm, check_positive
+from robustact.attacks._utils import check_budget, check_int, check_norm, check_positive
 from robustact.attacks.base import Attack, LogitsView
 from robustact.losses.attack import AttackLoss
 
@@ -82,8 +82,8 @@ class Square(Attack):
                  p_init: float = 0.8, loss: str | AttackLoss = "margin", seed: int = 0, *,
                  logits_from: str | None = None, force_eval: bool = False) -> None:
         super().__init__(loss=loss, logits_from=logits_from, force_eval=force_eval, seed=seed)
-        self.eps = check_eps(eps)
         self.norm = check_norm(norm, ("linf",))
+        self.eps = check_budget(eps, self.norm)
         self.n_queries = check_int(n_queries, "n_queries")
         self.p_init = check_positive(p_init, "p_init")
         if self.p_init > 1.0:

@@ -42,9 +42,10 @@ class TransferAttack(Attack):
         self.norm = attack.norm
         self.name = f"transfer-{attack.name}"
 
-    def config(self) -> dict[str, Any]:
-        return {"name": self.name, "force_eval": self.force_eval,
-                "attack": self.attack.config()}
+    def spec(self) -> dict[str, Any]:
+        """The inner attack's spec and the options; the surrogate is a model, not a parameter,
+        so a transfer attack is not in the registry and ``create_attack`` cannot rebuild it."""
+        return {"name": "transfer", "attack": self.attack.spec(), "force_eval": self.force_eval}
 
     def perturb(self, view: LogitsView, x: torch.Tensor, y: torch.Tensor,
                 target: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, Any]]:

@@ -1,4 +1,6 @@
-"""The bottom layer: input validation, atomic file storage, and nothing that imports upward.
+"""The bottom layer: validation, the one spec grammar, atomic file storage; no upward imports.
 
 Every other package may import from here; this package imports no other part of robustact.
+:mod:`robustact.core.spec` is the one ``name:key=value,...`` grammar (activations, attacks, the
+CLI's ``--param``) and the generic check of keyword parameters against a callable's signature.
 """

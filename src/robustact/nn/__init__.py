@@ -6,7 +6,6 @@ from robustact.nn.factory import (
     activation_factory,
     available_activations,
     create_activation,
-    parse_activation_spec,
     register_activation,
 )
 from robustact.nn.normalize import Normalize
@@ -17,7 +16,6 @@ __all__ = [
     "activation_factory",
     "available_activations",
     "create_activation",
-    "parse_activation_spec",
     "register_activation",
     "Normalize",
 ]

@@ -1,6 +1,7 @@
 """The activation factory: an activation is a parameter of a model, not a fork of it.
 
-A *spec* names an activation and its keyword arguments in one string, for the CLI and configs:
+A *spec* names an activation and its keyword arguments in one string, for the CLI and configs
+(read by the one spec grammar, :func:`robustact.core.spec.parse_spec`):
 ``"relu"``, ``"leaky_relu:negative_slope=0.1"``, ``"splash:S=7,per_channel=true"``,
 ``"jumprelu:kappa=1.0"``. Models receive an :data:`ActivationFactory` (a callable
 ``num_features -> nn.Module``) and call it once per activation site, so every site owns a fresh
@@ -14,18 +15,18 @@ that PyTorch already provides are registered here.
 
 from __future__ import annotations
 
-import ast
 from collections.abc import Callable
 from typing import Any, Union
 
 from torch import nn
+
+from robustact.core.spec import bind_params, parse_spec
 
 __all__ = [
     "ActivationFactory",
     "ActivationSpec",
     "register_activation",
     "available_activations",
-    "parse_activation_spec",
     "activation_factory",
     "create_activation",
 ]
@@ -57,54 +58,26 @@ def available_activations() -> list[str]:
     return sorted(_BUILDERS)
 
 
-def _parse_value(text: str) -> Any:
-    low = text.strip().lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    try:
-        return ast.literal_eval(text.strip())
-    except (ValueError, SyntaxError):
-        return text.strip()
-
-
-def parse_activation_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"splash:S=7,per_channel=true"`` -> ``("splash", {"S": 7, "per_channel": True})``."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"activation spec must be a non-empty string, got {spec!r}")
-    name, _, rest = spec.strip().partition(":")
-    kwargs: dict[str, Any] = {}
-    if rest.strip():
-        for part in rest.split(","):
-            key, eq, value = part.partition("=")
-            if not eq or not key.strip():
-                raise ValueError(
-                    f"bad activation spec {spec!r}: expected name:key=value,key=value"
-                )
-            kwargs[key.strip()] = _parse_value(value)
-    return name.strip().lower(), kwargs
-
-
 def activation_factory(spec: ActivationSpec = "relu", **overrides: Any) -> ActivationFactory:
     """Turn a spec string (or an existing factory) into a factory ``num_features -> nn.Module``."""
     if callable(spec) and not isinstance(spec, str):
         if overrides:
             raise ValueError("keyword overrides only apply to string specs")
         return spec
-    name, kwargs = parse_activation_spec(spec)
+    name, kwargs = parse_spec(spec)  # the one spec grammar (robustact.core.spec)
+    name = name.lower()
     kwargs.update(overrides)
     if name not in _BUILDERS:
         raise ValueError(
             f"unknown activation {name!r}; available: {', '.join(sorted(_BUILDERS))}"
         )
     builder = _BUILDERS[name]
+    # Names and types checked now, once, against the builder's signature (num_features left
+    # out), so "splash:per_channel=maybe" fails here in one line, not at the first layer built.
+    bind_params(builder, (), kwargs, owner=f"activation spec {spec!r}", skip=1)
 
     def factory(num_features: int) -> nn.Module:
-        try:
-            return builder(num_features, **kwargs)
-        except TypeError as e:  # unknown keyword -> name the spec
-            raise ValueError(f"bad arguments for activation {spec!r}: {e}") from e
+        return builder(num_features, **kwargs)
 
     factory.spec = spec  # type: ignore[attr-defined]  # recorded in checkpoint cards
     return factory
@@ -117,7 +90,7 @@ def create_activation(spec: ActivationSpec, num_features: int) -> nn.Module:
 
 # --- PyTorch built-ins (element-wise; ``num_features`` only matters for PReLU) -----------------
 
-register_activation("relu")(lambda n, **kw: nn.ReLU(**kw))
+register_activation("relu")(lambda n, inplace=False: nn.ReLU(inplace))
 register_activation("leaky_relu")(lambda n, negative_slope=0.01: nn.LeakyReLU(negative_slope))
 register_activation("elu")(lambda n, alpha=1.0: nn.ELU(alpha))
 register_activation("tanh")(lambda n: nn.Tanh())
