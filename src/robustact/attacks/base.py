@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustact.core.validate import check_images, check_labels, check_logits
 from robustact.core.spec import bind_params
+from robustact.core.validate import check_images, check_labels, check_logits
 from robustact.losses.attack import AttackLoss, get_attack_loss
 
 __all__ = ["Attack", "AttackResult", "LogitsView", "lp_norms", "prepared_model"]
