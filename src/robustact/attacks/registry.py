@@ -14,10 +14,20 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from robustact.attacks.apgd import APGD
 from robustact.attacks.base import Attack
+from robustact.attacks.bim import BIM, IFGSM
+from robustact.attacks.cw import CarliniWagnerL2
+from robustact.attacks.deepfool import DeepFool
+from robustact.attacks.fgsm import FGSM
+from robustact.attacks.mim import MIM
+from robustact.attacks.pgd import PGD
+from robustact.attacks.square import Square
+from robustact.attacks.trust_region import TrustRegion
 from robustact.core.spec import ParameterError, parse_spec
 
 __all__ = [
+    "ATTACKS",
     "DEFAULT_BUDGETS",
     "attack_parameters",
     "available_attacks",
@@ -39,18 +49,14 @@ DEFAULT_BUDGETS: dict[str, dict[str, float]] = {
 }
 
 
-def _classes() -> dict[str, type[Attack]]:
-    from robustact import attacks as A
-
-    classes: tuple[type[Attack], ...] = (
-        A.FGSM, A.BIM, A.IFGSM, A.PGD, A.MIM, A.APGD, A.DeepFool, A.CarliniWagnerL2,
-        A.TrustRegion, A.Square,
-    )
-    return {cls.name: cls for cls in classes}
+#: Every registered attack by its one name (the class's ``name``). The transfer attack is not
+#: here: its surrogate is a model, not a parameter a spec can carry.
+ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (
+    FGSM, BIM, IFGSM, PGD, MIM, APGD, DeepFool, CarliniWagnerL2, TrustRegion, Square)}
 
 
 def available_attacks() -> list[str]:
-    return sorted(_classes())
+    return sorted(ATTACKS)
 
 
 def attack_parameters(name: str) -> list[str]:
@@ -60,7 +66,7 @@ def attack_parameters(name: str) -> list[str]:
 
 
 def _lookup(name: str) -> type[Attack]:
-    classes = _classes()
+    classes = ATTACKS
     key = name.strip().lower().replace("-", "_")
     if key not in classes:
         raise ValueError(f"unknown attack {name!r}; available: {', '.join(sorted(classes))}")
@@ -112,5 +118,5 @@ def create_attack(name: str, **params: Any) -> Attack:
     (``None`` included: ``PGD(eps=None, alpha=...)`` is the unbounded variant).
     """
     spec, _ = resolve_attack(name, params)
-    cls = _classes()[spec.pop("name")]
+    cls = ATTACKS[spec.pop("name")]
     return cls(**spec)
