@@ -139,6 +139,10 @@ def test_weights_that_do_not_fit_the_model_are_refused(tmp_path: Path) -> None:
     card = read_json(path / "card.json")
     card["model"]["hidden"] = [6]
     atomic_write_json(path / "card.json", card)
+    with pytest.raises(CheckpointError, match=r"edited after it was saved \(changed: model\)"):
+        load_checkpoint(path)
+    del card["integrity"]  # a card written before integrity digests: the weights still disagree
+    atomic_write_json(path / "card.json", card)
     with pytest.raises(CheckpointError, match="do not fit"):
         load_checkpoint(path)
 
@@ -215,3 +219,27 @@ def test_defenses_are_recorded_and_reapplied(tmp_path: Path) -> None:
     x = torch.rand(6, 1, 4, 4)
     defended.eval()
     assert torch.equal(loaded(x), defended(x))
+
+
+def test_hand_edited_behaviour_fields_of_a_card_are_detected(tmp_path: Path) -> None:
+    """Editing the temperature (or κ, the model config, the data) in card.json is refused with
+    one line naming the field; fields that do not change the model (metrics) may be edited."""
+    from robustact.defenses import add_output_activation, retrofit_jumprelu
+
+    path = save_checkpoint(tmp_path / "ck",
+                           add_output_activation(retrofit_jumprelu(mlp(), 0.25), "sigmoid", 1.0),
+                           metrics={"test_accuracy": 0.5}, data={"dataset": "digits"})
+    original = read_json(path / "card.json")
+    for edit, field in [(lambda c: c["defenses"][1].update(temperature=100.0), "defenses"),
+                        (lambda c: c["defenses"][0].update(kappa=2.0), "defenses"),
+                        (lambda c: c["model"].update(hidden=[6]), "model"),
+                        (lambda c: c["data"].update(dataset="mnist"), "data")]:
+        card = json.loads(json.dumps(original))
+        edit(card)
+        atomic_write_json(path / "card.json", card)
+        with pytest.raises(CheckpointError, match=rf"edited after it was saved \(changed: {field}"):
+            load_checkpoint(path)
+    card = json.loads(json.dumps(original))
+    card["metrics"]["note"] = "checked by hand"
+    atomic_write_json(path / "card.json", card)
+    assert load_checkpoint(path)[1]["metrics"]["note"] == "checked by hand"

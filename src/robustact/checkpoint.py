@@ -17,6 +17,14 @@ place with two renames (old → ``.NAME.old-*``, new → ``NAME``), and the old 
 before the swap leaves the previous checkpoint untouched; a crash between the two renames leaves
 it as ``.NAME.old-*``, which :func:`resolve_checkpoint` finds. A card therefore always sits next
 to the complete weights it describes, and the sha256 in the card detects anything else.
+
+Card integrity: the card fields that change what the loaded model computes (``model``,
+``defenses``, ``data``, ``files``) each get a sha256 in ``card["integrity"]``, checked by
+:func:`read_card`. Why: a hand edit of, say, the output-activation temperature would otherwise
+be accepted silently and every later number would describe a different model than the one that
+was evaluated. The explicit ways to change a defense write a new checkpoint
+(``robustact defend``, ``robustact retrofit``). Cards written before this check have no
+``integrity`` entry and are read as before.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import hashlib
+import json
 import os
 import shutil
 import uuid
@@ -35,6 +44,7 @@ import torch
 from torch import nn
 
 from robustact.core.storage import (
+    _jsonable,
     atomic_write_json,
     environment_info,
     load_tensors,
@@ -59,12 +69,15 @@ __all__ = [
     "unflatten_optimizer_state",
     "sha256_file",
     "unwrap_model",
+    "INTEGRITY_FIELDS",
 ]
 
 CARD_FILE = "card.json"
 MODEL_FILE = "model.safetensors"
 OPTIM_FILE = "optim.safetensors"
 FORMAT = "robustact-checkpoint/1"
+#: Card fields that change the loaded model's behaviour; each is hashed into card["integrity"].
+INTEGRITY_FIELDS = ("model", "defenses", "data", "files")
 
 
 class CheckpointError(ValueError):
@@ -84,6 +97,32 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _field_digest(value: Any) -> str:
+    """sha256 of a card field's canonical JSON (sorted keys), as it reads back from the card."""
+    text = json.dumps(_jsonable(value), sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _integrity(card: Mapping[str, Any]) -> dict[str, str]:
+    return {name: _field_digest(card.get(name)) for name in INTEGRITY_FIELDS}
+
+
+def _check_integrity(card: Mapping[str, Any], card_path: Path) -> None:
+    recorded = card.get("integrity")
+    if recorded is None:  # a card written before integrity digests existed
+        return
+    if not isinstance(recorded, Mapping):
+        raise CheckpointError(f"{card_path} has a malformed 'integrity' entry")
+    edited = [name for name, digest in recorded.items()
+              if _field_digest(card.get(name)) != digest]
+    if edited:
+        raise CheckpointError(
+            f"{card_path} was edited after it was saved (changed: {', '.join(edited)}); the "
+            "model it describes is not the one that was saved. Restore the card, or change a "
+            "defense with `robustact defend` / `robustact retrofit`, which write a new checkpoint"
+        )
 
 
 # --- optimizer state <-> flat tensors + JSON ---------------------------------------------------
@@ -236,6 +275,7 @@ def save_checkpoint(
             "environment": environment_info(),
             "files": files,
         }
+        card["integrity"] = _integrity(card)
         atomic_write_json(tmp / CARD_FILE, card)  # last: a card implies complete weights
         _fsync_dir(tmp)
         _swap_in(tmp, final)
@@ -275,6 +315,7 @@ def read_card(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"cannot read checkpoint card {card_path}: {e}") from e
     if not isinstance(card, dict) or card.get("format") != FORMAT:
         raise CheckpointError(f"{card_path} is not a robustact checkpoint card (format {FORMAT})")
+    _check_integrity(card, card_path)
     return card
 
 

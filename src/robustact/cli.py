@@ -69,10 +69,16 @@ def train(
         help="Bounded activation on the logits: sigmoid | tanh | softsign | arctan.")] = None,
     temperature: Annotated[float, typer.Option(help="T in softmax(f(T*z)).")] = 1.0,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/train/last.")] = False,
+    force: Annotated[bool, typer.Option(
+        help="Replace a model already in OUT, and train even at a temperature known not to "
+             "learn.")] = False,
     data_root: DataRoot = None,
     progress: bool = True,
 ) -> None:
-    """Train a model and save OUT/final (safetensors + JSON card) with its test accuracy."""
+    """Train a model and save OUT/final (safetensors + JSON card) with its test accuracy.
+
+    For the output-activation defense train at T = 1 and raise T afterwards with `defend`.
+    """
     from robustact.train import TrainConfig
     from robustact.workflows import train_classifier
 
@@ -88,7 +94,7 @@ def train(
             model, dataset, out_dir=out, config=config, activation=activation,
             data_root=data_root, val_fraction=val_fraction, classes=cls,  # type: ignore[arg-type]
             loss=loss.value, output_activation=output_activation, temperature=temperature,
-            resume=resume, progress=progress)
+            resume=resume, progress=progress, force=force)
     except (ValueError, FileNotFoundError, TypeError) as e:
         _fail(e)
         return
@@ -135,14 +141,36 @@ def retrofit(
     model: Annotated[Path, typer.Option("--model", help="Checkpoint of a trained ReLU model.")],
     jump: Annotated[float, typer.Option("--jump", help="JumpReLU threshold κ.")],
     out: Annotated[Path, typer.Option(help="Where to save the retrofitted checkpoint.")],
+    force: Annotated[bool, typer.Option(help="Replace a checkpoint already in OUT.")] = False,
     data_root: DataRoot = None,
 ) -> None:
     """Swap every ReLU of a saved model for JumpReLU(κ), without retraining."""
     from robustact.workflows import retrofit_checkpoint
 
     try:
-        _echo_json(retrofit_checkpoint(model, jump, out, data_root=data_root))
+        _echo_json(retrofit_checkpoint(model, jump, out, data_root=data_root, force=force))
     except (ValueError, FileNotFoundError) as e:
+        _fail(e)
+
+
+@app.command()
+def defend(
+    model: Annotated[Path, typer.Option("--model", help="Checkpoint of a trained model.")],
+    output_activation: Annotated[str, typer.Option(
+        help="Bounded activation on the logits: sigmoid | tanh | softsign | arctan.")],
+    temperature: Annotated[float, typer.Option(help="T in softmax(f(T*z)), e.g. 100.")],
+    out: Annotated[Path, typer.Option(help="Where to save the defended checkpoint.")],
+    force: Annotated[bool, typer.Option(help="Replace a checkpoint already in OUT.")] = False,
+    data_root: DataRoot = None,
+) -> None:
+    """Give a trained model the output activation f(T·z) for inference (e.g. trained at T = 1
+    with `train --output-activation sigmoid`, evaluated at T = 100), without retraining."""
+    from robustact.workflows import defend_checkpoint
+
+    try:
+        _echo_json(defend_checkpoint(model, output_activation, temperature, out,
+                                     data_root=data_root, force=force))
+    except (ValueError, FileNotFoundError, TypeError) as e:
         _fail(e)
 
 
@@ -155,6 +183,7 @@ def tune_jump(
         help="κ values, e.g. 0,0.5,1,1.5 (default: the paper's grid for the model).")] = None,
     out: Annotated[Path | None, typer.Option(
         help="Also save the model retrofitted with the chosen κ here.")] = None,
+    force: Annotated[bool, typer.Option(help="Replace a checkpoint already in OUT.")] = False,
     data_root: DataRoot = None,
     progress: bool = True,
 ) -> None:
@@ -164,7 +193,7 @@ def tune_jump(
     try:
         values = [float(v) for v in grid.split(",")] if grid else None
         _echo_json(tune_jump_checkpoint(model, max_drop, grid=values, out=out,
-                                        data_root=data_root, progress=progress))
+                                        data_root=data_root, progress=progress, force=force))
     except (ValueError, FileNotFoundError) as e:
         _fail(e)
 
@@ -193,8 +222,10 @@ def attack(
     n: Annotated[int, typer.Option(help="Attack the first N examples.")] = 500,
     split: str = "test",
     batch_size: int = 250,
-    out: Annotated[Path, typer.Option(help="Folder for adversarial.safetensors + summary.json")] = (
-        Path("runs/attack")),
+    out: Annotated[Path | None, typer.Option(
+        help="Folder for adversarial.safetensors + summary.json (default: a new "
+             "runs/attack/<model>-<attack>-<time>).")] = None,
+    force: Annotated[bool, typer.Option(help="Replace an attack's results in OUT.")] = False,
     data_root: DataRoot = None,
     progress: bool = True,
 ) -> None:
@@ -216,7 +247,7 @@ def attack(
         params.update(extra)
         summary = attack_checkpoint(model, attack, params, out=out, split=split, n=n,
                                     batch_size=batch_size, bpda=bpda, data_root=data_root,
-                                    progress=progress)
+                                    progress=progress, force=force)
     except (ValueError, FileNotFoundError) as e:
         _fail(e)
         return
@@ -225,6 +256,7 @@ def attack(
         typer.echo(f"no --{key} given: using {key}={value:.6g}, the default for this dataset",
                    err=True)
     _echo_json(summary)
+    typer.echo(f"results written to {summary['out']}", err=True)
 
 
 def main() -> None:

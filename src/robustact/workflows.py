@@ -7,7 +7,10 @@ with typed arguments, so notebooks and scripts get exactly what the CLI does.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustact.core.runlock import RunLock, refuse_finished
 from robustact.core.storage import atomic_write_json, environment_info
 from robustact.core.validate import check_eval_mode
 
@@ -24,7 +28,22 @@ __all__ = [
     "accuracy",
     "train_classifier",
     "evaluate_checkpoint",
+    "defend_checkpoint",
+    "default_attack_out",
+    "MAX_TRAIN_TEMPERATURE",
 ]
+
+log = logging.getLogger(__name__)
+
+#: Largest output-activation temperature :func:`train_classifier` trains at without ``force``.
+#: Measured by benchmarks/outact_train_temperature.py (digits, SmallCNN, 3 epochs, SGD lr 0.05
+#: and Adam lr 2e-3, four f): test accuracy > 50 % in 8/8 (f, optimizer) cells at T ≤ 2, 4/8 at
+#: T = 20 (Adam only), 3/8 at T = 50 and 0/8 at T = 100, where the loss stays at ≈ 2.4. The
+#: outputs saturate at initialisation and the gradient vanishes; the working protocol is train at
+#: T = 1, then raise T on the trained model (:func:`defend_checkpoint`).
+MAX_TRAIN_TEMPERATURE = 20.0
+#: Above this a warning, not a refusal: SGD failed for tanh at T = 5 and for every f at T = 20.
+WARN_TRAIN_TEMPERATURE = 5.0
 
 
 @dataclass
@@ -89,13 +108,71 @@ def train_classifier(
     resume: bool = False,
     progress: bool = True,
     model_kwargs: dict[str, Any] | None = None,
+    force: bool = False,
 ) -> TrainOutcome:
     """Train ``model_name`` on ``dataset`` and save ``out_dir/final`` with its test accuracy.
 
     ``loss="differential"`` trains a two-class model (``classes``, default cat/dog) with the
     pairwise loss on balanced batches and sets the bias by the margin rule (papers.md §4);
-    ``output_activation`` wraps the model in f(T·z) *before* training (papers.md §3).
+    ``output_activation`` wraps the model in f(T·z) *before* training (papers.md §3). A temperature
+    above :data:`MAX_TRAIN_TEMPERATURE` is refused unless ``force`` (it does not learn; train at
+    T = 1 and raise T with :func:`defend_checkpoint`).
+
+    ``out_dir`` is locked for the whole run (a concurrent run into it fails at once), and a run
+    folder that already holds a model (``final/``, or ``train/last`` of an interrupted run) is
+    refused unless ``resume`` (continue it) or ``force`` (start over and replace it).
     """
+    if output_activation is not None and not force:
+        from robustact.nn.output_activation import check_temperature
+
+        t = check_temperature(temperature)
+        if t > MAX_TRAIN_TEMPERATURE:
+            raise ValueError(
+                f"training with output activation {output_activation} at T = {t:g} does not "
+                "learn (the outputs saturate at initialisation; the limit is T = "
+                f"{MAX_TRAIN_TEMPERATURE:g}): train at T = 1, then raise T on the trained model "
+                "with `robustact defend --output-activation ... --temperature ...` "
+                "(or pass --force)")
+        if t > WARN_TRAIN_TEMPERATURE:
+            log.warning("training with an output activation at T = %g may not learn (on "
+                        "digits SGD failed for every f at T = 20); the usual protocol is T = 1 "
+                        "for training, then `robustact defend`", t)
+    if out_dir is None:
+        lock: Any = contextlib.nullcontext()
+    else:
+        lock = RunLock(out_dir, "training run")
+    with lock:
+        if out_dir is not None and not resume:
+            hint = "pass --resume to continue it, "
+            refuse_finished(out_dir, "final/card.json", "a trained model (final/)",
+                            force=force, hint=hint)
+            refuse_finished(out_dir, "train/last/card.json",
+                            "an unfinished training run (train/last/)", force=force, hint=hint)
+        return _train_classifier(model_name, dataset, out_dir=out_dir, config=config,
+                                 activation=activation, data_root=data_root,
+                                 val_fraction=val_fraction, classes=classes, loss=loss,
+                                 output_activation=output_activation, temperature=temperature,
+                                 resume=resume, progress=progress, model_kwargs=model_kwargs)
+
+
+def _train_classifier(
+    model_name: str,
+    dataset: str,
+    *,
+    out_dir: str | Path | None,
+    config: Any,
+    activation: str,
+    data_root: str | Path | None,
+    val_fraction: float,
+    classes: tuple[str | int, str | int] | None,
+    loss: str,
+    output_activation: str | None,
+    temperature: float,
+    resume: bool,
+    progress: bool,
+    model_kwargs: dict[str, Any] | None,
+) -> TrainOutcome:
+    """:func:`train_classifier` after its checks, with ``out_dir`` locked."""
     from robustact.models import create_model
     from robustact.train import TrainConfig, Trainer, save_checkpoint
 
@@ -198,33 +275,85 @@ def _load_eval_data(card: dict[str, Any], dataset: str | None, split: str,
     return ds
 
 
-def retrofit_checkpoint(path: str | Path, kappa: float, out: str | Path, *,
-                        data_root: str | Path | None = None, evaluate: bool = True
-                        ) -> dict[str, Any]:
-    """Retrofit a saved ReLU model with JumpReLU(κ) and save it (the card records the defense)."""
-    from robustact.defenses import retrofit_jumprelu
+def _defend_and_save(path: str | Path, out: str | Path, defend: Callable[[nn.Module], nn.Module],
+                     metrics: dict[str, Any], extra: dict[str, Any], *, before: str,
+                     data_root: str | Path | None, evaluate: bool, force: bool
+                     ) -> dict[str, Any]:
+    """Load a checkpoint, apply ``defend`` and save the result to ``out`` (locked; a checkpoint
+    already there is replaced only with ``force``). With ``evaluate``, ``metrics`` gains the test
+    accuracy before (key ``before``, measured first: ``defend`` may change the model in place)
+    and after the defense."""
     from robustact.train import load_checkpoint, save_checkpoint
 
-    model, card = load_checkpoint(path)
-    defended = retrofit_jumprelu(model, kappa).eval()
-    metrics: dict[str, Any] = {"kappa": kappa}
-    if evaluate:
-        test = _load_eval_data(card, None, "test", data_root)
-        metrics["test_accuracy_relu"] = accuracy(model, test)
-        metrics["test_accuracy"] = accuracy(defended, test)
-    ckpt = save_checkpoint(out, defended, epoch=card.get("epoch"), config=card.get("train"),
-                           metrics=metrics, history=card.get("history"), data=card.get("data"),
-                           extra={"retrofit_of": str(path)})
+    with RunLock(out, "defended checkpoint"):
+        refuse_finished(out, "card.json", "a checkpoint", force=force)
+        model, card = load_checkpoint(path)
+        test = _load_eval_data(card, None, "test", data_root) if evaluate else None
+        if test is not None:
+            metrics[before] = accuracy(model, test)
+        defended = defend(model).eval()
+        if test is not None:
+            metrics["test_accuracy"] = accuracy(defended, test)
+        ckpt = save_checkpoint(out, defended, epoch=card.get("epoch"), config=card.get("train"),
+                               metrics=metrics, history=card.get("history"),
+                               data=card.get("data"), extra=extra)
     return {"checkpoint": str(ckpt), **metrics}
+
+
+def retrofit_checkpoint(path: str | Path, kappa: float, out: str | Path, *,
+                        data_root: str | Path | None = None, evaluate: bool = True,
+                        force: bool = False) -> dict[str, Any]:
+    """Retrofit a saved ReLU model with JumpReLU(κ) and save it (the card records the defense)."""
+    from robustact.defenses import retrofit_jumprelu
+
+    return _defend_and_save(path, out, lambda m: retrofit_jumprelu(m, kappa), {"kappa": kappa},
+                            {"retrofit_of": str(path)}, before="test_accuracy_relu",
+                            data_root=data_root, evaluate=evaluate, force=force)
+
+
+def defend_checkpoint(path: str | Path, output_activation: str, temperature: float,
+                      out: str | Path, *, data_root: str | Path | None = None,
+                      evaluate: bool = True, force: bool = False) -> dict[str, Any]:
+    """Give a trained model the output activation f(T·z) for inference, and save it.
+
+    The working protocol for this defense (docs/choices.md): train with f at T = 1 (``train
+    --output-activation f``), then raise T here; training at a high T does not learn. If the
+    model already has an output activation, its f and T are replaced (the card records the old
+    ones); otherwise one is added, which at a high T can cost clean accuracy on a model trained
+    without it (float32 saturation ties logits), so the metrics report both accuracies.
+    """
+    from robustact.defenses.output_activation import OutputActivationModel, add_output_activation
+    from robustact.nn.output_activation import check_temperature
+
+    t = check_temperature(temperature)
+    previous: dict[str, Any] = {}
+
+    def defend(model: nn.Module) -> nn.Module:
+        existing = [m for m in model.modules() if isinstance(m, OutputActivationModel)]
+        if not existing:
+            return add_output_activation(model, output_activation, t)
+        previous.update(f=existing[0].f, temperature=existing[0].temperature)
+        existing[0].f, existing[0].temperature = output_activation, t
+        return model
+
+    extra: dict[str, Any] = {"defense_of": str(path), "previous_output_activation": previous}
+    result = _defend_and_save(path, out, defend,
+                              {"output_activation": output_activation, "temperature": t},
+                              extra, before="test_accuracy_before", data_root=data_root,
+                              evaluate=evaluate, force=force)
+    result["previous_output_activation"] = previous or None
+    return result
 
 
 def tune_jump_checkpoint(path: str | Path, max_drop: float, *, grid: list[float] | None = None,
                          out: str | Path | None = None, data_root: str | Path | None = None,
-                         progress: bool = True) -> dict[str, Any]:
+                         progress: bool = True, force: bool = False) -> dict[str, Any]:
     """Pick κ on the checkpoint's validation split (largest κ within ``max_drop`` points)."""
     from robustact.defenses import paper_kappa_grid, tune_jumprelu
     from robustact.train import load_checkpoint
 
+    if out is not None:  # refuse before tuning, not after; retrofit_checkpoint locks ``out``
+        refuse_finished(out, "card.json", "a checkpoint", force=force)
     model, card = load_checkpoint(path)
     val = _load_eval_data(card, None, "val", data_root)
     model_cfg = card.get("model") or {}
@@ -238,20 +367,68 @@ def tune_jump_checkpoint(path: str | Path, max_drop: float, *, grid: list[float]
         "n_val": len(val),
     }
     if out is not None:
-        result.update(retrofit_checkpoint(path, tuning.kappa, out, data_root=data_root))
+        result.update(retrofit_checkpoint(path, tuning.kappa, out, data_root=data_root,
+                                          force=force))
     return result
 
 
+def default_attack_out(path: str | Path, attack: str, root: str | Path = "runs/attack") -> Path:
+    """A fresh folder ``root/<model>-<attack>-<YYYYmmdd-HHMMSS>`` (created; ``-2``, ``-3``, … if
+    taken), so successive attacks never overwrite each other. ``<model>`` is the checkpoint
+    folder's name, prefixed by its parent's when it is a generic ``final``/``last``/``best``."""
+    ckpt = Path(path).absolute()
+    generic = ckpt.name in ("final", "last", "best")
+    name = f"{ckpt.parent.name}-{ckpt.name}" if generic else ckpt.name
+    stem = f"{name}-{attack}-{time.strftime('%Y%m%d-%H%M%S')}"
+    Path(root).mkdir(parents=True, exist_ok=True)
+    for i in range(1, 1000):
+        candidate = Path(root) / (stem if i == 1 else f"{stem}-{i}")
+        try:
+            candidate.mkdir()  # atomic: two runs in the same second get different folders
+            return candidate
+        except FileExistsError:
+            continue
+    raise ValueError(f"cannot find a free output folder for {stem} in {root}; pass out=")
+
+
 def attack_checkpoint(path: str | Path, attack: str, params: dict[str, Any], *,
-                      out: str | Path, split: str = "test", n: int | None = 500,
+                      out: str | Path | None = None, split: str = "test", n: int | None = 500,
                       batch_size: int = 250, bpda: bool = False,
-                      data_root: str | Path | None = None, progress: bool = True
-                      ) -> dict[str, Any]:
+                      data_root: str | Path | None = None, progress: bool = True,
+                      force: bool = False) -> dict[str, Any]:
     """Run one attack on the first ``n`` examples of a split and write the adversarial examples
     (``adversarial.safetensors``) and a JSON summary; success is re-verified independently.
 
     ``attack`` is a name or spec string; a fixed-budget attack given no ``eps`` gets the default
-    budget of the checkpoint's dataset (``summary["defaults"]`` says which)."""
+    budget of the checkpoint's dataset (``summary["defaults"]`` says which).
+
+    ``out`` defaults to a new folder from :func:`default_attack_out`; the summary's ``out`` says
+    where. ``out`` is locked while the attack runs, and one that already holds an attack's
+    results is refused unless ``force``.
+    """
+    from robustact.train import read_card
+
+    read_card(path)  # a missing or edited checkpoint fails before any folder is made
+    made = out is None
+    out = Path(out) if out is not None else default_attack_out(path, attack)
+    try:
+        with RunLock(out, "attack"):
+            refuse_finished(out, "summary.json", "an attack's results", force=force)
+            summary = _attack_checkpoint(path, attack, params, out=out, split=split, n=n,
+                                         batch_size=batch_size, bpda=bpda, data_root=data_root,
+                                         progress=progress)
+    except BaseException:
+        if made:  # do not leave an empty default folder behind a failed attack
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+    return {**summary, "out": str(out)}
+
+
+def _attack_checkpoint(path: str | Path, attack: str, params: dict[str, Any], *,
+                       out: Path, split: str, n: int | None, batch_size: int, bpda: bool,
+                       data_root: str | Path | None, progress: bool) -> dict[str, Any]:
+    """:func:`attack_checkpoint` with ``out`` chosen and locked."""
     from tqdm.auto import tqdm
 
     from robustact.attacks import verify, with_bpda

@@ -1,0 +1,67 @@
+"""Does a model learn when trained *with* a high-temperature output activation?
+
+Why this script: ``robustact train`` refuses an output-activation temperature above
+``robustact.workflows.MAX_TRAIN_TEMPERATURE`` (and warns above ``WARN_TRAIN_TEMPERATURE``)
+without ``--force``; the thresholds come from this sweep. SmallCNN on sklearn's digits (offline,
+no data root), each f in {sigmoid, tanh, softsign, arctan} × T × optimizer (SGD lr 0.05 and Adam
+lr 2e-3, batch 64, the library's other defaults), same seed and split for every cell; reported:
+test accuracy (decisions do not depend on T) and the last epoch's training loss.
+
+    python benchmarks/outact_train_temperature.py                  # 3 epochs, ~1 min on 1 CPU
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from _common import base_parser, format_table, setup_threads, write_results
+
+from robustact.defenses import add_output_activation
+from robustact.models import create_model
+from robustact.nn.output_activation import OUTPUT_FUNCTIONS
+from robustact.train import TrainConfig, Trainer
+from robustact.workflows import MAX_TRAIN_TEMPERATURE, accuracy, load_splits
+
+
+def main() -> None:
+    started = time.perf_counter()
+    p = base_parser(__doc__.splitlines()[0], default_out="results/outact_train_temperature.json",
+                    default_epochs=3)
+    p.add_argument("--temperatures", default="1,2,5,10,20,50,100")
+    args = p.parse_args()
+    setup_threads(args.threads)
+    temps = [float(t) for t in args.temperatures.split(",")]
+    if args.quick:
+        temps, args.epochs = [1.0, 100.0], 1
+    train, val, test = load_splits("digits", val_fraction=0.1, seed=args.seed)
+    rows = []
+    for opt, lr in (("sgd", 0.05), ("adam", 2e-3)):
+        for f in OUTPUT_FUNCTIONS:
+            for t in temps:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(args.seed)
+                    model = add_output_activation(create_model("smallcnn", dataset="digits"),
+                                                  f, t)
+                cfg = TrainConfig(epochs=args.epochs, batch_size=64, optimizer=opt, lr=lr,
+                                  seed=args.seed, device="cpu")
+                history = Trainer(model, train, val, cfg, progress=args.progress).fit()
+                model.eval()
+                rows.append({"optimizer": opt, "f": f, "temperature": t,
+                             "test_accuracy": accuracy(model, test),
+                             "train_loss": history[-1].get("train_loss")})
+                print(format_table(rows[-1:], [("optimizer", "opt", ""), ("f", "f", ""),
+                                               ("temperature", "T", "g"),
+                                               ("test_accuracy", "test acc", ".3f"),
+                                               ("train_loss", "loss", ".3f")]).splitlines()[-1],
+                      flush=True)
+    learned = {t: sum(r["test_accuracy"] > 0.5 for r in rows if r["temperature"] == t)
+               for t in temps}
+    print("cells that learned (test accuracy > 50 %) per T:", learned)
+    write_results(args.out, script="outact_train_temperature.py", args=args, started=started,
+                  results={"rows": rows, "learned_per_temperature": learned,
+                           "max_train_temperature": MAX_TRAIN_TEMPERATURE})
+
+
+if __name__ == "__main__":
+    main()
