@@ -16,7 +16,7 @@ import time
 
 import torch
 from _common import base_parser, format_table, setup_threads, write_results
-from robustact.nn.output_activation import OUTPUT_FUNCTIONS
+from robustact.nn.bounded import OUTPUT_FUNCTIONS
 
 from robustact.defenses import add_output_activation
 from robustact.models import create_model

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from robustact.train.checkpoint import sha256_file
+from robustact.checkpoint import sha256_file
 from typer.testing import CliRunner
 
 from robustact.cli import app

@@ -123,7 +123,7 @@ def train_classifier(
     refused unless ``resume`` (continue it) or ``force`` (start over and replace it).
     """
     if output_activation is not None and not force:
-        from robustact.nn.output_activation import check_temperature
+        from robustact.nn.bounded import check_temperature
 
         t = check_temperature(temperature)
         if t > MAX_TRAIN_TEMPERATURE:
@@ -323,7 +323,7 @@ def defend_checkpoint(path: str | Path, output_activation: str, temperature: flo
     without it (float32 saturation ties logits), so the metrics report both accuracies.
     """
     from robustact.defenses.output_activation import OutputActivationModel, add_output_activation
-    from robustact.nn.output_activation import check_temperature
+    from robustact.nn.bounded import check_temperature
 
     t = check_temperature(temperature)
     previous: dict[str, Any] = {}
