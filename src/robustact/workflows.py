@@ -15,7 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustact._validate import check_eval_mode
+from robustact._validate import (
+    check_eval_mode,
+    check_model_output,
+    check_positive_int,
+    match_model_dtype,
+)
 from robustact.io import atomic_write_json, environment_info
 
 __all__ = [
@@ -63,13 +68,15 @@ def accuracy(model: nn.Module, data: Any, batch_size: int = 500,
     from robustact.train.trainer import as_tensors
 
     check_eval_mode(model, "measuring accuracy")
+    check_positive_int(batch_size, "batch_size")
     x, y = as_tensors(data, "data")
     device = device or next(model.parameters()).device
     correct = 0
     for i in range(0, x.shape[0], batch_size):
         xb = x[i:i + batch_size].to(device)
-        xb = xb.float() / 255 if xb.dtype == torch.uint8 else xb
-        correct += int((model(xb).argmax(1).cpu() == y[i:i + batch_size]).sum())
+        xb = match_model_dtype(model, xb.float() / 255 if xb.dtype == torch.uint8 else xb)
+        z = check_model_output(model(xb))
+        correct += int((z.argmax(1).cpu() == y[i:i + batch_size]).sum())
     return correct / max(1, x.shape[0])
 
 
@@ -89,12 +96,14 @@ def train_classifier(
     resume: bool = False,
     progress: bool = True,
     model_kwargs: dict[str, Any] | None = None,
+    download: bool = False,
 ) -> TrainOutcome:
     """Train ``model_name`` on ``dataset`` and save ``out_dir/final`` with its test accuracy.
 
     ``loss="differential"`` trains a two-class model (``classes``, default cat/dog) with the
     pairwise loss on balanced batches and sets the bias by the margin rule (SPEC §4);
     ``output_activation`` wraps the model in f(T·z) *before* training (SPEC §3).
+    ``download=True`` fetches missing dataset files into the data root.
     """
     from robustact.models import create_model
     from robustact.train import TrainConfig, Trainer, save_checkpoint
@@ -106,7 +115,7 @@ def train_classifier(
     if loss == "differential" and classes is None:
         classes = ("cat", "dog")
     train, val, test = load_splits(dataset, data_root=data_root, val_fraction=val_fraction,
-                                   classes=classes, seed=config.seed)
+                                   classes=classes, seed=config.seed, download=download)
     model = create_model(model_name, dataset=dataset, num_classes=train.num_classes,
                          activation=activation, **(model_kwargs or {}))
     if output_activation is not None:
@@ -150,18 +159,20 @@ def train_classifier(
 
 
 def evaluate_checkpoint(path: str | Path, *, dataset: str | None = None, split: str = "test",
-                        data_root: str | Path | None = None, limit: int | None = None
-                        ) -> dict[str, Any]:
+                        data_root: str | Path | None = None, limit: int | None = None,
+                        download: bool = False) -> dict[str, Any]:
     """Clean accuracy of a saved model on a dataset split (the card's dataset by default)."""
     from robustact.data import binary_task, load_dataset
     from robustact.train import load_checkpoint
 
+    if limit is not None:
+        check_positive_int(limit, "limit")
     model, card = load_checkpoint(path)
     data_desc = card.get("data") or {}
     dataset = dataset or data_desc.get("dataset")
     if dataset is None:
         raise ValueError("the checkpoint does not record its dataset; pass dataset=")
-    ds = load_dataset(dataset, split, root=data_root)
+    ds = load_dataset(dataset, split, root=data_root, download=download)
     classes = data_desc.get("classes")
     if classes and len(classes) == 2 and ds.num_classes != 2:
         ds = binary_task(ds, tuple(classes))
@@ -174,7 +185,8 @@ def evaluate_checkpoint(path: str | Path, *, dataset: str | None = None, split: 
 
 
 def _load_eval_data(card: dict[str, Any], dataset: str | None, split: str,
-                    data_root: str | Path | None, limit: int | None = None) -> Any:
+                    data_root: str | Path | None, limit: int | None = None,
+                    download: bool = False) -> Any:
     """The split a checkpoint was evaluated on; the validation split is re-carved exactly as in
     training (same fraction and seed), so tuning never touches the test set."""
     from robustact.data import binary_task, load_dataset, train_val_split
@@ -183,7 +195,10 @@ def _load_eval_data(card: dict[str, Any], dataset: str | None, split: str,
     dataset = dataset or data_desc.get("dataset")
     if dataset is None:
         raise ValueError("the checkpoint does not record its dataset; pass dataset=")
-    ds = load_dataset(dataset, "test" if split == "test" else "train", root=data_root)
+    if limit is not None:
+        check_positive_int(limit, "limit")
+    ds = load_dataset(dataset, "test" if split == "test" else "train", root=data_root,
+                      download=download)
     classes = data_desc.get("classes")
     if classes and len(classes) == 2 and ds.num_classes != 2:
         ds = binary_task(ds, tuple(classes))
@@ -199,8 +214,8 @@ def _load_eval_data(card: dict[str, Any], dataset: str | None, split: str,
 
 
 def retrofit_checkpoint(path: str | Path, kappa: float, out: str | Path, *,
-                        data_root: str | Path | None = None, evaluate: bool = True
-                        ) -> dict[str, Any]:
+                        data_root: str | Path | None = None, evaluate: bool = True,
+                        download: bool = False) -> dict[str, Any]:
     """Retrofit a saved ReLU model with JumpReLU(κ) and save it (the card records the defense)."""
     from robustact.defenses import retrofit_jumprelu
     from robustact.train import load_checkpoint, save_checkpoint
@@ -209,7 +224,7 @@ def retrofit_checkpoint(path: str | Path, kappa: float, out: str | Path, *,
     defended = retrofit_jumprelu(model, kappa).eval()
     metrics: dict[str, Any] = {"kappa": kappa}
     if evaluate:
-        test = _load_eval_data(card, None, "test", data_root)
+        test = _load_eval_data(card, None, "test", data_root, download=download)
         metrics["test_accuracy_relu"] = accuracy(model, test)
         metrics["test_accuracy"] = accuracy(defended, test)
     ckpt = save_checkpoint(out, defended, epoch=card.get("epoch"), config=card.get("train"),
@@ -220,13 +235,13 @@ def retrofit_checkpoint(path: str | Path, kappa: float, out: str | Path, *,
 
 def tune_jump_checkpoint(path: str | Path, max_drop: float, *, grid: list[float] | None = None,
                          out: str | Path | None = None, data_root: str | Path | None = None,
-                         progress: bool = True) -> dict[str, Any]:
+                         progress: bool = True, download: bool = False) -> dict[str, Any]:
     """Pick κ on the checkpoint's validation split (largest κ within ``max_drop`` points)."""
     from robustact.defenses import paper_kappa_grid, tune_jumprelu
     from robustact.train import load_checkpoint
 
     model, card = load_checkpoint(path)
-    val = _load_eval_data(card, None, "val", data_root)
+    val = _load_eval_data(card, None, "val", data_root, download=download)
     model_cfg = card.get("model") or {}
     dataset = (card.get("data") or {}).get("dataset", "")
     grid = list(grid) if grid else list(paper_kappa_grid(model_cfg.get("name", ""), dataset))
@@ -238,15 +253,16 @@ def tune_jump_checkpoint(path: str | Path, max_drop: float, *, grid: list[float]
         "n_val": len(val),
     }
     if out is not None:
-        result.update(retrofit_checkpoint(path, tuning.kappa, out, data_root=data_root))
+        result.update(retrofit_checkpoint(path, tuning.kappa, out, data_root=data_root,
+                                          download=download))
     return result
 
 
 def attack_checkpoint(path: str | Path, attack: str, params: dict[str, Any], *,
                       out: str | Path, split: str = "test", n: int | None = 500,
                       batch_size: int = 250, bpda: bool = False,
-                      data_root: str | Path | None = None, progress: bool = True
-                      ) -> dict[str, Any]:
+                      data_root: str | Path | None = None, progress: bool = True,
+                      download: bool = False) -> dict[str, Any]:
     """Run one attack on the first ``n`` examples of a split and write the adversarial examples
     (``adversarial.safetensors``) and a JSON summary; success is re-verified independently."""
     from tqdm.auto import tqdm
@@ -256,9 +272,12 @@ def attack_checkpoint(path: str | Path, attack: str, params: dict[str, Any], *,
     from robustact.io import save_tensors
     from robustact.train import load_checkpoint
 
+    if n is not None:
+        check_positive_int(n, "n")
+    check_positive_int(batch_size, "batch_size")
     t0 = time.perf_counter()
     model, card = load_checkpoint(path)
-    ds = _load_eval_data(card, None, split, data_root, limit=n)
+    ds = _load_eval_data(card, None, split, data_root, limit=n, download=download)
     atk = create_attack(attack, **params)
     target_model = with_bpda(model) if bpda else model
     xs, advs, succ, norms, ys = [], [], [], [], []
