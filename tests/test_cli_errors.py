@@ -72,20 +72,6 @@ def corrupt_mnist(root: Path, how: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("how, needle", [
-    ("truncated", "truncated"), ("random", "gzip"), ("magic", "magic"), ("dims", "28, 28"),
-])
-def test_corrupt_mnist_file_is_one_error_naming_it(tmp_path: Path, how: str,
-                                                   needle: str) -> None:
-    path = corrupt_mnist(tmp_path, how)
-    with pytest.raises(DataFormatError, match=needle) as err:
-        load_mnist("train", root=tmp_path)
-    assert str(path) in str(err.value) and "\n" not in str(err.value)
-    res = runner.invoke(app, ["train", "--dataset", "mnist", "--data-root", str(tmp_path),
-                              "--out", str(tmp_path / "o"), "--no-progress"])
-    one_error_line(res, str(path), needle)
-
-
 def corrupt_cifar(root: Path, how: str) -> Path:
     cifar10_tree(root)
     path = root / "cifar-10-batches-py" / "data_batch_1"
@@ -105,17 +91,22 @@ def corrupt_cifar(root: Path, how: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("how, needle", [
-    ("empty", "is empty"), ("random", "corrupted"), ("truncated", "truncated"),
-    ("no images", "N >= 1"), ("not a dict", "dict"), ("label range", "disagree"),
+@pytest.mark.parametrize("dataset, how, needle", [
+    ("mnist", "truncated", "truncated"), ("mnist", "random", "gzip"),
+    ("mnist", "magic", "magic"), ("mnist", "dims", "28, 28"),
+    ("cifar10", "empty", "is empty"), ("cifar10", "random", "corrupted"),
+    ("cifar10", "truncated", "truncated"), ("cifar10", "no images", "N >= 1"),
+    ("cifar10", "not a dict", "dict"), ("cifar10", "label range", "disagree"),
 ])
-def test_corrupt_cifar_batch_is_one_error_naming_it(tmp_path: Path, how: str,
-                                                    needle: str) -> None:
-    path = corrupt_cifar(tmp_path, how)
+def test_corrupt_data_file_is_one_error_naming_it(tmp_path: Path, dataset: str, how: str,
+                                                  needle: str) -> None:
+    corrupt, load = {"mnist": (corrupt_mnist, load_mnist),
+                     "cifar10": (corrupt_cifar, load_cifar10)}[dataset]
+    path = corrupt(tmp_path, how)
     with pytest.raises(DataFormatError, match=needle) as err:
-        load_cifar10("train", root=tmp_path)
+        load("train", root=tmp_path)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
-    res = runner.invoke(app, ["train", "--dataset", "cifar10", "--model", "smallcnn",
+    res = runner.invoke(app, ["train", "--dataset", dataset, "--model", "smallcnn",
                               "--data-root", str(tmp_path), "--out", str(tmp_path / "o"),
                               "--no-progress"])
     one_error_line(res, str(path), needle)

@@ -121,6 +121,7 @@ def _options(
 ) -> None:
     ctx.meta[_DEBUG_KEY] = debug
 
+
 DataRoot = Annotated[
     Path | None,
     typer.Option("--data-root", envvar="ROBUSTACT_DATA",
