@@ -16,10 +16,10 @@ import time
 
 import torch
 from _common import base_parser, format_table, setup_threads, write_results
-from robustact.nn.bounded import OUTPUT_FUNCTIONS
 
 from robustact.defenses import add_output_activation
 from robustact.models import create_model
+from robustact.nn.bounded import OUTPUT_FUNCTIONS
 from robustact.train import TrainConfig, Trainer
 from robustact.workflows import MAX_TRAIN_TEMPERATURE, accuracy, load_splits
 

@@ -8,9 +8,9 @@ import re
 from pathlib import Path
 
 import pytest
-from robustact.checkpoint import sha256_file
 from typer.testing import CliRunner
 
+from robustact.checkpoint import sha256_file
 from robustact.cli import app
 from robustact.core.runlock import RunLock
 from robustact.core.storage import read_json

@@ -2,28 +2,138 @@
 
 The work lives in :mod:`robustact.workflows`, :mod:`robustact.demo` and the packages they call;
 nothing here is needed to use robustact from Python.
+
+Errors take one path for every command (:class:`_App`): a user error (bad argument, bad or missing
+file) prints ``error: <message>`` to stderr and exits with code 2; anything else is a bug and
+prints one line with the exception type and exits with code 1. ``--debug`` (before the command:
+``robustact --debug train ...``) prints the full traceback first.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import sys
+import traceback
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NoReturn
 
 import typer
+from typer.core import TyperCommand, TyperGroup
+
+#: Exceptions that mean "the input was wrong" rather than "robustact has a bug". ValueError covers
+#: CheckpointError, DataFormatError, TrainingDivergedError; OSError covers missing or unreadable
+#: files (DatasetNotFoundError, DownloadError).
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
+EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 1
+_DEBUG_KEY = "robustact.debug"
+# Typer has vendored click since 0.20 and used the click package before; its BadParameter
+# derives from click's ClickException in both, so take that base class from it.
+_ClickException: type[Exception] = next(
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def _report(e: Exception, command_path: str) -> NoReturn:
+    """Print ``e`` as one ``error:`` line (plus any hint lines a user error carries) and exit."""
+    if isinstance(e, _ClickException):  # usage: unknown option, bad value, missing option
+        where = getattr(getattr(e, "ctx", None), "command_path", None) or command_path
+        typer.secho(f"error: {e.format_message()} (see '{where} --help')",  # type: ignore[attr-defined]
+                    fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=getattr(e, "exit_code", EXIT_USER_ERROR))
+    if isinstance(e, USER_ERRORS):
+        # Library messages are written for users; the few multi-line ones (a missing dataset)
+        # are one error line followed by indented "fix:" lines.
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=EXIT_USER_ERROR)
+    first = (str(e).strip().splitlines() or [""])[0]
+    typer.secho(f"error: internal error {type(e).__name__}: {first} (run 'robustact --debug ...' "
+                "for the traceback, and please report it)", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=EXIT_INTERNAL_ERROR)
+
+
+class _App(TyperGroup):
+    """The command group; every command's errors pass through :meth:`invoke`.
+
+    Why here and not in ``main()``: tests (and anyone embedding the app) call the app object
+    directly, so the error path must be part of it. Why catch ``EOFError`` and friends: left
+    alone, typer turns an ``EOFError`` from deep inside a loader into a bare "Aborted.".
+    """
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None,
+                     **extra: Any) -> Any:
+        if not args:  # no arguments shows the help (no_args_is_help), as usual
+            return super().make_context(info_name, args, parent=parent, **extra)
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except _ClickException as e:  # e.g. an unknown command or global option
+            _report(e, info_name or "robustact")
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as e:
+            if isinstance(e, OSError) and e.errno == errno.EPIPE:
+                raise  # output piped into `head`: typer exits quietly
+            if ctx.meta.get(_DEBUG_KEY) and not isinstance(e, _ClickException):
+                # Printed here rather than re-raised: typer would turn an EOFError into a bare
+                # "Aborted!", and the exit code stays the same with and without --debug.
+                traceback.print_exception(e, file=sys.stderr)
+            _report(e, ctx.command_path)
+
+
+class _AttackListHelp(TyperCommand):
+    """Fills ``{attacks}`` in option help from the attack registry, only when help is shown.
+
+    Why lazily: the registry imports torch (seconds), which ``--help`` should not wait for.
+    """
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        from robustact.attacks.registry import available_attacks
+
+        names = " | ".join(available_attacks())
+        for p in self.params:
+            if getattr(p, "help", None) and "{attacks}" in p.help:  # type: ignore[attr-defined]
+                p.help = p.help.replace("{attacks}", names)  # type: ignore[attr-defined]
+        super().format_help(ctx, formatter)
+
 
 app = typer.Typer(
+    cls=_App,
     add_completion=False,
     no_args_is_help=True,
+    # Plain click help: rich's table cuts option names (``--output-activati…``) at 80 columns,
+    # which is what a pipe or a CI log gets; the plain layout wraps help text instead.
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,  # a traceback, if any, is Python's own
     help="robustact: activation- and loss-based adversarial defenses, evaluated honestly.",
 )
+
+
+@app.callback()
+def _options(
+    ctx: typer.Context,
+    debug: Annotated[bool, typer.Option(
+        "--debug", help="On an error, print the full traceback too.")] = False,
+) -> None:
+    ctx.meta[_DEBUG_KEY] = debug
+
 
 DataRoot = Annotated[
     Path | None,
     typer.Option("--data-root", envvar="ROBUSTACT_DATA",
                  help="Folder with MNIST/raw, cifar-10-batches-py, cifar-100-python "
                       "(default: $ROBUSTACT_DATA, else ~/.cache/robustact/data)."),
+]
+
+
+Download = Annotated[
+    bool,
+    typer.Option("--download", help="Fetch missing dataset files into the data root "
+                                    "(checksummed; MNIST and CIFAR)."),
 ]
 
 
@@ -36,9 +146,13 @@ def _echo_json(obj: object) -> None:
     typer.echo(json.dumps(obj, indent=2, default=str))
 
 
-def _fail(e: Exception) -> None:
-    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
+def _numbers(text: str, kind: type, option: str) -> list[Any]:
+    """``"30,60"`` → ``[30, 60]``; a malformed list is a user error naming the option."""
+    try:
+        return [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{option} expects comma-separated {kind.__name__} values, "
+                         f"got {text!r}") from None
 
 
 @app.command()
@@ -73,6 +187,7 @@ def train(
         help="Replace a model already in OUT, and train even at a temperature known not to "
              "learn.")] = False,
     data_root: DataRoot = None,
+    download: Download = False,
     progress: bool = True,
 ) -> None:
     """Train a model and save OUT/final (safetensors + JSON card) with its test accuracy.
@@ -82,22 +197,18 @@ def train(
     from robustact.train import TrainConfig
     from robustact.workflows import train_classifier
 
-    try:
-        config = TrainConfig(
-            epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule,
-            milestones=tuple(int(m) for m in milestones.split(",") if m.strip()), gamma=gamma,
-            weight_decay=weight_decay, augment=augment, seed=seed, device=device)
-        cls = tuple(c.strip() for c in classes.split(",")) if classes else None
-        if cls is not None and len(cls) != 2:
-            raise ValueError(f"--classes needs exactly two classes, got {classes!r}")
-        outcome = train_classifier(
-            model, dataset, out_dir=out, config=config, activation=activation,
-            data_root=data_root, val_fraction=val_fraction, classes=cls,  # type: ignore[arg-type]
-            loss=loss.value, output_activation=output_activation, temperature=temperature,
-            resume=resume, progress=progress, force=force)
-    except (ValueError, FileNotFoundError, TypeError) as e:
-        _fail(e)
-        return
+    config = TrainConfig(
+        epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule,
+        milestones=tuple(_numbers(milestones, int, "--milestones")), gamma=gamma,
+        weight_decay=weight_decay, augment=augment, seed=seed, device=device)
+    cls = tuple(c.strip() for c in classes.split(",")) if classes else None
+    if cls is not None and len(cls) != 2:
+        raise ValueError(f"--classes needs exactly two classes, got {classes!r}")
+    outcome = train_classifier(
+        model, dataset, out_dir=out, config=config, activation=activation,
+        data_root=data_root, val_fraction=val_fraction, classes=cls,  # type: ignore[arg-type]
+        loss=loss.value, output_activation=output_activation, temperature=temperature,
+        resume=resume, progress=progress, download=download, force=force)
     typer.echo(f"test accuracy {outcome.test_accuracy:.2%} after {len(outcome.history)} epochs "
                f"({outcome.seconds:.0f}s); model saved to {outcome.checkpoint}")
 
@@ -109,15 +220,13 @@ def eval_(
     split: str = "test",
     limit: Annotated[int | None, typer.Option(help="First N examples only.")] = None,
     data_root: DataRoot = None,
+    download: Download = False,
 ) -> None:
     """Clean accuracy of a saved model."""
     from robustact.workflows import evaluate_checkpoint
 
-    try:
-        _echo_json(evaluate_checkpoint(model, dataset=dataset, split=split, data_root=data_root,
-                                       limit=limit))
-    except (ValueError, FileNotFoundError) as e:
-        _fail(e)
+    _echo_json(evaluate_checkpoint(model, dataset=dataset, split=split, data_root=data_root,
+                                   limit=limit, download=download))
 
 
 @app.command()
@@ -143,14 +252,13 @@ def retrofit(
     out: Annotated[Path, typer.Option(help="Where to save the retrofitted checkpoint.")],
     force: Annotated[bool, typer.Option(help="Replace a checkpoint already in OUT.")] = False,
     data_root: DataRoot = None,
+    download: Download = False,
 ) -> None:
     """Swap every ReLU of a saved model for JumpReLU(κ), without retraining."""
     from robustact.workflows import retrofit_checkpoint
 
-    try:
-        _echo_json(retrofit_checkpoint(model, jump, out, data_root=data_root, force=force))
-    except (ValueError, FileNotFoundError) as e:
-        _fail(e)
+    _echo_json(retrofit_checkpoint(model, jump, out, data_root=data_root, download=download,
+                                   force=force))
 
 
 @app.command()
@@ -162,16 +270,14 @@ def defend(
     out: Annotated[Path, typer.Option(help="Where to save the defended checkpoint.")],
     force: Annotated[bool, typer.Option(help="Replace a checkpoint already in OUT.")] = False,
     data_root: DataRoot = None,
+    download: Download = False,
 ) -> None:
     """Give a trained model the output activation f(T·z) for inference (e.g. trained at T = 1
     with `train --output-activation sigmoid`, evaluated at T = 100), without retraining."""
     from robustact.workflows import defend_checkpoint
 
-    try:
-        _echo_json(defend_checkpoint(model, output_activation, temperature, out,
-                                     data_root=data_root, force=force))
-    except (ValueError, FileNotFoundError, TypeError) as e:
-        _fail(e)
+    _echo_json(defend_checkpoint(model, output_activation, temperature, out,
+                                 data_root=data_root, force=force, download=download))
 
 
 @app.command("tune-jump")
@@ -185,25 +291,23 @@ def tune_jump(
         help="Also save the model retrofitted with the chosen κ here.")] = None,
     force: Annotated[bool, typer.Option(help="Replace a checkpoint already in OUT.")] = False,
     data_root: DataRoot = None,
+    download: Download = False,
     progress: bool = True,
 ) -> None:
     """Choose κ on the validation split: the largest κ within --max-drop of the ReLU accuracy."""
     from robustact.workflows import tune_jump_checkpoint
 
-    try:
-        values = [float(v) for v in grid.split(",")] if grid else None
-        _echo_json(tune_jump_checkpoint(model, max_drop, grid=values, out=out,
-                                        data_root=data_root, progress=progress, force=force))
-    except (ValueError, FileNotFoundError) as e:
-        _fail(e)
+    values = _numbers(grid, float, "--grid") if grid else None
+    _echo_json(tune_jump_checkpoint(model, max_drop, grid=values, out=out,
+                                    data_root=data_root, progress=progress, download=download,
+                                    force=force))
 
 
-@app.command()
+@app.command(cls=_AttackListHelp)
 def attack(
     model: Annotated[Path, typer.Option("--model", help="Checkpoint to attack.")],
     attack: Annotated[str, typer.Option(
-        "--attack", help="fgsm | bim | ifgsm | pgd | mim | apgd | deepfool | cw | trust_region "
-                         "| square, or a spec such as pgd:eps=8/255,steps=40")] = "pgd",
+        "--attack", help="{attacks}, or a spec such as pgd:eps=8/255,steps=40")] = "pgd",
     eps: Annotated[str | None, typer.Option(
         help="Budget in [0, 1] pixel units, e.g. 0.3 or 8/255 (fixed-budget attacks; default: "
              "the dataset's, MNIST 0.3, CIFAR 8/255, digits 0.1 for linf).")] = None,
@@ -227,30 +331,28 @@ def attack(
              "runs/attack/<model>-<attack>-<time>).")] = None,
     force: Annotated[bool, typer.Option(help="Replace an attack's results in OUT.")] = False,
     data_root: DataRoot = None,
+    download: Download = False,
     progress: bool = True,
 ) -> None:
     """Attack a saved model; writes the adversarial examples and a JSON summary."""
     from robustact.core.spec import parse_number, parse_params
     from robustact.workflows import attack_checkpoint
 
-    try:
-        params = {"eps": None if eps is None else parse_number(eps, "--eps"),
-                  "norm": norm, "steps": steps,
-                  "alpha": None if alpha is None else parse_number(alpha, "--alpha"),
-                  "restarts": restarts, "loss": loss, "logits_from": logits_from}
-        params = {k: v for k, v in params.items() if v is not None}
-        extra = parse_params(param or [])
-        twice = sorted(set(params) & set(extra))
-        if twice:
-            raise ValueError(f"{', '.join(twice)} given twice: as --{twice[0].replace('_', '-')} "
-                             f"and as --param {twice[0]}=...; give it once")
-        params.update(extra)
-        summary = attack_checkpoint(model, attack, params, out=out, split=split, n=n,
-                                    batch_size=batch_size, bpda=bpda, data_root=data_root,
-                                    progress=progress, force=force)
-    except (ValueError, FileNotFoundError) as e:
-        _fail(e)
-        return
+    params = {"eps": None if eps is None else parse_number(eps, "--eps"),
+              "norm": norm, "steps": steps,
+              "alpha": None if alpha is None else parse_number(alpha, "--alpha"),
+              "restarts": restarts, "loss": loss, "logits_from": logits_from}
+    params = {k: v for k, v in params.items() if v is not None}
+    extra = parse_params(param or [])
+    twice = sorted(set(params) & set(extra))
+    if twice:
+        raise ValueError(f"{', '.join(twice)} given twice: as --{twice[0].replace('_', '-')} "
+                         f"and as --param {twice[0]}=...; give it once")
+    params.update(extra)
+    summary = attack_checkpoint(model, attack, params, out=out, split=split, n=n,
+                                batch_size=batch_size, bpda=bpda, data_root=data_root,
+                                progress=progress, force=force,
+                                download=download)
     summary.pop("environment", None)
     for key, value in summary.get("defaults", {}).items():
         typer.echo(f"no --{key} given: using {key}={value:.6g}, the default for this dataset",

@@ -20,7 +20,12 @@ from torch import nn
 
 from robustact.core.runlock import RunLock, refuse_finished
 from robustact.core.storage import atomic_write_json, environment_info
-from robustact.core.validate import check_eval_mode
+from robustact.core.validate import (
+    check_eval_mode,
+    check_model_output,
+    check_positive_int,
+    match_model_dtype,
+)
 
 __all__ = [
     "TrainOutcome",
@@ -82,13 +87,15 @@ def accuracy(model: nn.Module, data: Any, batch_size: int = 500,
     from robustact.train.trainer import as_tensors
 
     check_eval_mode(model, "measuring accuracy")
+    check_positive_int(batch_size, "batch_size")
     x, y = as_tensors(data, "data")
     device = device or next(model.parameters()).device
     correct = 0
     for i in range(0, x.shape[0], batch_size):
         xb = x[i:i + batch_size].to(device)
-        xb = xb.float() / 255 if xb.dtype == torch.uint8 else xb
-        correct += int((model(xb).argmax(1).cpu() == y[i:i + batch_size]).sum())
+        xb = match_model_dtype(model, xb.float() / 255 if xb.dtype == torch.uint8 else xb)
+        z = check_model_output(model(xb))
+        correct += int((z.argmax(1).cpu() == y[i:i + batch_size]).sum())
     return correct / max(1, x.shape[0])
 
 
@@ -109,6 +116,7 @@ def train_classifier(
     progress: bool = True,
     model_kwargs: dict[str, Any] | None = None,
     force: bool = False,
+    download: bool = False,
 ) -> TrainOutcome:
     """Train ``model_name`` on ``dataset`` and save ``out_dir/final`` with its test accuracy.
 
@@ -121,6 +129,7 @@ def train_classifier(
     ``out_dir`` is locked for the whole run (a concurrent run into it fails at once), and a run
     folder that already holds a model (``final/``, or ``train/last`` of an interrupted run) is
     refused unless ``resume`` (continue it) or ``force`` (start over and replace it).
+    ``download=True`` fetches missing dataset files into the data root.
     """
     if output_activation is not None and not force:
         from robustact.nn.bounded import check_temperature
@@ -152,7 +161,8 @@ def train_classifier(
                                  activation=activation, data_root=data_root,
                                  val_fraction=val_fraction, classes=classes, loss=loss,
                                  output_activation=output_activation, temperature=temperature,
-                                 resume=resume, progress=progress, model_kwargs=model_kwargs)
+                                 resume=resume, progress=progress, model_kwargs=model_kwargs,
+                                 download=download)
 
 
 def _train_classifier(
@@ -169,6 +179,7 @@ def _train_classifier(
     output_activation: str | None,
     temperature: float,
     resume: bool,
+    download: bool,
     progress: bool,
     model_kwargs: dict[str, Any] | None,
 ) -> TrainOutcome:
@@ -183,7 +194,7 @@ def _train_classifier(
     if loss == "differential" and classes is None:
         classes = ("cat", "dog")
     train, val, test = load_splits(dataset, data_root=data_root, val_fraction=val_fraction,
-                                   classes=classes, seed=config.seed)
+                                   classes=classes, seed=config.seed, download=download)
     model = create_model(model_name, dataset=dataset, num_classes=train.num_classes,
                          activation=activation, **(model_kwargs or {}))
     if output_activation is not None:
@@ -227,18 +238,20 @@ def _train_classifier(
 
 
 def evaluate_checkpoint(path: str | Path, *, dataset: str | None = None, split: str = "test",
-                        data_root: str | Path | None = None, limit: int | None = None
-                        ) -> dict[str, Any]:
+                        data_root: str | Path | None = None, limit: int | None = None,
+                        download: bool = False) -> dict[str, Any]:
     """Clean accuracy of a saved model on a dataset split (the card's dataset by default)."""
     from robustact.data import binary_task, load_dataset
     from robustact.train import load_checkpoint
 
+    if limit is not None:
+        check_positive_int(limit, "limit")
     model, card = load_checkpoint(path)
     data_desc = card.get("data") or {}
     dataset = dataset or data_desc.get("dataset")
     if dataset is None:
         raise ValueError("the checkpoint does not record its dataset; pass dataset=")
-    ds = load_dataset(dataset, split, root=data_root)
+    ds = load_dataset(dataset, split, root=data_root, download=download)
     classes = data_desc.get("classes")
     if classes and len(classes) == 2 and ds.num_classes != 2:
         ds = binary_task(ds, tuple(classes))
@@ -251,7 +264,8 @@ def evaluate_checkpoint(path: str | Path, *, dataset: str | None = None, split: 
 
 
 def _load_eval_data(card: dict[str, Any], dataset: str | None, split: str,
-                    data_root: str | Path | None, limit: int | None = None) -> Any:
+                    data_root: str | Path | None, limit: int | None = None,
+                    download: bool = False) -> Any:
     """The split a checkpoint was evaluated on; the validation split is re-carved exactly as in
     training (same fraction and seed), so tuning never touches the test set."""
     from robustact.data import binary_task, load_dataset, train_val_split
@@ -260,7 +274,10 @@ def _load_eval_data(card: dict[str, Any], dataset: str | None, split: str,
     dataset = dataset or data_desc.get("dataset")
     if dataset is None:
         raise ValueError("the checkpoint does not record its dataset; pass dataset=")
-    ds = load_dataset(dataset, "test" if split == "test" else "train", root=data_root)
+    if limit is not None:
+        check_positive_int(limit, "limit")
+    ds = load_dataset(dataset, "test" if split == "test" else "train", root=data_root,
+                      download=download)
     classes = data_desc.get("classes")
     if classes and len(classes) == 2 and ds.num_classes != 2:
         ds = binary_task(ds, tuple(classes))
@@ -277,7 +294,8 @@ def _load_eval_data(card: dict[str, Any], dataset: str | None, split: str,
 
 def _defend_and_save(path: str | Path, out: str | Path, defend: Callable[[nn.Module], nn.Module],
                      metrics: dict[str, Any], extra: dict[str, Any], *, before: str,
-                     data_root: str | Path | None, evaluate: bool, force: bool
+                     data_root: str | Path | None, evaluate: bool, force: bool,
+                     download: bool = False
                      ) -> dict[str, Any]:
     """Load a checkpoint, apply ``defend`` and save the result to ``out`` (locked; a checkpoint
     already there is replaced only with ``force``). With ``evaluate``, ``metrics`` gains the test
@@ -288,7 +306,8 @@ def _defend_and_save(path: str | Path, out: str | Path, defend: Callable[[nn.Mod
     with RunLock(out, "defended checkpoint"):
         refuse_finished(out, "card.json", "a checkpoint", force=force)
         model, card = load_checkpoint(path)
-        test = _load_eval_data(card, None, "test", data_root) if evaluate else None
+        test = (_load_eval_data(card, None, "test", data_root, download=download)
+                if evaluate else None)
         if test is not None:
             metrics[before] = accuracy(model, test)
         defended = defend(model).eval()
@@ -302,18 +321,20 @@ def _defend_and_save(path: str | Path, out: str | Path, defend: Callable[[nn.Mod
 
 def retrofit_checkpoint(path: str | Path, kappa: float, out: str | Path, *,
                         data_root: str | Path | None = None, evaluate: bool = True,
-                        force: bool = False) -> dict[str, Any]:
+                        force: bool = False, download: bool = False) -> dict[str, Any]:
     """Retrofit a saved ReLU model with JumpReLU(κ) and save it (the card records the defense)."""
     from robustact.defenses import retrofit_jumprelu
 
     return _defend_and_save(path, out, lambda m: retrofit_jumprelu(m, kappa), {"kappa": kappa},
                             {"retrofit_of": str(path)}, before="test_accuracy_relu",
-                            data_root=data_root, evaluate=evaluate, force=force)
+                            data_root=data_root, evaluate=evaluate, force=force,
+                            download=download)
 
 
 def defend_checkpoint(path: str | Path, output_activation: str, temperature: float,
                       out: str | Path, *, data_root: str | Path | None = None,
-                      evaluate: bool = True, force: bool = False) -> dict[str, Any]:
+                      evaluate: bool = True, force: bool = False,
+                      download: bool = False) -> dict[str, Any]:
     """Give a trained model the output activation f(T·z) for inference, and save it.
 
     The working protocol for this defense (docs/choices.md): train with f at T = 1 (``train
@@ -340,14 +361,15 @@ def defend_checkpoint(path: str | Path, output_activation: str, temperature: flo
     result = _defend_and_save(path, out, defend,
                               {"output_activation": output_activation, "temperature": t},
                               extra, before="test_accuracy_before", data_root=data_root,
-                              evaluate=evaluate, force=force)
+                              evaluate=evaluate, force=force, download=download)
     result["previous_output_activation"] = previous or None
     return result
 
 
 def tune_jump_checkpoint(path: str | Path, max_drop: float, *, grid: list[float] | None = None,
                          out: str | Path | None = None, data_root: str | Path | None = None,
-                         progress: bool = True, force: bool = False) -> dict[str, Any]:
+                         progress: bool = True, force: bool = False,
+                         download: bool = False) -> dict[str, Any]:
     """Pick κ on the checkpoint's validation split (largest κ within ``max_drop`` points)."""
     from robustact.defenses import paper_kappa_grid, tune_jumprelu
     from robustact.train import load_checkpoint
@@ -355,7 +377,7 @@ def tune_jump_checkpoint(path: str | Path, max_drop: float, *, grid: list[float]
     if out is not None:  # refuse before tuning, not after; retrofit_checkpoint locks ``out``
         refuse_finished(out, "card.json", "a checkpoint", force=force)
     model, card = load_checkpoint(path)
-    val = _load_eval_data(card, None, "val", data_root)
+    val = _load_eval_data(card, None, "val", data_root, download=download)
     model_cfg = card.get("model") or {}
     dataset = (card.get("data") or {}).get("dataset", "")
     grid = list(grid) if grid else list(paper_kappa_grid(model_cfg.get("name", ""), dataset))
@@ -368,7 +390,7 @@ def tune_jump_checkpoint(path: str | Path, max_drop: float, *, grid: list[float]
     }
     if out is not None:
         result.update(retrofit_checkpoint(path, tuning.kappa, out, data_root=data_root,
-                                          force=force))
+                                          force=force, download=download))
     return result
 
 
@@ -395,7 +417,8 @@ def attack_checkpoint(path: str | Path, attack: str, params: dict[str, Any], *,
                       out: str | Path | None = None, split: str = "test", n: int | None = 500,
                       batch_size: int = 250, bpda: bool = False,
                       data_root: str | Path | None = None, progress: bool = True,
-                      force: bool = False) -> dict[str, Any]:
+                      force: bool = False,
+                      download: bool = False) -> dict[str, Any]:
     """Run one attack on the first ``n`` examples of a split and write the adversarial examples
     (``adversarial.safetensors``) and a JSON summary; success is re-verified independently.
 
@@ -416,7 +439,7 @@ def attack_checkpoint(path: str | Path, attack: str, params: dict[str, Any], *,
             refuse_finished(out, "summary.json", "an attack's results", force=force)
             summary = _attack_checkpoint(path, attack, params, out=out, split=split, n=n,
                                          batch_size=batch_size, bpda=bpda, data_root=data_root,
-                                         progress=progress)
+                                         progress=progress, download=download)
     except BaseException:
         if made:  # do not leave an empty default folder behind a failed attack
             with contextlib.suppress(OSError):
@@ -427,7 +450,8 @@ def attack_checkpoint(path: str | Path, attack: str, params: dict[str, Any], *,
 
 def _attack_checkpoint(path: str | Path, attack: str, params: dict[str, Any], *,
                        out: Path, split: str, n: int | None, batch_size: int, bpda: bool,
-                       data_root: str | Path | None, progress: bool) -> dict[str, Any]:
+                       data_root: str | Path | None, progress: bool, download: bool
+                       ) -> dict[str, Any]:
     """:func:`attack_checkpoint` with ``out`` chosen and locked."""
     from tqdm.auto import tqdm
 
@@ -436,12 +460,15 @@ def _attack_checkpoint(path: str | Path, attack: str, params: dict[str, Any], *,
     from robustact.core.storage import save_tensors
     from robustact.train import load_checkpoint
 
+    if n is not None:
+        check_positive_int(n, "n")
+    check_positive_int(batch_size, "batch_size")
     t0 = time.perf_counter()
     model, card = load_checkpoint(path)
     spec, defaults = resolve_attack(attack, params,
                                     dataset=(card.get("data") or {}).get("dataset", ""))
     atk = create_attack(**spec)  # before loading data: a bad parameter fails at once
-    ds = _load_eval_data(card, None, split, data_root, limit=n)
+    ds = _load_eval_data(card, None, split, data_root, limit=n, download=download)
     target_model = with_bpda(model) if bpda else model
     xs, advs, succ, norms, ys = [], [], [], [], []
     for i in tqdm(range(0, len(ds), batch_size), desc=f"{attack}", disable=not progress):

@@ -26,7 +26,13 @@ import torch
 from torch import nn
 
 from robustact.core.spec import bind_params
-from robustact.core.validate import check_images, check_labels, check_logits
+from robustact.core.validate import (
+    check_images,
+    check_labels,
+    check_logits,
+    check_model_output,
+    match_model_dtype,
+)
 from robustact.losses.attack import AttackLoss, get_attack_loss
 
 __all__ = ["Attack", "AttackResult", "LogitsView", "lp_norms", "prepared_model"]
@@ -117,7 +123,7 @@ class LogitsView:
         """Run the output check on ``z`` unless it already ran (it runs once)."""
         if self._check is not None:
             check, self._check = self._check, None
-            check(z.detach())
+            check(check_model_output(z).detach())
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self._module is None:
@@ -262,7 +268,9 @@ class Attack:
             check_labels(target, x.shape[0], name="target")
             if bool((target == y).any()):
                 raise ValueError("target equals the true label for some samples")
-        x = x.detach()
+        # A float64 batch on a float32 model (or the reverse) is cast to the model's dtype: [0, 1]
+        # images survive it, and x_adv, norms and logits then come back in that dtype.
+        x = match_model_dtype(model, x.detach())
 
         def check_output(z: torch.Tensor) -> None:
             # The model's output and the labels against its class count, checked on the first
@@ -278,7 +286,7 @@ class Attack:
             x_adv, info = out if isinstance(out, tuple) else (out, {})
             x_adv = x_adv.detach().clamp(0.0, 1.0)
             with torch.inference_mode():
-                logits = model(x_adv)
+                logits = check_model_output(model(x_adv))
             logits = logits.clone()  # a normal tensor again: callers may edit or reuse it
             view.check_if_pending(logits)  # the search never called the model (e.g. ε = 0)
         success = self.is_adversarial(logits, y, target)

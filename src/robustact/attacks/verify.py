@@ -17,7 +17,14 @@ from torch import nn
 
 from robustact.attacks._utils import check_eps, check_norm
 from robustact.attacks.base import Attack, AttackResult, lp_norms
-from robustact.core.validate import check_eval_mode, check_images, check_labels, check_logits
+from robustact.core.validate import (
+    check_eval_mode,
+    check_images,
+    check_labels,
+    check_logits,
+    check_model_output,
+    match_model_dtype,
+)
 
 __all__ = ["VerifiedResult", "WorstCaseResult", "verify", "robust_accuracy"]
 
@@ -67,11 +74,13 @@ class WorstCaseResult:
 
 
 def _predict(model: nn.Module, x: torch.Tensor, batch_size: int | None) -> torch.Tensor:
+    x = match_model_dtype(model, x)
     with torch.no_grad():
         if batch_size is None or x.shape[0] <= batch_size:
             z = model(x)
         else:
-            z = torch.cat([model(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+            z = torch.cat([check_model_output(model(x[i:i + batch_size]))
+                           for i in range(0, x.shape[0], batch_size)])
     check_logits(z, x.shape[0], name="model output")
     return z.argmax(1)
 

@@ -7,7 +7,9 @@ labels, logits or a model calls these first.
 
 from __future__ import annotations
 
+import itertools
 import math
+import operator
 
 import torch
 from torch import nn
@@ -17,6 +19,9 @@ __all__ = [
     "check_labels",
     "check_logits",
     "check_eval_mode",
+    "check_positive_int",
+    "check_model_output",
+    "match_model_dtype",
 ]
 
 
@@ -63,12 +68,59 @@ def check_labels(y: torch.Tensor, n: int, num_classes: int | None = None, name: 
         )
 
 
+def check_positive_int(value: object, name: str, *, allow_zero: bool = False) -> int:
+    """``value`` as an int, refusing bools, floats, negatives and (unless ``allow_zero``) zero.
+
+    Why one helper: counts (epochs, batch sizes, ``n``, ``limit``) arrive from the CLI and from
+    configs; a zero or negative one otherwise surfaces as ``range() arg 3 must not be zero`` or an
+    empty ``torch.cat`` far from the argument that caused it.
+    """
+    try:
+        v = None if isinstance(value, bool) else operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        v = None
+    if v is None or v < (0 if allow_zero else 1):
+        kind = "a non-negative integer" if allow_zero else "a positive integer"
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    return v
+
+
+def check_model_output(z: object, name: str = "model output") -> torch.Tensor:
+    """The model's output must be one logits tensor; return it.
+
+    Why: models that return ``(logits, features)`` or a dict otherwise fail deep inside a loss
+    or ``argmax`` with an error about tuples that does not say which object was wrong.
+    """
+    if not isinstance(z, torch.Tensor):
+        raise TypeError(
+            f"{name} must be a logits tensor of shape (N, num_classes), got "
+            f"{type(z).__name__}; wrap a model that returns (logits, ...) so that forward "
+            "returns only the logits"
+        )
+    return z
+
+
+def match_model_dtype(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` cast to the floating dtype of ``model``'s parameters (unchanged if it matches).
+
+    Why cast rather than refuse: images in [0, 1] lose nothing that matters when a float64 batch
+    meets a float32 model (or the reverse), and refusing would turn a numpy-made batch into an
+    error about "Double and Float" deep inside a convolution. A model without floating
+    parameters or buffers leaves ``x`` as it is.
+    """
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        if t.is_floating_point():
+            return x if x.dtype == t.dtype else x.to(t.dtype)
+    return x
+
+
 def check_logits(z: torch.Tensor, n: int | None = None, name: str = "logits") -> None:
-    """Logits must be (N, K), finite, and not look like probabilities.
+    """Logits must be one (N, K) tensor, finite, and not look like probabilities.
 
     Why the probability check: feeding softmax outputs where logits are due makes cross-entropy
     and margin losses nearly flat, so attacks silently fail and a model looks robust.
     """
+    check_model_output(z, name)
     if z.ndim != 2:
         raise ValueError(f"{name} must have shape (N, num_classes), got {tuple(z.shape)}")
     if n is not None and z.shape[0] != n:

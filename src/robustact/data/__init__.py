@@ -7,7 +7,8 @@
 - :func:`train_val_split`, :func:`binary_task` — seeded stratified splits, two-class tasks.
 
 Missing files raise :class:`DatasetNotFoundError`; ``download=True`` fetches them with
-checksums (:mod:`robustact.data.download`).
+checksums (:mod:`robustact.data.download`). Unreadable files (truncated, corrupted) raise
+:class:`DataFormatError`, a ``ValueError`` naming the file.
 """
 
 from robustact.data.catalog import DATASET_INFO, DatasetInfo, available_datasets, dataset_info
@@ -23,7 +24,7 @@ from robustact.data.download import (
 )
 from robustact.data.mnist import load_mnist, read_idx
 from robustact.data.registry import load_dataset
-from robustact.data.root import ENV_VAR, DatasetNotFoundError, resolve_data_root
+from robustact.data.root import ENV_VAR, DataFormatError, DatasetNotFoundError, resolve_data_root
 from robustact.data.splits import binary_task, split_indices, train_val_split
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "resolve_data_root",
     "ENV_VAR",
     "DatasetNotFoundError",
+    "DataFormatError",
     "DownloadError",
     "ChecksumError",
     "UnsafeArchiveError",

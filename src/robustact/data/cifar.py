@@ -18,6 +18,7 @@ from __future__ import annotations
 import codecs
 import os
 import pickle
+import struct
 from pathlib import Path
 from typing import IO, Any
 
@@ -27,6 +28,7 @@ import torch
 from robustact.data.dataset import ImageDataset
 from robustact.data.download import DownloadError, Fetcher, download_and_extract
 from robustact.data.root import (
+    DataFormatError,
     check_split,
     describe_data_root,
     not_found_error,
@@ -58,8 +60,11 @@ CIFAR100_FOLDER = "cifar-100-python"
 CIFAR100_FILES = {"train": ("train",), "test": ("test",)}
 
 
-class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle referenced something other than the numpy array machinery CIFAR needs."""
+class UnsafePickleError(DataFormatError, pickle.UnpicklingError):
+    """A pickle referenced something other than the numpy array machinery CIFAR needs.
+
+    A :class:`DataFormatError` (so a ``ValueError``) too: a refused file is bad input.
+    """
 
 
 def _plain_dtype(*args: Any) -> np.dtype:
@@ -104,14 +109,32 @@ class RestrictedUnpickler(pickle.Unpickler):
             ) from None
 
 
+# What a truncated or garbled pickle raises from inside the unpickler: an empty file gives
+# EOFError (which the CLI framework would mistake for Ctrl-D and answer with only "Aborted."),
+# random bytes UnpicklingError, a stream cut mid-opcode struct.error or IndexError, and a
+# well-formed pickle of the wrong shape TypeError/ValueError/KeyError from numpy's reconstruction.
+_CORRUPT_PICKLE = (pickle.UnpicklingError, EOFError, struct.error, IndexError, KeyError, TypeError,
+                   ValueError, AttributeError, OverflowError, MemoryError)
+
+
 def restricted_load(path: str | os.PathLike[str]) -> Any:
     """Unpickle a dataset file with :class:`RestrictedUnpickler` (``encoding="latin1"``, which
-    reads the Python 2 pickles the official batches are)."""
+    reads the Python 2 pickles the official batches are).
+
+    Raises :class:`UnsafePickleError` for a file that names anything beyond numpy arrays, and
+    :class:`DataFormatError` (naming the file) for an empty, truncated or garbled one.
+    """
     with open(path, "rb") as f:
         try:
             return RestrictedUnpickler(f, encoding="latin1").load()
         except UnsafePickleError as e:
             raise UnsafePickleError(f"{path}: {e}") from None
+        except _CORRUPT_PICKLE as e:
+            what = "is empty" if f.tell() == 0 and isinstance(e, EOFError) else \
+                f"is truncated or corrupted ({type(e).__name__}: {e})"
+            raise DataFormatError(
+                f"{path} {what}; not a readable dataset pickle: delete it and download it again"
+            ) from None
 
 
 def _as_str(s: Any) -> Any:
@@ -121,7 +144,7 @@ def _as_str(s: Any) -> Any:
 def _load_dict(path: Path) -> dict[str, Any]:
     obj = restricted_load(path)
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
+        raise DataFormatError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
     # Batches re-pickled after loading with encoding="bytes" have bytes keys; accept both.
     return {_as_str(k): v for k, v in obj.items()}
 
@@ -130,19 +153,20 @@ def _read_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     d = _load_dict(path)
     for key in ("data", label_key):
         if key not in d:
-            raise ValueError(f"{path}: missing key {key!r} (has {sorted(d)})")
+            raise DataFormatError(f"{path}: missing key {key!r} (has {sorted(map(str, d))})")
     data = d["data"]
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
-            or data.shape[1] != 3 * 32 * 32:
+            or data.shape[1] != 3 * 32 * 32 or data.shape[0] == 0:
         desc = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-        raise ValueError(f"{path}: 'data' must be a uint8 array (N, 3072), got {desc}")
+        raise DataFormatError(f"{path}: 'data' must be a uint8 array (N, 3072) with N >= 1, "
+                              f"got {desc}")
     try:
         labels = np.asarray(d[label_key], dtype=np.int64)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: {label_key!r} must be a list of integers ({e})") from None
+    except (TypeError, ValueError, OverflowError) as e:
+        raise DataFormatError(f"{path}: {label_key!r} must be a list of integers ({e})") from None
     if labels.shape != (data.shape[0],):
-        raise ValueError(f"{path}: {data.shape[0]} images but {label_key!r} has shape "
-                         f"{labels.shape}")
+        raise DataFormatError(f"{path}: {data.shape[0]} images but {label_key!r} has shape "
+                              f"{labels.shape}")
     # Each row is 1024 red, then 1024 green, then 1024 blue values, each a row-major 32x32 plane.
     return data.reshape(-1, 3, 32, 32), labels
 
@@ -150,8 +174,12 @@ def _read_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
 def _class_names(path: Path, key: str) -> list[str]:
     d = _load_dict(path)
     if key not in d:
-        raise ValueError(f"{path}: missing key {key!r} (has {sorted(d)})")
-    return [str(_as_str(n)) for n in d[key]]
+        raise DataFormatError(f"{path}: missing key {key!r} (has {sorted(map(str, d))})")
+    names = d[key]
+    if not isinstance(names, (list, tuple)) or not names:
+        raise DataFormatError(f"{path}: {key!r} must be a non-empty list of class names, got "
+                              f"{type(names).__name__}")
+    return [str(_as_str(n)) for n in names]
 
 
 def _load(
@@ -183,8 +211,11 @@ def _load(
     images = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
     labels = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
     classes = _class_names(directory / meta, names_key)
-    return ImageDataset(torch.from_numpy(np.ascontiguousarray(images)),
-                        torch.from_numpy(labels), classes, name)
+    try:
+        return ImageDataset(torch.from_numpy(np.ascontiguousarray(images)),
+                            torch.from_numpy(labels), classes, name)
+    except ValueError as e:  # labels beyond the class list, repeated class names
+        raise DataFormatError(f"{directory}: the batches and {meta} disagree: {e}") from None
 
 
 def load_cifar10(

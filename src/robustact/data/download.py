@@ -21,8 +21,11 @@ import tarfile
 import tempfile
 import urllib.parse
 import urllib.request
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
+
+from robustact.data.root import DataFormatError
 
 __all__ = [
     "Fetcher",
@@ -138,10 +141,19 @@ def safe_extract_tar(archive: str | os.PathLike[str], dest: str | os.PathLike[st
     """Extract a (possibly compressed) tar archive into ``dest``; return the files written.
 
     Every member is checked first; if any is unsafe nothing is written and
-    :class:`UnsafeArchiveError` is raised.
+    :class:`UnsafeArchiveError` is raised. An archive that is not a readable tar (truncated,
+    corrupted) raises :class:`~robustact.data.root.DataFormatError` naming it.
     """
     archive, dest = Path(archive), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
+    try:
+        return _extract(archive, dest)
+    except (tarfile.TarError, EOFError, zlib.error) as e:
+        raise DataFormatError(f"{archive}: not a readable tar archive, truncated or corrupted "
+                              f"({type(e).__name__}: {e})") from None
+
+
+def _extract(archive: Path, dest: Path) -> list[Path]:
     base = dest.resolve()
     written: list[Path] = []
     with tarfile.open(archive, "r:*") as tar:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 from robustact.data.dataset import ImageDataset
 from robustact.data.download import DownloadError, Fetcher, download_file
 from robustact.data.root import (
+    DataFormatError,
     check_split,
     describe_data_root,
     not_found_error,
@@ -52,24 +54,33 @@ _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an IDX file (gzip-compressed if the name ends in ``.gz``) into a native-endian array.
 
-    Raises ValueError naming the file if the magic number is wrong or the byte count does not
-    match the dimensions (a truncated or corrupted file).
+    Raises :class:`DataFormatError` (a ValueError) naming the file if the gzip stream is cut off
+    or corrupted, the magic number is wrong, or the byte count does not match the dimensions.
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        # EOFError is what a cut-off download raises; left alone it reaches the CLI framework,
+        # which treats it as Ctrl-D and prints only "Aborted."
+        raise DataFormatError(
+            f"{path}: not a valid gzip file, truncated or corrupted ({type(e).__name__}: {e}); "
+            "delete it and download it again"
+        ) from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_TYPES:
-        raise ValueError(f"{path} is not an IDX file (bad magic number {data[:4].hex()!r})")
+        raise DataFormatError(f"{path} is not an IDX file (bad magic number {data[:4].hex()!r})")
     ndim = data[3]
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise ValueError(f"{path}: truncated IDX header ({len(data)} bytes for {ndim} dimensions)")
+        raise DataFormatError(
+            f"{path}: truncated IDX header ({len(data)} bytes for {ndim} dimensions)")
     dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     dtype = np.dtype(_IDX_TYPES[data[2]])
     expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
     if len(data) != expected:
-        raise ValueError(
+        raise DataFormatError(
             f"{path}: IDX header says shape {dims} ({expected} bytes) but the file has "
             f"{len(data)} bytes; the file is truncated or corrupted"
         )
@@ -119,12 +130,15 @@ def load_mnist(
     img_path, lbl_path = found
     assert img_path is not None and lbl_path is not None
     images, labels = read_idx(img_path), read_idx(lbl_path)
-    if images.dtype != np.uint8 or images.ndim != 3:
-        raise ValueError(f"{img_path}: expected uint8 images (N, H, W), got {images.dtype} "
-                         f"{images.shape}")
+    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28) \
+            or images.shape[0] == 0:
+        raise DataFormatError(f"{img_path}: expected uint8 images (N, 28, 28) with N >= 1, got "
+                              f"{images.dtype} {images.shape}")
     if labels.dtype != np.uint8 or labels.shape != images.shape[:1]:
-        raise ValueError(f"{lbl_path}: expected {images.shape[0]} uint8 labels, got "
-                         f"{labels.dtype} {labels.shape}")
+        raise DataFormatError(f"{lbl_path}: expected {images.shape[0]} uint8 labels, got "
+                              f"{labels.dtype} {labels.shape}")
+    if int(labels.max()) >= len(MNIST_CLASSES):
+        raise DataFormatError(f"{lbl_path}: labels must be digits 0-9, found {int(labels.max())}")
     return ImageDataset(
         torch.from_numpy(images).unsqueeze(1),
         torch.from_numpy(labels.astype(np.int64)),

@@ -17,6 +17,7 @@ __all__ = [
     "ENV_VAR",
     "DEFAULT_ROOT",
     "DatasetNotFoundError",
+    "DataFormatError",
     "resolve_data_root",
     "describe_data_root",
     "check_split",
@@ -32,6 +33,15 @@ SPLITS = ("train", "test")
 
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset's files are missing and were not (or could not be) downloaded."""
+
+
+class DataFormatError(ValueError):
+    """A dataset file is there but unreadable: truncated, corrupted or not the expected format.
+
+    Why one class: the decoders underneath fail in a dozen ways (``EOFError`` from a cut-off
+    gzip stream, ``BadGzipFile``, ``UnpicklingError``, ...), none naming the file. Loaders turn
+    each into this error, whose message starts with the file's path.
+    """
 
 
 def resolve_data_root(root: str | os.PathLike[str] | None = None) -> Path:
@@ -95,7 +105,8 @@ def not_found_error(
     if download_failure is not None:
         lines.append(f"  download failed: {download_failure}")
     else:
-        lines.append("  fix: pass download=True (CLI: --download) to fetch the files")
+        lines.append(f"  fix: rerun with --download (Python: download=True) to fetch them into "
+                     f"{root}")
     lines.append(f"  or fetch them by hand from {' or '.join(urls)} and place them there")
     lines.append(
         f"  or point to a data root that has them with the {ENV_VAR} environment variable or the "

@@ -47,13 +47,14 @@ from robustact.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from robustact.core.validate import check_images, check_labels
+from robustact.core.validate import check_images, check_labels, check_positive_int
 from robustact.train.augment import AUGMENTATIONS, get_augmentation
 from robustact.train.schedules import SCHEDULES, LRSchedule
 
 __all__ = [
     "TrainConfig",
     "Trainer",
+    "TrainingDivergedError",
     "Callback",
     "LossFn",
     "BatchHook",
@@ -81,6 +82,14 @@ BatchHook = Callable[[nn.Module, torch.Tensor, torch.Tensor, int],
 _TRAJECTORY_FIELDS = ("batch_size", "optimizer", "lr", "momentum", "weight_decay", "nesterov",
                       "schedule", "milestones", "gamma", "warmup_epochs", "augment", "seed",
                       "balanced", "epochs", "betas")
+
+
+class TrainingDivergedError(FloatingPointError, ValueError):
+    """The training loss became NaN or infinite (usually: the learning rate is too high).
+
+    A ``ValueError`` too, because the fix is a different argument, not a code change: the CLI
+    reports it as a user error in one line.
+    """
 
 
 @dataclass
@@ -119,11 +128,9 @@ class TrainConfig:
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
         positive_ints = ("epochs", "batch_size", "checkpoint_every", "log_every", "eval_batch_size")
         for name in positive_ints:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"TrainConfig.{name} must be a positive integer, got {v!r}")
+            check_positive_int(getattr(self, name), name)
         def bad(name: str, rule: str) -> ValueError:
-            return ValueError(f"TrainConfig.{name} must be {rule}, got {getattr(self, name)!r}")
+            return ValueError(f"{name} must be {rule}, got {getattr(self, name)!r}")
 
         if self.optimizer not in ("sgd", "adam"):
             raise bad("optimizer", "'sgd' or 'adam'")
@@ -484,9 +491,7 @@ class Trainer:
                 if (step + 1) % cfg.log_every == 0 or step + 1 == len(batches):
                     # Checked here, not every step, to avoid a device sync per step.
                     if not torch.isfinite(loss_sum):
-                        raise FloatingPointError(
-                            f"non-finite training loss in epoch {epoch} by step {step} "
-                            "(lower the learning rate?)")
+                        raise self._diverged(epoch, step, len(batches), lr)
                     post = {"loss": f"{float(loss_sum) / seen:.4f}"}
                     if counted:
                         post["acc"] = f"{float(correct) / counted:.4f}"
@@ -499,6 +504,18 @@ class Trainer:
             "train_acc": float(correct) / counted if counted else float("nan"),
             "lr": float(first_lr if first_lr is not None else 0.0),
         }
+
+    def _diverged(self, epoch: int, step: int, steps: int, lr: float) -> TrainingDivergedError:
+        """The one-line error for a NaN/inf loss: where, at which rate, and what to change.
+
+        Raised before the epoch's checkpoints are written, so those on disk stay the last good
+        ones; the message says so, since a user's next question is whether the run is lost.
+        """
+        kept = (f"; checkpoints in {self.out_dir} are kept from before this epoch"
+                if self.out_dir is not None else "")
+        return TrainingDivergedError(
+            f"training diverged: non-finite loss in epoch {epoch} by step {step + 1} of {steps} "
+            f"(learning rate {lr:.3g}); lower the learning rate (--lr){kept}")
 
     @torch.no_grad()
     def evaluate(self, data: Any = None) -> dict[str, float]:
