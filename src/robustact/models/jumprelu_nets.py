@@ -8,19 +8,13 @@ activation is a factory site, so the retrofit can swap all of them for JumpReLU;
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
-from robustact.models._utils import (
-    ZooClassifier,
-    check_common,
-    check_rate,
-    conv,
-    pool,
-    trace_size,
-)
+from robustact.models._utils import ZooClassifier, check_rate, conv, pool
 from robustact.models.registry import register_model
 from robustact.nn.factory import ActivationFactory
-from robustact.nn.normalize import Normalize
 
 __all__ = ["LeNetLike", "AlexLike"]
 
@@ -39,33 +33,16 @@ class LeNetLike(ZooClassifier):
     fixed_size = True
 
     def __init__(
-        self,
-        *,
-        num_classes: int,
-        activation: ActivationFactory,
-        in_channels: int,
-        input_size: int | None,
-        mean: tuple[float, ...],
-        std: tuple[float, ...],
-        dropout: float = 0.5,
+        self, *, activation: ActivationFactory, dropout: float = 0.5, **data: Any
     ) -> None:
-        super().__init__()
-        check_common(
-            self.arch, num_classes=num_classes, in_channels=in_channels, input_size=input_size,
-            mean=mean, std=std, need_size=True,
-        )
-        assert input_size is not None
+        super().__init__(**data)  # num_classes, in_channels, input_size, mean, std
         p = check_rate(dropout)
-        side = trace_size(
-            self.arch,
-            input_size,
+        side = self.side_after(
             [conv(5, label="conv1"), pool(2, label="pool1"), conv(5, label="conv2"),
              pool(2, label="pool2")],
         )
-        self._remember(num_classes, in_channels, input_size)
-        self.normalize = Normalize(mean, std)
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, 10, 5),
+            nn.Conv2d(self.in_channels, 10, 5),
             nn.MaxPool2d(2),
             activation(10),
             nn.Conv2d(10, 20, 5),
@@ -78,7 +55,7 @@ class LeNetLike(ZooClassifier):
             nn.Linear(120, 90),
             activation(90),
         )
-        self.head = nn.Linear(90, num_classes)
+        self.head = nn.Linear(90, self.num_classes)
 
 
 @register_model("alexlike")
@@ -96,33 +73,16 @@ class AlexLike(ZooClassifier):
     fixed_size = True
 
     def __init__(
-        self,
-        *,
-        num_classes: int,
-        activation: ActivationFactory,
-        in_channels: int,
-        input_size: int | None,
-        mean: tuple[float, ...],
-        std: tuple[float, ...],
-        dropout: float = 0.5,
+        self, *, activation: ActivationFactory, dropout: float = 0.5, **data: Any
     ) -> None:
-        super().__init__()
-        check_common(
-            self.arch, num_classes=num_classes, in_channels=in_channels, input_size=input_size,
-            mean=mean, std=std, need_size=True,
-        )
-        assert input_size is not None
+        super().__init__(**data)  # num_classes, in_channels, input_size, mean, std
         p = check_rate(dropout)
-        side = trace_size(
-            self.arch,
-            input_size,
+        side = self.side_after(
             [conv(3, label="conv1"), conv(3, label="conv2"), pool(2, label="pool1"),
              conv(3, label="conv3"), conv(3, label="conv4"), pool(2, label="pool2")],
         )
-        self._remember(num_classes, in_channels, input_size)
-        self.normalize = Normalize(mean, std)
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, 64, 3),
+            nn.Conv2d(self.in_channels, 64, 3),
             activation(64),
             nn.Conv2d(64, 64, 3),
             activation(64),
@@ -139,4 +99,4 @@ class AlexLike(ZooClassifier):
             nn.Linear(256, 256),
             activation(256),
         )
-        self.head = nn.Linear(256, num_classes)
+        self.head = nn.Linear(256, self.num_classes)

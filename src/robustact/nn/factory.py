@@ -20,6 +20,8 @@ from typing import Any, Union
 
 from torch import nn
 
+from robustact.core.registry import Registry
+
 __all__ = [
     "ActivationFactory",
     "ActivationSpec",
@@ -34,27 +36,18 @@ __all__ = [
 ActivationFactory = Callable[[int], nn.Module]
 ActivationSpec = Union[str, ActivationFactory]  # noqa: UP007 (a runtime alias on 3.10)
 
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
-
-
 Builder = Callable[..., nn.Module]
+
+_BUILDERS: Registry[Builder] = Registry("activation")
 
 
 def register_activation(name: str) -> Callable[[Builder], Builder]:
     """Decorator: register ``builder(num_features, **kwargs) -> nn.Module`` under ``name``."""
-
-    def deco(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        key = name.lower()
-        if key in _BUILDERS and _BUILDERS[key] is not builder:
-            raise ValueError(f"activation {name!r} is already registered")
-        _BUILDERS[key] = builder
-        return builder
-
-    return deco
+    return _BUILDERS.register(name)
 
 
 def available_activations() -> list[str]:
-    return sorted(_BUILDERS)
+    return _BUILDERS.names()
 
 
 def _parse_value(text: str) -> Any:
@@ -94,11 +87,7 @@ def activation_factory(spec: ActivationSpec = "relu", **overrides: Any) -> Activ
         return spec
     name, kwargs = parse_activation_spec(spec)
     kwargs.update(overrides)
-    if name not in _BUILDERS:
-        raise ValueError(
-            f"unknown activation {name!r}; available: {', '.join(sorted(_BUILDERS))}"
-        )
-    builder = _BUILDERS[name]
+    builder = _BUILDERS.get(name)
 
     def factory(num_features: int) -> nn.Module:
         try:
