@@ -211,6 +211,13 @@ class ZooClassifier(Classifier):
             return 0
         return trace_size(self.arch, self.input_size, layers)
 
+    def pool_into_head(self, layers: Sequence[nn.Module], width: int) -> None:
+        """The ending of every global-average-pooling model: ``body`` is ``layers`` then global
+        average pooling to a ``width``-vector (the features φ), ``head`` is
+        ``nn.Linear(width, num_classes)``."""
+        self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(width, self.num_classes)
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         check_spatial(x, self.in_channels, self.input_size if self.fixed_size else None, self.arch)
         return self.body(self.normalize(x))

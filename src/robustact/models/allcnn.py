@@ -62,13 +62,8 @@ class AllCNN(ZooClassifier):
     arch = "allcnn"
 
     def __init__(
-        self,
-        *,
-        activation: ActivationFactory,
-        batchnorm: bool = True,
-        dropout: float = 0.5,
-        input_dropout: float = 0.0,
-        **data: Any,
+        self, *, activation: ActivationFactory, batchnorm: bool = True, dropout: float = 0.5,
+        input_dropout: float = 0.0, **data: Any,
     ) -> None:
         super().__init__(**data)  # num_classes, in_channels, input_size, mean, std
         batchnorm = check_bool(batchnorm, "batchnorm")
@@ -83,6 +78,4 @@ class AllCNN(ZooClassifier):
             if drop and p > 0:
                 layers.append(nn.Dropout(p))
             c_in = c_out
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-        self.body = nn.Sequential(*layers)
-        self.head = nn.Linear(c_in, self.num_classes)
+        self.pool_into_head(layers, c_in)

@@ -90,12 +90,6 @@ class MobileNetV2(ZooClassifier):
                 layers.append(InvertedResidual(c, c_out, s if i == 0 else 1, t, activation))
                 c = c_out
         last = _divisible(1280 * max(1.0, width_mult))
-        layers += [
-            *conv_bn(c, last, 1),
-            activation(last),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-        ]
-        self.body = nn.Sequential(*layers)
-        self.head = nn.Linear(last, self.num_classes)
+        layers += [*conv_bn(c, last, 1), activation(last)]
+        self.pool_into_head(layers, last)
         kaiming_init_convs(self, mode="fan_in")

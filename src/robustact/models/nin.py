@@ -48,11 +48,7 @@ class NIN(ZooClassifier):
     arch = "nin"
 
     def __init__(
-        self,
-        *,
-        activation: ActivationFactory,
-        batchnorm: bool = True,
-        dropout: float = 0.5,
+        self, *, activation: ActivationFactory, batchnorm: bool = True, dropout: float = 0.5,
         **data: Any,
     ) -> None:
         super().__init__(**data)  # num_classes, in_channels, input_size, mean, std
@@ -76,6 +72,4 @@ class NIN(ZooClassifier):
                 layers.append(nn.AvgPool2d(3, 2, ceil_mode=True))
             if b < 2 and p > 0:
                 layers.append(nn.Dropout(p))
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-        self.body = nn.Sequential(*layers)
-        self.head = nn.Linear(c_in, self.num_classes)
+        self.pool_into_head(layers, c_in)

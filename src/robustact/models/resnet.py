@@ -118,9 +118,7 @@ class CifarResNet(ZooClassifier):
                 stride = 2 if stage > 0 and i == 0 else 1
                 layers.append(BasicBlock(c_in, width, stride, activation, key))
                 c_in = width
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-        self.body = nn.Sequential(*layers)
-        self.head = nn.Linear(64, self.num_classes)
+        self.pool_into_head(layers, c_in)
         kaiming_init_convs(self, mode="fan_out")
 
 

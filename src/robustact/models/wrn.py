@@ -87,14 +87,8 @@ class WideResNet(ZooClassifier):
                 stride = 2 if stage > 0 and i == 0 else 1
                 layers.append(PreActBlock(c_in, width, stride, activation, p))
                 c_in = width
-        layers += [
-            nn.BatchNorm2d(c_in),
-            activation(c_in),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-        ]
-        self.body = nn.Sequential(*layers)
-        self.head = nn.Linear(c_in, self.num_classes)
+        layers += [nn.BatchNorm2d(c_in), activation(c_in)]
+        self.pool_into_head(layers, c_in)
         kaiming_init_convs(self, mode="fan_out")
 
 
