@@ -444,3 +444,17 @@ def test_jumprelu_mode_reroutes_every_functional_relu() -> None:
         assert torch.equal(net(x), plain)
     with mode:  # other functions are untouched
         assert torch.equal(torch.tanh(x), x.tanh()) and torch.equal(F.gelu(x), F.gelu(x))
+
+
+@pytest.mark.parametrize("cls", [APL, Maxout])
+def test_piecewise_activations_share_their_channel_checks(cls: type[nn.Module]) -> None:
+    with pytest.raises(ValueError, match=f"{cls.__name__} num_features must be a positive int"):
+        cls(0)
+    m = cls(3)
+    with pytest.raises(ValueError, match=f"per-channel {cls.__name__} was built for 3 channels"):
+        m(torch.zeros(2, 4))
+    # the registered builder is the class itself: a wrong keyword names the class
+    with pytest.raises(ValueError, match=f"{cls.__name__}.__init__"):
+        activation_factory(f"{cls.__name__.lower()}:nope=1")(3)
+    # per layer: the same pieces for every channel, any input shape
+    assert cls(3, per_channel=False)(torch.zeros(2, 5, 4)).shape == (2, 5, 4)

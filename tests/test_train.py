@@ -361,3 +361,14 @@ def test_balanced_trainer_steps_follow_the_largest_class() -> None:
     t.fit()
     assert t.steps_per_epoch == 6 and len(seen) == 6
     assert all(int(b.sum()) == 5 for b in seen)
+
+
+def test_lr_at_checks_its_configuration_like_lr_schedule() -> None:
+    # one declaration of the schedule's keywords (LRSchedule) checks both entry points
+    for bad, msg in [({"lr": 0.0}, "lr must be positive"),
+                     ({"warmup_epochs": 3}, "warmup_epochs"),
+                     ({"spe": 0}, "steps_per_epoch")]:
+        kw = {"lr": 0.1, "epochs": 2, **bad}
+        spe = kw.pop("spe", 4)
+        with pytest.raises(ValueError, match=msg):
+            lr_at(0, 0, spe, **kw)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from robustact.core.attributes import Forwarded
 from robustact.defenses.base import DefenseWrapper
 from robustact.nn.bounded import OutputActivation
 
@@ -29,6 +30,10 @@ class OutputActivationModel(DefenseWrapper):
     ``f`` and ``temperature`` can be changed after construction.
     """
 
+    # Settable on the wrapper; stored (and checked) once, on the ``activation`` submodule.
+    f = Forwarded("activation")
+    temperature = Forwarded("activation")
+
     def __init__(self, base: nn.Module, f: str = "sigmoid", temperature: float = 1.0) -> None:
         super().__init__()
         if not isinstance(base, nn.Module):
@@ -36,22 +41,6 @@ class OutputActivationModel(DefenseWrapper):
         self.base = base
         self.activation = OutputActivation(f, temperature)
         self.train(base.training)  # a wrapper starts in the wrapped model's mode
-
-    @property
-    def f(self) -> str:
-        return self.activation.f
-
-    @f.setter
-    def f(self, value: str) -> None:
-        self.activation.f = value
-
-    @property
-    def temperature(self) -> float:
-        return self.activation.temperature
-
-    @temperature.setter
-    def temperature(self, value: float) -> None:
-        self.activation.temperature = value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.activation(self.base(x))

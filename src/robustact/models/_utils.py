@@ -1,4 +1,4 @@
-"""Small helpers shared by the architectures: argument checks, size arithmetic, parameter counts.
+"""Shared by the architectures: the zoo base class, argument checks, size arithmetic, conv-BN.
 
 Why a module of its own: every architecture takes the same five keywords from ``create_model``
 and several need a flatten size derived from ``input_size``. Checking those in one place gives
@@ -15,14 +15,18 @@ import torch
 from torch import nn
 
 from robustact.models.base import Classifier
+from robustact.nn.normalize import Normalize
 
 __all__ = [
     "ZooClassifier",
     "Layer",
     "conv",
+    "conv_bn",
+    "kaiming_init_convs",
     "pool",
     "out_size",
     "trace_size",
+    "check_bool",
     "check_common",
     "check_positive_int",
     "check_rate",
@@ -156,21 +160,105 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 
 class ZooClassifier(Classifier):
-    """:class:`Classifier` plus the bookkeeping every zoo model shares.
+    """:class:`Classifier` plus the preamble every zoo model shares.
 
-    Subclasses set ``normalize``, ``body`` and ``head`` and call :meth:`_remember`. ``features``
-    then checks the input shape first: a network that flattens a feature map must see exactly
-    the size it was built for (``fixed_size``), a global-average-pooling one any size.
+    ``create_model`` passes every architecture the same five keywords describing the data
+    (``num_classes``, ``in_channels``, ``input_size``, ``mean``, ``std``); a subclass takes its
+    own options plus ``activation`` and hands those five on with ``super().__init__(**data)``.
+    This constructor checks them (:func:`check_common`), records them as attributes and builds
+    ``self.normalize``; the subclass then builds ``body`` and ``head``.
+
+    ``features`` checks the input shape first: a network that flattens a feature map must see
+    exactly the size it was built for (``fixed_size``, which also makes ``input_size``
+    mandatory), a global-average-pooling one any size.
     """
 
     arch: str = "model"
     fixed_size: bool = False
 
-    def _remember(self, num_classes: int, in_channels: int, input_size: int | None) -> None:
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        in_channels: int,
+        input_size: int | None,
+        mean: Sequence[float],
+        std: Sequence[float],
+        arch: str | None = None,
+    ) -> None:
+        """``arch`` names a model whose name depends on its options (``resnet20``)."""
+        super().__init__()
+        if arch is not None:
+            self.arch = arch
+        check_common(
+            self.arch, num_classes=num_classes, in_channels=in_channels, input_size=input_size,
+            mean=mean, std=std, need_size=self.fixed_size,
+        )
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.input_size = input_size
+        # Buffers only: building it draws no random numbers, so parameter init is unaffected.
+        self.normalize = Normalize(mean, std)
+
+    def side_after(self, layers: Sequence[Layer]) -> int:
+        """Side length of the feature map after ``layers``: the flatten width of a fixed-size
+        model, and a clear error naming the minimum ``input_size`` if the map vanishes.
+
+        A global-average-pooling model built without ``input_size`` accepts any size, so there
+        is nothing to check and the answer is 0 (such a model never uses it).
+        """
+        if self.input_size is None:
+            return 0
+        return trace_size(self.arch, self.input_size, layers)
+
+    def pool_into_head(self, layers: Sequence[nn.Module], width: int) -> None:
+        """The ending of every global-average-pooling model: ``body`` is ``layers`` then global
+        average pooling to a ``width``-vector (the features φ), ``head`` is
+        ``nn.Linear(width, num_classes)``."""
+        self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(width, self.num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         check_spatial(x, self.in_channels, self.input_size if self.fixed_size else None, self.arch)
         return self.body(self.normalize(x))
+
+
+def conv_bn(
+    c_in: int,
+    c_out: int,
+    kernel: int,
+    stride: int = 1,
+    padding: int | None = None,
+    *,
+    groups: int = 1,
+    batchnorm: bool = True,
+) -> list[nn.Module]:
+    """A convolution followed by BatchNorm, as a list to splice into an ``nn.Sequential``.
+
+    ``padding`` defaults to "same" (``kernel // 2``). With BatchNorm the convolution has no bias
+    (BatchNorm's shift replaces it); ``batchnorm=False`` gives a plain convolution with bias.
+    """
+    pad = kernel // 2 if padding is None else padding
+    layers: list[nn.Module] = [
+        nn.Conv2d(c_in, c_out, kernel, stride, pad, groups=groups, bias=not batchnorm)
+    ]
+    if batchnorm:
+        layers.append(nn.BatchNorm2d(c_out))
+    return layers
+
+
+def kaiming_init_convs(model: nn.Module, mode: str = "fan_out") -> None:
+    """He-normal initialization of every convolution weight (He et al. 2015), in module order.
+
+    The ResNet family and MobileNetV2 ask for it; PyTorch's default (Kaiming-uniform with
+    a = sqrt(5)) shrinks the signal of deep networks.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode=mode, nonlinearity="relu")
+
+
+def check_bool(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value

@@ -27,12 +27,13 @@ N(0, 1) pre-activations, which BatchNorm provides; the SPLASH paper trains with 
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
-from robustact.models._utils import ZooClassifier, check_common, check_rate, conv, trace_size
+from robustact.models._utils import ZooClassifier, check_bool, check_rate, conv, conv_bn
 from robustact.models.registry import register_model
 from robustact.nn.factory import ActivationFactory
-from robustact.nn.normalize import Normalize
 
 __all__ = ["AllCNN"]
 
@@ -61,44 +62,20 @@ class AllCNN(ZooClassifier):
     arch = "allcnn"
 
     def __init__(
-        self,
-        *,
-        num_classes: int,
-        activation: ActivationFactory,
-        in_channels: int,
-        input_size: int | None,
-        mean: tuple[float, ...],
-        std: tuple[float, ...],
-        batchnorm: bool = True,
-        dropout: float = 0.5,
-        input_dropout: float = 0.0,
+        self, *, activation: ActivationFactory, batchnorm: bool = True, dropout: float = 0.5,
+        input_dropout: float = 0.0, **data: Any,
     ) -> None:
-        super().__init__()
-        check_common(
-            self.arch, num_classes=num_classes, in_channels=in_channels, input_size=input_size,
-            mean=mean, std=std, need_size=False,
-        )
-        if not isinstance(batchnorm, bool):
-            raise ValueError(f"batchnorm must be True or False, got {batchnorm!r}")
+        super().__init__(**data)  # num_classes, in_channels, input_size, mean, std
+        batchnorm = check_bool(batchnorm, "batchnorm")
         p, p_in = check_rate(dropout), check_rate(input_dropout, "input_dropout")
-        if input_size is not None:
-            trace_size(
-                self.arch,
-                input_size,
-                [conv(k, s, pad, f"conv{i + 1}") for i, (_, k, s, pad, _) in enumerate(_LAYERS)],
-            )
-        self._remember(num_classes, in_channels, input_size)
-        self.normalize = Normalize(mean, std)
+        self.side_after(
+            [conv(k, s, pad, f"conv{i + 1}") for i, (_, k, s, pad, _) in enumerate(_LAYERS)]
+        )
         layers: list[nn.Module] = [nn.Dropout(p_in)] if p_in > 0 else []
-        c_in = in_channels
+        c_in = self.in_channels
         for c_out, k, s, pad, drop in _LAYERS:
-            layers.append(nn.Conv2d(c_in, c_out, k, stride=s, padding=pad, bias=not batchnorm))
-            if batchnorm:
-                layers.append(nn.BatchNorm2d(c_out))
-            layers.append(activation(c_out))
+            layers += [*conv_bn(c_in, c_out, k, s, pad, batchnorm=batchnorm), activation(c_out)]
             if drop and p > 0:
                 layers.append(nn.Dropout(p))
             c_in = c_out
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-        self.body = nn.Sequential(*layers)
-        self.head = nn.Linear(c_in, num_classes)
+        self.pool_into_head(layers, c_in)

@@ -8,25 +8,53 @@ activation is a factory site, so the retrofit can swap all of them for JumpReLU;
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 from torch import nn
 
-from robustact.models._utils import (
-    ZooClassifier,
-    check_common,
-    check_rate,
-    conv,
-    pool,
-    trace_size,
-)
+from robustact.models._utils import Layer, ZooClassifier, check_rate, conv, pool
 from robustact.models.registry import register_model
 from robustact.nn.factory import ActivationFactory
-from robustact.nn.normalize import Normalize
 
 __all__ = ["LeNetLike", "AlexLike"]
 
 
+class _PaperNet(ZooClassifier):
+    """What papers.md §1 gives both networks: a convolution stack (each subclass's own), then
+    flatten, one dropout, two fully connected layers with activations, and the head."""
+
+    fixed_size = True
+    #: the stack's convolutions and poolings, for the flatten width (and the minimum input size)
+    spatial: ClassVar[tuple[Layer, ...]]
+    #: widths of the two fully connected layers
+    fc: ClassVar[tuple[int, int]]
+
+    def __init__(
+        self, *, activation: ActivationFactory, dropout: float = 0.5, **data: Any
+    ) -> None:
+        super().__init__(**data)  # num_classes, in_channels, input_size, mean, std
+        p = check_rate(dropout)
+        side = self.side_after(self.spatial)
+        convs, channels = self.conv_stack(activation)
+        h1, h2 = self.fc
+        self.body = nn.Sequential(
+            *convs,
+            nn.Flatten(),
+            nn.Dropout(p),
+            nn.Linear(channels * side * side, h1),
+            activation(h1),
+            nn.Linear(h1, h2),
+            activation(h2),
+        )
+        self.head = nn.Linear(h2, self.num_classes)
+
+    def conv_stack(self, activation: ActivationFactory) -> tuple[list[nn.Module], int]:
+        """The convolution layers, and the channel count they end with."""
+        raise NotImplementedError
+
+
 @register_model("lenetlike")
-class LeNetLike(ZooClassifier):
+class LeNetLike(_PaperNet):
     """MNIST network: conv(→10, k5), max-pool 2, act, conv(→20, k5), max-pool 2, act, flatten
     (320 on 28×28), dropout, fc 120, act, fc 90, act, head.
 
@@ -36,53 +64,23 @@ class LeNetLike(ZooClassifier):
     """
 
     arch = "lenetlike"
-    fixed_size = True
+    spatial = (conv(5, label="conv1"), pool(2, label="pool1"), conv(5, label="conv2"),
+               pool(2, label="pool2"))
+    fc = (120, 90)
 
-    def __init__(
-        self,
-        *,
-        num_classes: int,
-        activation: ActivationFactory,
-        in_channels: int,
-        input_size: int | None,
-        mean: tuple[float, ...],
-        std: tuple[float, ...],
-        dropout: float = 0.5,
-    ) -> None:
-        super().__init__()
-        check_common(
-            self.arch, num_classes=num_classes, in_channels=in_channels, input_size=input_size,
-            mean=mean, std=std, need_size=True,
-        )
-        assert input_size is not None
-        p = check_rate(dropout)
-        side = trace_size(
-            self.arch,
-            input_size,
-            [conv(5, label="conv1"), pool(2, label="pool1"), conv(5, label="conv2"),
-             pool(2, label="pool2")],
-        )
-        self._remember(num_classes, in_channels, input_size)
-        self.normalize = Normalize(mean, std)
-        self.body = nn.Sequential(
-            nn.Conv2d(in_channels, 10, 5),
+    def conv_stack(self, activation: ActivationFactory) -> tuple[list[nn.Module], int]:
+        return [
+            nn.Conv2d(self.in_channels, 10, 5),
             nn.MaxPool2d(2),
             activation(10),
             nn.Conv2d(10, 20, 5),
             nn.MaxPool2d(2),
             activation(20),
-            nn.Flatten(),
-            nn.Dropout(p),
-            nn.Linear(20 * side * side, 120),
-            activation(120),
-            nn.Linear(120, 90),
-            activation(90),
-        )
-        self.head = nn.Linear(90, num_classes)
+        ], 20
 
 
 @register_model("alexlike")
-class AlexLike(ZooClassifier):
+class AlexLike(_PaperNet):
     """CIFAR-10 network: conv 3×3 → 64, act, conv → 64, act, max-pool 2, conv → 128, act,
     conv → 128, act, max-pool 2, flatten (5·5·128 = 3200 on 32×32), dropout, fc 256, act,
     fc 256, act, head.
@@ -93,36 +91,13 @@ class AlexLike(ZooClassifier):
     """
 
     arch = "alexlike"
-    fixed_size = True
+    spatial = (conv(3, label="conv1"), conv(3, label="conv2"), pool(2, label="pool1"),
+               conv(3, label="conv3"), conv(3, label="conv4"), pool(2, label="pool2"))
+    fc = (256, 256)
 
-    def __init__(
-        self,
-        *,
-        num_classes: int,
-        activation: ActivationFactory,
-        in_channels: int,
-        input_size: int | None,
-        mean: tuple[float, ...],
-        std: tuple[float, ...],
-        dropout: float = 0.5,
-    ) -> None:
-        super().__init__()
-        check_common(
-            self.arch, num_classes=num_classes, in_channels=in_channels, input_size=input_size,
-            mean=mean, std=std, need_size=True,
-        )
-        assert input_size is not None
-        p = check_rate(dropout)
-        side = trace_size(
-            self.arch,
-            input_size,
-            [conv(3, label="conv1"), conv(3, label="conv2"), pool(2, label="pool1"),
-             conv(3, label="conv3"), conv(3, label="conv4"), pool(2, label="pool2")],
-        )
-        self._remember(num_classes, in_channels, input_size)
-        self.normalize = Normalize(mean, std)
-        self.body = nn.Sequential(
-            nn.Conv2d(in_channels, 64, 3),
+    def conv_stack(self, activation: ActivationFactory) -> tuple[list[nn.Module], int]:
+        return [
+            nn.Conv2d(self.in_channels, 64, 3),
             activation(64),
             nn.Conv2d(64, 64, 3),
             activation(64),
@@ -132,11 +107,4 @@ class AlexLike(ZooClassifier):
             nn.Conv2d(128, 128, 3),
             activation(128),
             nn.MaxPool2d(2),
-            nn.Flatten(),
-            nn.Dropout(p),
-            nn.Linear(128 * side * side, 256),
-            activation(256),
-            nn.Linear(256, 256),
-            activation(256),
-        )
-        self.head = nn.Linear(256, num_classes)
+        ], 128

@@ -9,12 +9,13 @@ exactly as for the 32×32 inputs LeNet-5 was designed for.
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
-from robustact.models._utils import ZooClassifier, check_common, conv, pool, trace_size
+from robustact.models._utils import ZooClassifier, conv, pool
 from robustact.models.registry import register_model
 from robustact.nn.factory import ActivationFactory
-from robustact.nn.normalize import Normalize
 
 __all__ = ["LeNet5"]
 
@@ -31,36 +32,19 @@ class LeNet5(ZooClassifier):
     fixed_size = True
 
     def __init__(
-        self,
-        *,
-        num_classes: int,
-        activation: ActivationFactory,
-        in_channels: int,
-        input_size: int | None,
-        mean: tuple[float, ...],
-        std: tuple[float, ...],
-        padding: int | None = None,
+        self, *, activation: ActivationFactory, padding: int | None = None, **data: Any
     ) -> None:
-        super().__init__()
-        check_common(
-            self.arch, num_classes=num_classes, in_channels=in_channels, input_size=input_size,
-            mean=mean, std=std, need_size=True,
-        )
-        assert input_size is not None
+        super().__init__(**data)  # num_classes, in_channels, input_size, mean, std
         if padding is None:
-            padding = 2 if input_size == 28 else 0
+            padding = 2 if self.input_size == 28 else 0
         if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
             raise ValueError(f"padding must be a non-negative integer, got {padding!r}")
-        side = trace_size(
-            self.arch,
-            input_size,
+        side = self.side_after(
             [conv(5, padding=padding, label="conv1"), pool(2, label="pool1"),
              conv(5, label="conv2"), pool(2, label="pool2")],
         )
-        self._remember(num_classes, in_channels, input_size)
-        self.normalize = Normalize(mean, std)
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, 6, 5, padding=padding),
+            nn.Conv2d(self.in_channels, 6, 5, padding=padding),
             activation(6),
             nn.MaxPool2d(2),
             nn.Conv2d(6, 16, 5),
@@ -72,4 +56,4 @@ class LeNet5(ZooClassifier):
             nn.Linear(120, 84),
             activation(84),
         )
-        self.head = nn.Linear(84, num_classes)
+        self.head = nn.Linear(84, self.num_classes)

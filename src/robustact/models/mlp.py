@@ -7,13 +7,13 @@ the whole pipeline (train, retrofit, attack, audit) runnable offline in a demo a
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
 
-from robustact.models._utils import ZooClassifier, check_common, check_positive_int
+from robustact.models._utils import ZooClassifier, check_positive_int
 from robustact.models.registry import register_model
 from robustact.nn.factory import ActivationFactory
-from robustact.nn.normalize import Normalize
 
 __all__ = ["MLP"]
 
@@ -30,31 +30,16 @@ class MLP(ZooClassifier):
     fixed_size = True
 
     def __init__(
-        self,
-        *,
-        num_classes: int,
-        activation: ActivationFactory,
-        in_channels: int,
-        input_size: int | None,
-        mean: tuple[float, ...],
-        std: tuple[float, ...],
-        hidden: Sequence[int] = (256, 128),
+        self, *, activation: ActivationFactory, hidden: Sequence[int] = (256, 128), **data: Any
     ) -> None:
-        super().__init__()
-        check_common(
-            self.arch, num_classes=num_classes, in_channels=in_channels, input_size=input_size,
-            mean=mean, std=std, need_size=True,
-        )
-        assert input_size is not None
+        super().__init__(**data)  # num_classes, in_channels, input_size, mean, std
         if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
             raise ValueError(f"hidden must be a sequence of layer widths, got {hidden!r}")
         widths = [check_positive_int(h, "each hidden width") for h in hidden]
-        self._remember(num_classes, in_channels, input_size)
-        self.normalize = Normalize(mean, std)
         layers: list[nn.Module] = [nn.Flatten()]
-        d = in_channels * input_size * input_size
+        d = self.in_channels * self.input_size * self.input_size  # fixed_size: input_size is set
         for h in widths:
             layers += [nn.Linear(d, h), activation(h)]
             d = h
         self.body = nn.Sequential(*layers)
-        self.head = nn.Linear(d, num_classes)
+        self.head = nn.Linear(d, self.num_classes)

@@ -18,13 +18,14 @@ over its 52 convolutions.)
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from robustact.models._utils import ZooClassifier, check_common
+from robustact.models._utils import ZooClassifier, conv_bn, kaiming_init_convs
 from robustact.models.registry import register_model
 from robustact.nn.factory import ActivationFactory
-from robustact.nn.normalize import Normalize
 
 __all__ = ["MobileNetV2", "InvertedResidual"]
 
@@ -46,13 +47,6 @@ def _divisible(value: float, divisor: int = 8) -> int:
     return out + divisor if out < 0.9 * value else out
 
 
-def _conv_bn(c_in: int, c_out: int, k: int, stride: int = 1, groups: int = 1) -> list[nn.Module]:
-    return [
-        nn.Conv2d(c_in, c_out, k, stride, k // 2, groups=groups, bias=False),
-        nn.BatchNorm2d(c_out),
-    ]
-
-
 class InvertedResidual(nn.Module):
     """Expand (1×1, act) → depthwise 3×3 (act) → project (1×1, linear), plus a residual."""
 
@@ -63,9 +57,9 @@ class InvertedResidual(nn.Module):
         hidden = c_in * expansion
         layers: list[nn.Module] = []
         if expansion != 1:
-            layers += [*_conv_bn(c_in, hidden, 1), activation(hidden)]
-        layers += [*_conv_bn(hidden, hidden, 3, stride, groups=hidden), activation(hidden)]
-        layers += _conv_bn(hidden, c_out, 1)
+            layers += [*conv_bn(c_in, hidden, 1), activation(hidden)]
+        layers += [*conv_bn(hidden, hidden, 3, stride, groups=hidden), activation(hidden)]
+        layers += conv_bn(hidden, c_out, 1)
         self.block = nn.Sequential(*layers)
         self.residual = stride == 1 and c_in == c_out
 
@@ -81,43 +75,21 @@ class MobileNetV2(ZooClassifier):
     arch = "mobilenetv2"
 
     def __init__(
-        self,
-        *,
-        num_classes: int,
-        activation: ActivationFactory,
-        in_channels: int,
-        input_size: int | None,
-        mean: tuple[float, ...],
-        std: tuple[float, ...],
-        width_mult: float = 1.0,
+        self, *, activation: ActivationFactory, width_mult: float = 1.0, **data: Any
     ) -> None:
-        super().__init__()
-        check_common(
-            self.arch, num_classes=num_classes, in_channels=in_channels, input_size=input_size,
-            mean=mean, std=std, need_size=False,
-        )
+        super().__init__(**data)  # num_classes, in_channels, input_size, mean, std
         if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)):
             raise ValueError(f"width_mult must be a positive number, got {width_mult!r}")
         if width_mult <= 0:
             raise ValueError(f"width_mult must be a positive number, got {width_mult!r}")
-        self._remember(num_classes, in_channels, input_size)
-        self.normalize = Normalize(mean, std)
         c = _divisible(32 * width_mult)
-        layers: list[nn.Module] = [*_conv_bn(in_channels, c, 3), activation(c)]
+        layers: list[nn.Module] = [*conv_bn(self.in_channels, c, 3), activation(c)]
         for t, c_out, n, s in _CONFIG:
             c_out = _divisible(c_out * width_mult)
             for i in range(n):
                 layers.append(InvertedResidual(c, c_out, s if i == 0 else 1, t, activation))
                 c = c_out
         last = _divisible(1280 * max(1.0, width_mult))
-        layers += [
-            *_conv_bn(c, last, 1),
-            activation(last),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-        ]
-        self.body = nn.Sequential(*layers)
-        self.head = nn.Linear(last, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+        layers += [*conv_bn(c, last, 1), activation(last)]
+        self.pool_into_head(layers, last)
+        kaiming_init_convs(self, mode="fan_in")

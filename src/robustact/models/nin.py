@@ -23,18 +23,13 @@ pre-activations (papers.md §2). ``batchnorm=False`` gives the original layout w
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
-from robustact.models._utils import (
-    ZooClassifier,
-    check_common,
-    check_rate,
-    pool,
-    trace_size,
-)
+from robustact.models._utils import ZooClassifier, check_bool, check_rate, conv_bn, pool
 from robustact.models.registry import register_model
 from robustact.nn.factory import ActivationFactory
-from robustact.nn.normalize import Normalize
 
 __all__ = ["NIN"]
 
@@ -53,46 +48,23 @@ class NIN(ZooClassifier):
     arch = "nin"
 
     def __init__(
-        self,
-        *,
-        num_classes: int,
-        activation: ActivationFactory,
-        in_channels: int,
-        input_size: int | None,
-        mean: tuple[float, ...],
-        std: tuple[float, ...],
-        batchnorm: bool = True,
-        dropout: float = 0.5,
+        self, *, activation: ActivationFactory, batchnorm: bool = True, dropout: float = 0.5,
+        **data: Any,
     ) -> None:
-        super().__init__()
-        check_common(
-            self.arch, num_classes=num_classes, in_channels=in_channels, input_size=input_size,
-            mean=mean, std=std, need_size=False,
-        )
-        if not isinstance(batchnorm, bool):
-            raise ValueError(f"batchnorm must be True or False, got {batchnorm!r}")
+        super().__init__(**data)  # num_classes, in_channels, input_size, mean, std
+        batchnorm = check_bool(batchnorm, "batchnorm")
         p = check_rate(dropout)
-        if input_size is not None:
-            trace_size(
-                self.arch,
-                input_size,
-                [pool(3, 2, ceil_mode=True, label="maxpool"),
-                 pool(3, 2, ceil_mode=True, label="avgpool")],
-            )
-        self._remember(num_classes, in_channels, input_size)
-        self.normalize = Normalize(mean, std)
+        self.side_after(
+            [pool(3, 2, ceil_mode=True, label="maxpool"),
+             pool(3, 2, ceil_mode=True, label="avgpool")]
+        )
 
         layers: list[nn.Module] = []
-        c_in = in_channels
+        c_in = self.in_channels
         for b, (k, widths) in enumerate(_BLOCKS):
             for i, c_out in enumerate(widths):
                 kernel = k if i == 0 else 1
-                layers.append(
-                    nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=not batchnorm)
-                )
-                if batchnorm:
-                    layers.append(nn.BatchNorm2d(c_out))
-                layers.append(activation(c_out))
+                layers += [*conv_bn(c_in, c_out, kernel, batchnorm=batchnorm), activation(c_out)]
                 c_in = c_out
             if b == 0:
                 layers.append(nn.MaxPool2d(3, 2, ceil_mode=True))
@@ -100,6 +72,4 @@ class NIN(ZooClassifier):
                 layers.append(nn.AvgPool2d(3, 2, ceil_mode=True))
             if b < 2 and p > 0:
                 layers.append(nn.Dropout(p))
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-        self.body = nn.Sequential(*layers)
-        self.head = nn.Linear(c_in, num_classes)
+        self.pool_into_head(layers, c_in)

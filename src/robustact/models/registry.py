@@ -11,26 +11,22 @@ from typing import Any
 
 from torch import nn
 
+from robustact.core.registry import Registry
 from robustact.data.catalog import dataset_info
 from robustact.nn.factory import ActivationSpec, activation_factory
 
 __all__ = ["register_model", "create_model", "available_models"]
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
+_MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+
 
 def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    def deco(cls: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        key = name.lower()
-        if key in _MODELS and _MODELS[key] is not cls:
-            raise ValueError(f"model {name!r} is already registered")
-        _MODELS[key] = cls
-        return cls
-
-    return deco
+    """Class decorator: make the architecture buildable as ``create_model(name)``."""
+    return _MODELS.register(name)
 
 
 def available_models() -> list[str]:
-    return sorted(_MODELS)
+    return _MODELS.names()
 
 
 def create_model(
@@ -51,9 +47,8 @@ def create_model(
     ``num_classes``, ``in_channels``, ``input_size``, ``mean`` and ``std`` is not given. Every
     architecture accepts those five keywords plus ``activation`` (a spec string or a factory).
     """
+    build = _MODELS.get(name)
     key = name.lower()
-    if key not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(_MODELS))}")
     if dataset is not None:
         info = dataset_info(dataset)
         in_channels = info.shape[0] if in_channels is None else in_channels
@@ -68,7 +63,7 @@ def create_model(
     if mean is None:
         mean, std = (0.5,) * in_channels, (0.5,) * in_channels
     act = activation_factory(activation)
-    model = _MODELS[key](
+    model = build(
         num_classes=num_classes,
         activation=act,
         in_channels=in_channels,

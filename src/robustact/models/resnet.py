@@ -25,10 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustact.models._utils import ZooClassifier, check_common, check_positive_int
+from robustact.models._utils import (
+    ZooClassifier,
+    check_positive_int,
+    conv_bn,
+    kaiming_init_convs,
+)
 from robustact.models.registry import register_model
 from robustact.nn.factory import ActivationFactory
-from robustact.nn.normalize import Normalize
 
 __all__ = ["CifarResNet", "ResNet20", "ResNet32", "ResNet56", "BasicBlock", "PadShortcut"]
 
@@ -93,53 +97,29 @@ class CifarResNet(ZooClassifier):
     """ResNet-(6n+2) for small images; any input size works (global average pooling)."""
 
     def __init__(
-        self,
-        *,
-        depth: int,
-        num_classes: int,
-        activation: ActivationFactory,
-        in_channels: int,
-        input_size: int | None,
-        mean: tuple[float, ...],
-        std: tuple[float, ...],
-        shortcut: str = "A",
+        self, *, depth: int, activation: ActivationFactory, shortcut: str = "A", **data: Any
     ) -> None:
-        super().__init__()
         check_positive_int(depth, "depth")
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1, got {depth}")
-        self.arch = f"resnet{depth}"
-        check_common(
-            self.arch, num_classes=num_classes, in_channels=in_channels, input_size=input_size,
-            mean=mean, std=std, need_size=False,
-        )
+        super().__init__(arch=f"resnet{depth}", **data)  # and the five dataset keywords
         key = shortcut.upper() if isinstance(shortcut, str) else shortcut
         if key not in ("A", "B"):
             raise ValueError(
                 f"shortcut must be 'A' (zero-padding) or 'B' (1x1 conv), got {shortcut!r}"
             )
-        self._remember(num_classes, in_channels, input_size)
         self.depth = depth
         n = (depth - 2) // 6
 
-        self.normalize = Normalize(mean, std)
-        layers: list[nn.Module] = [
-            nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False),
-            nn.BatchNorm2d(16),
-            activation(16),
-        ]
+        layers: list[nn.Module] = [*conv_bn(self.in_channels, 16, 3), activation(16)]
         c_in = 16
         for stage, width in enumerate((16, 32, 64)):
             for i in range(n):
                 stride = 2 if stage > 0 and i == 0 else 1
                 layers.append(BasicBlock(c_in, width, stride, activation, key))
                 c_in = width
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-        self.body = nn.Sequential(*layers)
-        self.head = nn.Linear(64, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        self.pool_into_head(layers, c_in)
+        kaiming_init_convs(self, mode="fan_out")
 
 
 @register_model("resnet20")

@@ -7,19 +7,13 @@ The convolutions are padded ("same"), so any input of at least 4×4 works: 8×8 
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
-from robustact.models._utils import (
-    ZooClassifier,
-    check_common,
-    check_positive_int,
-    conv,
-    pool,
-    trace_size,
-)
+from robustact.models._utils import ZooClassifier, check_positive_int, conv, pool
 from robustact.models.registry import register_model
 from robustact.nn.factory import ActivationFactory
-from robustact.nn.normalize import Normalize
 
 __all__ = ["SmallCNN"]
 
@@ -36,36 +30,18 @@ class SmallCNN(ZooClassifier):
     fixed_size = True
 
     def __init__(
-        self,
-        *,
-        num_classes: int,
-        activation: ActivationFactory,
-        in_channels: int,
-        input_size: int | None,
-        mean: tuple[float, ...],
-        std: tuple[float, ...],
-        width: int = 32,
-        hidden: int = 128,
+        self, *, activation: ActivationFactory, width: int = 32, hidden: int = 128, **data: Any
     ) -> None:
-        super().__init__()
-        check_common(
-            self.arch, num_classes=num_classes, in_channels=in_channels, input_size=input_size,
-            mean=mean, std=std, need_size=True,
-        )
-        assert input_size is not None
+        super().__init__(**data)  # num_classes, in_channels, input_size, mean, std
         c1 = check_positive_int(width, "width")
         c2 = 2 * c1
         check_positive_int(hidden, "hidden")
-        side = trace_size(
-            self.arch,
-            input_size,
+        side = self.side_after(
             [conv(3, padding=1, label="conv1"), pool(2, label="pool1"),
              conv(3, padding=1, label="conv2"), pool(2, label="pool2")],
         )
-        self._remember(num_classes, in_channels, input_size)
-        self.normalize = Normalize(mean, std)
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, c1, 3, padding=1),
+            nn.Conv2d(self.in_channels, c1, 3, padding=1),
             activation(c1),
             nn.MaxPool2d(2),
             nn.Conv2d(c1, c2, 3, padding=1),
@@ -75,4 +51,4 @@ class SmallCNN(ZooClassifier):
             nn.Linear(c2 * side * side, hidden),
             activation(hidden),
         )
-        self.head = nn.Linear(hidden, num_classes)
+        self.head = nn.Linear(hidden, self.num_classes)

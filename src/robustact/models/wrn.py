@@ -14,10 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustact.models._utils import ZooClassifier, check_common, check_positive_int, check_rate
+from robustact.models._utils import (
+    ZooClassifier,
+    check_positive_int,
+    check_rate,
+    kaiming_init_convs,
+)
 from robustact.models.registry import register_model
 from robustact.nn.factory import ActivationFactory
-from robustact.nn.normalize import Normalize
 
 __all__ = ["WideResNet", "WRN34_4", "PreActBlock"]
 
@@ -61,50 +65,31 @@ class WideResNet(ZooClassifier):
     def __init__(
         self,
         *,
-        num_classes: int,
         activation: ActivationFactory,
-        in_channels: int,
-        input_size: int | None,
-        mean: tuple[float, ...],
-        std: tuple[float, ...],
         depth: int = 34,
         widen_factor: int = 4,
         dropout: float = 0.0,
+        **data: Any,
     ) -> None:
-        super().__init__()
         check_positive_int(depth, "depth")
         check_positive_int(widen_factor, "widen_factor")
         if depth < 10 or (depth - 4) % 6:
             raise ValueError(f"Wide ResNet depth must be 6n + 4 with n >= 1, got {depth}")
-        self.arch = f"wrn{depth}_{widen_factor}"
-        check_common(
-            self.arch, num_classes=num_classes, in_channels=in_channels, input_size=input_size,
-            mean=mean, std=std, need_size=False,
-        )
+        super().__init__(arch=f"wrn{depth}_{widen_factor}", **data)  # and the dataset keywords
         p = check_rate(dropout)
-        self._remember(num_classes, in_channels, input_size)
         n = (depth - 4) // 6
         widths = (16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
 
-        self.normalize = Normalize(mean, std)
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)]
+        layers: list[nn.Module] = [nn.Conv2d(self.in_channels, 16, 3, 1, 1, bias=False)]
         c_in = 16
         for stage, width in enumerate(widths):
             for i in range(n):
                 stride = 2 if stage > 0 and i == 0 else 1
                 layers.append(PreActBlock(c_in, width, stride, activation, p))
                 c_in = width
-        layers += [
-            nn.BatchNorm2d(c_in),
-            activation(c_in),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-        ]
-        self.body = nn.Sequential(*layers)
-        self.head = nn.Linear(c_in, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        layers += [nn.BatchNorm2d(c_in), activation(c_in)]
+        self.pool_into_head(layers, c_in)
+        kaiming_init_convs(self, mode="fan_out")
 
 
 @register_model("wrn34_4")

@@ -19,48 +19,31 @@ import torch
 from torch import nn
 
 from robustact.nn.factory import register_activation
+from robustact.nn.piecewise import ChannelwisePieces
 
 __all__ = ["APL"]
 
 
-class APL(nn.Module):
-    """APL activation with ``S`` hinges (default 2), per channel by default.
+@register_activation("apl")  # "apl", "apl:S=3,per_channel=false"
+class APL(ChannelwisePieces):
+    """APL activation with ``S`` ≥ 1 learned hinges (default 2), per channel by default.
 
-    Args:
-        num_features: channels at this site (dim 1 of the input) when ``per_channel``.
-        S: number of learned hinges (≥ 1).
-        per_channel: one (a, b) set per channel, shape (C, S), broadcast over dim 1; otherwise
-            one set per layer, shape (S,).
+    Parameters ``a`` (hinge slopes) and ``b`` (hinge locations), shape (C, S) per channel or (S,)
+    per layer; ``num_features`` and ``per_channel`` as in :class:`ChannelwisePieces`.
     """
 
     def __init__(self, num_features: int = 1, S: int = 2, per_channel: bool = True) -> None:
-        super().__init__()
         if isinstance(S, bool) or not isinstance(S, int) or S < 1:
             raise ValueError(f"APL S (number of hinges) must be an int >= 1, got {S!r}")
-        if not isinstance(num_features, int) or num_features < 1:
-            raise ValueError(f"APL num_features must be a positive int, got {num_features!r}")
-        self.num_features = num_features
+        super().__init__(num_features, per_channel)
         self.S = S
-        self.per_channel = bool(per_channel)
         b0 = torch.linspace(-1.0, 1.0, S) if S > 1 else torch.zeros(1)
-        shape = (num_features, S) if self.per_channel else (S,)
+        shape = self.piece_shape(S)
         self.a = nn.Parameter(torch.zeros(shape))
         self.b = nn.Parameter(b0.expand(shape).clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, b = self.a.to(x.dtype), self.b.to(x.dtype)
-        if self.per_channel:
-            if x.ndim < 2 or x.shape[1] != self.num_features:
-                raise ValueError(
-                    f"per-channel APL was built for {self.num_features} channels (dim 1) but got "
-                    f"input of shape {tuple(x.shape)}"
-                )
-            view = (1, self.num_features) + (1,) * (x.ndim - 2)
-            a_s = [a[:, s].view(view) for s in range(self.S)]
-            b_s = [b[:, s].view(view) for s in range(self.S)]
-        else:
-            a_s = [a[s] for s in range(self.S)]
-            b_s = [b[s] for s in range(self.S)]
+        a_s, b_s = self.pieces(self.a, x), self.pieces(self.b, x)
         # clamp_min rather than F.relu: a JumpReLU retrofit's function mode reroutes F.relu.
         out = torch.clamp_min(x, 0)
         for s in range(self.S):
@@ -69,9 +52,3 @@ class APL(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_features={self.num_features}, S={self.S}, per_channel={self.per_channel}"
-
-
-@register_activation("apl")
-def _build_apl(num_features: int, S: int = 2, per_channel: bool = True) -> nn.Module:
-    """Factory builder: ``"apl"``, ``"apl:S=3,per_channel=false"``."""
-    return APL(num_features, S=S, per_channel=per_channel)

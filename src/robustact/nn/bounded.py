@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustact.core.attributes import Checked
+
 __all__ = ["OutputActivation", "OUTPUT_FUNCTIONS", "check_temperature"]
 
 #: The bounded, strictly increasing functions f, by name.
@@ -42,6 +44,7 @@ def check_temperature(temperature: Any) -> float:
 
 
 def _check_f(f: Any) -> str:
+    """f must name one of OUTPUT_FUNCTIONS (any case); returns the lower-cased name."""
     if not isinstance(f, str):
         raise TypeError(f"output activation f must be a name (str), got {type(f).__name__}")
     key = f.lower()
@@ -60,26 +63,13 @@ class OutputActivation(nn.Module):
     producer.
     """
 
+    f = Checked(_check_f)
+    temperature = Checked(check_temperature)
+
     def __init__(self, f: str = "sigmoid", temperature: float = 1.0) -> None:
         super().__init__()
         self.f = f
         self.temperature = temperature
-
-    @property
-    def f(self) -> str:
-        return self._f
-
-    @f.setter
-    def f(self, value: str) -> None:
-        self._f = _check_f(value)
-
-    @property
-    def temperature(self) -> float:
-        return self._temperature
-
-    @temperature.setter
-    def temperature(self, value: float) -> None:
-        self._temperature = check_temperature(value)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return OUTPUT_FUNCTIONS[self._f](z * self._temperature)

@@ -20,6 +20,7 @@ from typing import Any, Union
 
 from torch import nn
 
+from robustact.core.registry import Registry
 from robustact.core.spec import bind_params, parse_spec
 
 __all__ = [
@@ -35,27 +36,18 @@ __all__ = [
 ActivationFactory = Callable[[int], nn.Module]
 ActivationSpec = Union[str, ActivationFactory]  # noqa: UP007 (a runtime alias on 3.10)
 
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
-
-
 Builder = Callable[..., nn.Module]
+
+_BUILDERS: Registry[Builder] = Registry("activation")
 
 
 def register_activation(name: str) -> Callable[[Builder], Builder]:
     """Decorator: register ``builder(num_features, **kwargs) -> nn.Module`` under ``name``."""
-
-    def deco(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        key = name.lower()
-        if key in _BUILDERS and _BUILDERS[key] is not builder:
-            raise ValueError(f"activation {name!r} is already registered")
-        _BUILDERS[key] = builder
-        return builder
-
-    return deco
+    return _BUILDERS.register(name)
 
 
 def available_activations() -> list[str]:
-    return sorted(_BUILDERS)
+    return _BUILDERS.names()
 
 
 def activation_factory(spec: ActivationSpec = "relu", **overrides: Any) -> ActivationFactory:
@@ -67,11 +59,7 @@ def activation_factory(spec: ActivationSpec = "relu", **overrides: Any) -> Activ
     name, kwargs = parse_spec(spec)  # the one spec grammar (robustact.core.spec)
     name = name.lower()
     kwargs.update(overrides)
-    if name not in _BUILDERS:
-        raise ValueError(
-            f"unknown activation {name!r}; available: {', '.join(sorted(_BUILDERS))}"
-        )
-    builder = _BUILDERS[name]
+    builder = _BUILDERS.get(name)
     # Names and types checked now, once, against the builder's signature (num_features left
     # out), so "splash:per_channel=maybe" fails here in one line, not at the first layer built.
     bind_params(builder, (), kwargs, owner=f"activation spec {spec!r}", skip=1)

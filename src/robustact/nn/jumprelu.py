@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustact.core.attributes import Checked
 from robustact.nn.factory import register_activation
 
 __all__ = ["JumpReLU", "jump_relu", "check_kappa"]
@@ -78,20 +79,14 @@ class JumpReLU(nn.Module):
         inplace: overwrite the input (like ``nn.ReLU(inplace=True)``).
     """
 
+    kappa = Checked(check_kappa)
+
     def __init__(self, kappa: float = 0.0, train_kappa: bool = False,
                  inplace: bool = False) -> None:
         super().__init__()
         self.kappa = kappa
         self.train_kappa = bool(train_kappa)
         self.inplace = bool(inplace)
-
-    @property
-    def kappa(self) -> float:
-        return self._kappa
-
-    @kappa.setter
-    def kappa(self, value: float) -> None:
-        self._kappa = check_kappa(value)
 
     @property
     def effective_kappa(self) -> float:

@@ -20,47 +20,32 @@ import torch
 from torch import nn
 
 from robustact.nn.factory import register_activation
+from robustact.nn.piecewise import ChannelwisePieces
 
 __all__ = ["Maxout"]
 
 
-class Maxout(nn.Module):
-    """Element-wise maxout over ``k`` learned affine pieces (default 2, initialised to ReLU).
+@register_activation("maxout")  # "maxout", "maxout:k=3"
+class Maxout(ChannelwisePieces):
+    """Element-wise maxout over ``k`` ≥ 2 learned affine pieces (default 2, initialised to ReLU).
 
-    Args:
-        num_features: channels at this site (dim 1 of the input) when ``per_channel``.
-        k: number of affine pieces (≥ 2).
-        per_channel: pieces per channel, shape (C, k), broadcast over dim 1; otherwise (k,).
-
-    Parameters ``weight`` (slopes w) and ``bias`` (intercepts c).
+    Parameters ``weight`` (slopes w) and ``bias`` (intercepts c), shape (C, k) per channel or
+    (k,) per layer; ``num_features`` and ``per_channel`` as in :class:`ChannelwisePieces`.
     """
 
     def __init__(self, num_features: int = 1, k: int = 2, per_channel: bool = True) -> None:
-        super().__init__()
         if isinstance(k, bool) or not isinstance(k, int) or k < 2:
             raise ValueError(f"Maxout k (number of pieces) must be an int >= 2, got {k!r}")
-        if not isinstance(num_features, int) or num_features < 1:
-            raise ValueError(f"Maxout num_features must be a positive int, got {num_features!r}")
-        self.num_features = num_features
+        super().__init__(num_features, per_channel)
         self.k = k
-        self.per_channel = bool(per_channel)
         w0 = torch.cat([torch.tensor([1.0, 0.0]), torch.linspace(0.0, 1.0, k)[1:-1]])
-        shape = (num_features, k) if self.per_channel else (k,)
+        shape = self.piece_shape(k)
         self.weight = nn.Parameter(w0.expand(shape).clone())
         self.bias = nn.Parameter(torch.zeros(shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w, c = self.weight.to(x.dtype), self.bias.to(x.dtype)
-        if self.per_channel:
-            if x.ndim < 2 or x.shape[1] != self.num_features:
-                raise ValueError(
-                    f"per-channel Maxout was built for {self.num_features} channels (dim 1) but "
-                    f"got input of shape {tuple(x.shape)}"
-                )
-            view = (1, self.num_features) + (1,) * (x.ndim - 2)
-            pieces = [w[:, j].view(view) * x + c[:, j].view(view) for j in range(self.k)]
-        else:
-            pieces = [w[j] * x + c[j] for j in range(self.k)]
+        w_s, c_s = self.pieces(self.weight, x), self.pieces(self.bias, x)
+        pieces = [w * x + c for w, c in zip(w_s, c_s, strict=True)]
         out = pieces[0]
         for p in pieces[1:]:
             out = torch.maximum(out, p)
@@ -69,8 +54,3 @@ class Maxout(nn.Module):
     def extra_repr(self) -> str:
         return f"num_features={self.num_features}, k={self.k}, per_channel={self.per_channel}"
 
-
-@register_activation("maxout")
-def _build_maxout(num_features: int, k: int = 2, per_channel: bool = True) -> nn.Module:
-    """Factory builder: ``"maxout"``, ``"maxout:k=3"``."""
-    return Maxout(num_features, k=k, per_channel=per_channel)

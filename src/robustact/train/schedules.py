@@ -26,43 +26,18 @@ __all__ = ["SCHEDULES", "LRSchedule", "lr_at"]
 SCHEDULES = ("step", "cosine", "constant")
 
 
-def lr_at(
-    epoch: int,
-    step: int,
-    steps_per_epoch: int,
-    *,
-    lr: float,
-    epochs: int,
-    schedule: str = "step",
-    milestones: Sequence[int] = (),
-    gamma: float = 0.1,
-    warmup_epochs: int = 0,
-) -> float:
-    """Learning rate for optimizer step ``step`` (0-based) of epoch ``epoch`` (0-based)."""
-    if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; choose from {SCHEDULES}")
-    if steps_per_epoch < 1:
-        raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
-    if not 0 <= step < steps_per_epoch:
-        raise ValueError(f"step {step} is outside [0, {steps_per_epoch})")
-    if epoch < 0:
-        raise ValueError(f"epoch must be >= 0, got {epoch}")
-    global_step = epoch * steps_per_epoch + step
-    warmup_steps = warmup_epochs * steps_per_epoch
-    if global_step < warmup_steps:
-        return lr * (global_step + 1) / warmup_steps
-    if schedule == "constant":
-        return lr
-    if schedule == "step":
-        return lr * gamma ** sum(1 for m in milestones if epoch >= m)
-    # cosine over the steps after warm-up; epochs beyond ``epochs`` stay at the final value 0.
-    total = max(1, (epochs - warmup_epochs) * steps_per_epoch)
-    t = min(1.0, (global_step - warmup_steps) / total)
-    return lr * 0.5 * (1.0 + math.cos(math.pi * t))
+def lr_at(epoch: int, step: int, steps_per_epoch: int, **config: Any) -> float:
+    """Learning rate for optimizer step ``step`` (0-based) of epoch ``epoch`` (0-based).
+
+    ``config``: the schedule's keywords as for :class:`LRSchedule` (``lr``, ``epochs`` and
+    optionally ``schedule``, ``milestones``, ``gamma``, ``warmup_epochs``), declared and checked
+    there once.
+    """
+    return LRSchedule(None, steps_per_epoch=steps_per_epoch, **config).lr_for(epoch, step)
 
 
 class LRSchedule:
-    """Sets the optimizer's learning rate before every step from :func:`lr_at`.
+    """Sets the optimizer's learning rate before every step from :meth:`lr_for`.
 
     The only state is the configuration, so ``state_dict`` is JSON and ``load_state_dict`` simply
     checks that a resumed run uses the same schedule (a silently different schedule would make a
@@ -83,6 +58,8 @@ class LRSchedule:
     ) -> None:
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {schedule!r}; choose from {SCHEDULES}")
+        if steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
         if lr <= 0:
             raise ValueError(f"lr must be positive, got {lr}")
         if warmup_epochs < 0 or warmup_epochs > epochs:
@@ -97,11 +74,24 @@ class LRSchedule:
         self.warmup_epochs = int(warmup_epochs)
 
     def lr_for(self, epoch: int, step: int) -> float:
-        return lr_at(
-            epoch, step, self.steps_per_epoch, lr=self.lr, epochs=self.epochs,
-            schedule=self.schedule, milestones=self.milestones, gamma=self.gamma,
-            warmup_epochs=self.warmup_epochs,
-        )
+        """The rate of optimizer step ``step`` (0-based) of epoch ``epoch`` (0-based)."""
+        if not 0 <= step < self.steps_per_epoch:
+            raise ValueError(f"step {step} is outside [0, {self.steps_per_epoch})")
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        lr = self.lr
+        global_step = epoch * self.steps_per_epoch + step
+        warmup_steps = self.warmup_epochs * self.steps_per_epoch
+        if global_step < warmup_steps:
+            return lr * (global_step + 1) / warmup_steps
+        if self.schedule == "constant":
+            return lr
+        if self.schedule == "step":
+            return lr * self.gamma ** sum(1 for m in self.milestones if epoch >= m)
+        # cosine over the steps after warm-up; epochs beyond ``epochs`` stay at the final value 0.
+        total = max(1, (self.epochs - self.warmup_epochs) * self.steps_per_epoch)
+        t = min(1.0, (global_step - warmup_steps) / total)
+        return lr * 0.5 * (1.0 + math.cos(math.pi * t))
 
     def apply(self, epoch: int, step: int) -> float:
         """Write the rate for ``(epoch, step)`` into every param group; returns it."""
