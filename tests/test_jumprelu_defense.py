@@ -12,6 +12,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import gen
 from torch import nn
 
 from robustact.defenses import (
@@ -28,10 +29,6 @@ from robustact.defenses import (
     tune_jumprelu,
 )
 from robustact.nn.jumprelu import JumpReLU
-
-
-def _gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 class ModuleNet(nn.Module):
@@ -75,7 +72,7 @@ def _models() -> list[nn.Module]:
 
 
 def _x(n: int = 16, seed: int = 1) -> torch.Tensor:
-    return torch.rand(n, 1, 6, 6, generator=_gen(seed))
+    return torch.rand(n, 1, 6, 6, generator=gen(seed))
 
 
 def _jump_reference(net: nn.Module, x: torch.Tensor, kappa: float) -> torch.Tensor:
@@ -245,7 +242,7 @@ def test_tuner_picks_the_largest_kappa_within_budget(functional: bool) -> None:
 
 def test_tuner_validates() -> None:
     model = Threshold(False)
-    x = torch.rand(4, 1, 1, 1, generator=_gen(2))
+    x = torch.rand(4, 1, 1, 1, generator=gen(2))
     y = torch.zeros(4, dtype=torch.long)
     with pytest.raises(ValueError, match="train mode"):
         tune_jumprelu(model, x, y, [0.0], progress=False)
@@ -298,7 +295,7 @@ def test_zoo_model_retrofit() -> None:
         net = models.create_model("lenet5", dataset="mnist").eval()
     except ValueError:
         pytest.skip("lenet5 is not registered")
-    x = torch.rand(4, 1, 28, 28, generator=_gen(3))
+    x = torch.rand(4, 1, 28, 28, generator=gen(3))
     relus = [n for n, m in net.named_modules() if isinstance(m, nn.ReLU)]
     r = retrofit_jumprelu(net, 0.0)
     assert r.sites == relus and len(relus) > 0
