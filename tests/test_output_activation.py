@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from robustact.attacks.base import LogitsView
 from robustact.defenses import (
     JumpReLURetrofit,
     OutputActivationModel,
@@ -129,10 +130,9 @@ def test_high_temperature_masks_the_input_gradient(f: str) -> None:
 
 
 def test_logits_from_base_sees_the_raw_logits() -> None:
-    base_mod = pytest.importorskip("robustact.attacks.base")
     model = add_output_activation(_net(), "tanh", 50.0)
     x = _x(8)
-    inner, out = base_mod.LogitsView(model, "base")(x)
+    inner, out = LogitsView(model, "base")(x)
     assert torch.equal(inner, model.base(x)) and torch.equal(out, model(x))
 
 
