@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import gen
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -22,10 +23,6 @@ from robustact.nn.jumprelu import JumpReLU, jump_relu
 from robustact.nn.maxout import Maxout
 from robustact.nn.splash import SPLASH, calibrate_splash, splash_reference
 from robustact.nn.surgery import JumpReLUMode, find_activations, replace_modules, set_module
-
-
-def _gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def _away_from(x: torch.Tensor, points: list[float], gap: float = 1e-3) -> torch.Tensor:
@@ -54,7 +51,7 @@ def test_jumprelu_kappa0_is_relu_bit_for_bit() -> None:
     finite = ~r.isnan()
     assert torch.equal(y[finite], r[finite])
     assert torch.equal(torch.signbit(y), torch.signbit(r))  # -0.0 stays -0.0, like relu
-    z = torch.randn(50, generator=_gen(), dtype=torch.float64).requires_grad_()
+    z = torch.randn(50, generator=gen(), dtype=torch.float64).requires_grad_()
     z2 = z.detach().clone().requires_grad_()
     JumpReLU(0.0)(z).pow(2).sum().backward()
     F.relu(z2).pow(2).sum().backward()
@@ -135,12 +132,12 @@ def test_splash_offsets_and_init() -> None:
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_splash_relu_init_is_relu_exactly(per_channel: bool, kernel: str) -> None:
     m = SPLASH(3, per_channel=per_channel, kernel=kernel)
-    x = torch.randn(4, 3, 5, 5, generator=_gen(1)) * 3
+    x = torch.randn(4, 3, 5, 5, generator=gen(1)) * 3
     x[0, 0, 0, :3] = torch.tensor([0.0, 2.5 / 3, -2.5])  # exact zero and exact hinges
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
     y1, y2 = m(x1), F.relu(x2)
     assert torch.equal(y1, y2)
-    g = torch.randn(y1.shape, generator=_gen(2))
+    g = torch.randn(y1.shape, generator=gen(2))
     y1.backward(g)
     y2.backward(g)
     assert torch.equal(x1.grad, x2.grad)
@@ -151,7 +148,7 @@ def test_splash_relu_init_is_relu_exactly(per_channel: bool, kernel: str) -> Non
        scale=st.floats(0.1, 5.0), kernel=st.sampled_from(["eager", "auto"]))
 def test_splash_grounded_and_matches_reference(seed: int, S: int, pc: bool, scale: float,
                                                kernel: str) -> None:
-    g = _gen(seed)
+    g = gen(seed)
     m = SPLASH(3, S=S, per_channel=pc, kernel=kernel).double().calibrate_(scale)
     with torch.no_grad():
         m.a_pos.copy_(torch.randn(m.a_pos.shape, generator=g, dtype=torch.float64))
@@ -168,7 +165,7 @@ def test_splash_grounded_and_matches_reference(seed: int, S: int, pc: bool, scal
 @pytest.mark.parametrize("S,per_channel", [(3, False), (5, True), (7, False), (7, True)])
 def test_splash_gradcheck_fused(S: int, per_channel: bool, kernel: str) -> None:
     m = SPLASH(3, S=S, per_channel=per_channel, kernel=kernel).double().calibrate_(0.8)
-    g = _gen(S)
+    g = gen(S)
     with torch.no_grad():
         m.a_pos.copy_(torch.randn(m.a_pos.shape, generator=g, dtype=torch.float64))
         m.a_neg.copy_(torch.randn(m.a_neg.shape, generator=g, dtype=torch.float64))
@@ -187,7 +184,7 @@ def test_splash_gradcheck_fused(S: int, per_channel: bool, kernel: str) -> None:
 
 @pytest.mark.parametrize("kernel", ["eager", "auto"])
 def test_splash_fused_gradients_match_reference_float32(kernel: str) -> None:
-    g = _gen(3)
+    g = gen(3)
     m = SPLASH(8, per_channel=True, kernel=kernel)
     with torch.no_grad():
         m.a_pos.normal_(generator=g)
@@ -204,7 +201,7 @@ def test_splash_fused_gradients_match_reference_float32(kernel: str) -> None:
 
 def test_splash_fused_saves_only_the_input() -> None:
     """The memory-lean claim: one activation-sized tensor kept for backward, not S of them."""
-    x = torch.randn(8, 4, 10, 10, generator=_gen(4)).requires_grad_()
+    x = torch.randn(8, 4, 10, 10, generator=gen(4)).requires_grad_()
     big: list[int] = []
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -239,7 +236,7 @@ def test_splash_bad_S(S: int) -> None:
 
 
 def test_splash_calibration() -> None:
-    x = torch.randn(1000, generator=_gen(5)) * 3.0
+    x = torch.randn(1000, generator=gen(5)) * 3.0
     m = SPLASH(1).calibrate(x)
     std = float(x.double().std())
     assert torch.allclose(m.offsets, torch.linspace(0, 2.5, 4) * std)
@@ -253,7 +250,7 @@ def test_splash_calibration() -> None:
     # a state-dict round trip carries the calibration (and the cached spacing follows it)
     fresh = SPLASH(1)
     fresh.load_state_dict(m.state_dict())
-    z = torch.randn(50, generator=_gen(6)) * 5
+    z = torch.randn(50, generator=gen(6)) * 5
     assert torch.equal(fresh(z), m(z))
     with torch.no_grad():
         fresh.scale.fill_(1.0)  # in-place edit of the buffer is picked up too
@@ -262,7 +259,7 @@ def test_splash_calibration() -> None:
 
 def test_calibrate_splash_on_a_model() -> None:
     net = nn.Sequential(nn.Linear(5, 6), SPLASH(6), nn.Linear(6, 3), SPLASH(3, per_channel=True))
-    x = torch.randn(64, 5, generator=_gen(7)) * 4
+    x = torch.randn(64, 5, generator=gen(7)) * 4
     names = calibrate_splash(net, x)
     assert names == ["1", "3"]
     with torch.no_grad():
@@ -290,7 +287,7 @@ def test_apl_hand_values_and_relu_init() -> None:
 
 def test_apl_per_channel_gradcheck() -> None:
     m = APL(3, S=2).double()
-    g = _gen(8)
+    g = gen(8)
     a = torch.randn(3, 2, generator=g, dtype=torch.float64).requires_grad_()
     b = torch.randn(3, 2, generator=g, dtype=torch.float64).requires_grad_()
     x = torch.randn(2, 3, 4, generator=g, dtype=torch.float64)
@@ -312,14 +309,17 @@ def test_apl_per_channel_gradcheck() -> None:
         m.b.copy_(b)
     assert torch.allclose(m(x), f(x, a, b))
     assert torch.autograd.gradcheck(f, (x, a, b))
-    m(x).sum().backward()  # the module's parameters get gradients too
-    assert m.a.grad is not None and m.b.grad is not None
+    # the module's parameter gradients are the reference's (gradcheck-verified) ones
+    ga, gb = torch.autograd.grad(f(x, a, b).sum(), (a, b))
+    m(x).sum().backward()
+    torch.testing.assert_close(m.a.grad, ga)
+    torch.testing.assert_close(m.b.grad, gb)
 
 
 def test_maxout_hand_values_and_relu_init() -> None:
     for k in (2, 3, 4):
         m = Maxout(2, k=k)
-        x = torch.randn(3, 2, 4, generator=_gen(k)) * 2
+        x = torch.randn(3, 2, 4, generator=gen(k)) * 2
         assert torch.equal(m(x), F.relu(x)), k
     m = Maxout(1, k=2, per_channel=False).double()
     with torch.no_grad():
@@ -335,9 +335,9 @@ def test_maxout_hand_values_and_relu_init() -> None:
 def test_maxout_finite_differences() -> None:
     m = Maxout(3, k=3).double()
     with torch.no_grad():
-        m.weight.copy_(torch.randn(3, 3, generator=_gen(9), dtype=torch.float64))
-        m.bias.copy_(torch.randn(3, 3, generator=_gen(10), dtype=torch.float64))
-    x = torch.randn(2, 3, 5, generator=_gen(11), dtype=torch.float64).requires_grad_()
+        m.weight.copy_(torch.randn(3, 3, generator=gen(9), dtype=torch.float64))
+        m.bias.copy_(torch.randn(3, 3, generator=gen(10), dtype=torch.float64))
+    x = torch.randn(2, 3, 5, generator=gen(11), dtype=torch.float64).requires_grad_()
     assert torch.autograd.gradcheck(m, (x,))
 
 

@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import fit_full_batch, predict
 from torch import nn
 
 from robustact.attacks import (
@@ -362,16 +363,11 @@ def trained() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     means = torch.rand(k, 16, generator=g)
     y = torch.arange(n) % k
     x = (means[y] + 0.12 * torch.randn(n, 16, generator=g)).clamp(0, 1).view(n, 1, 4, 4)
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, k))
-    opt = torch.optim.Adam(model.parameters(), lr=0.02)
-    for _ in range(60):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    model.eval()
-    with torch.no_grad():
-        ok = model(x).argmax(1) == y
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, k))
+    fit_full_batch(model, x, y, steps=60, lr=0.02)
+    ok = predict(model, x) == y
     assert float(ok.float().mean()) > 0.9
     return model, x[ok][:96], y[ok][:96]
 

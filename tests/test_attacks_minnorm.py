@@ -14,6 +14,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import gen, predict, random_weights
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -25,19 +26,7 @@ from robustact.attacks.trust_region import TrustRegion
 OVERSHOOT = 0.02
 NUDGE = 1e-4
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Run this module single-threaded, then restore the setting.
-
-    The tensors here are tiny: on a busy 2-core machine intra-op threads cost far more in
-    synchronisation than they save (measured: these test files take 81 s with 2 threads, 8 s
-    with 1).
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- models and data -------------------------------------------------------------------------
@@ -53,55 +42,13 @@ def affine(weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Module:
 
 
 def random_affine(seed: int, k: int, d: int = 16, scale: float = 5.0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
+    g = gen(seed)
     return affine(scale * torch.randn(k, d, generator=g), torch.randn(k, generator=g))
 
 
 def mid_images(seed: int, n: int, lo: float = 0.4, hi: float = 0.6) -> torch.Tensor:
     """Images (n, 1, 4, 4) well inside the box, so small perturbations are never clipped."""
-    g = torch.Generator().manual_seed(seed)
-    return lo + (hi - lo) * torch.rand(n, 1, 4, 4, generator=g)
-
-
-def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(x).argmax(1)
-
-
-def tiny_data(seed: int, n: int = 160, k: int = 4, noise_seed: int = 0
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Noisy copies of k random 8×8 prototypes; ``seed`` picks the task, ``noise_seed`` the draw."""
-    protos = 0.2 + 0.6 * torch.rand(k, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
-    g = torch.Generator().manual_seed(10_000 + noise_seed)
-    y = torch.arange(n) % k
-    x = (protos[y] + 0.15 * torch.randn(n, 1, 8, 8, generator=g)).clamp(0, 1)
-    return x, y
-
-
-def train_tiny(seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    """A small CNN fitted to tiny_data; returns (model, x_test, y_test) with x_test correct."""
-    x, y = tiny_data(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(),
-                              nn.Linear(4 * 6 * 6, 16), nn.ReLU(), nn.Linear(16, 4))
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    for _ in range(150):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    model.eval()
-    for p in model.parameters():
-        p.grad = None
-    xt, yt = tiny_data(seed, n=24, noise_seed=1)
-    keep = predict(model, xt) == yt
-    assert keep.sum() >= 20, "the tiny model should fit its own data"
-    return model, xt[keep], yt[keep]
-
-
-@pytest.fixture(scope="module")
-def tiny() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    return train_tiny(0)
+    return lo + (hi - lo) * torch.rand(n, 1, 4, 4, generator=gen(seed))
 
 
 def snapshot(model: nn.Module) -> tuple[dict[str, torch.Tensor], list[bool], bool]:
@@ -241,12 +188,9 @@ def test_deepfool_candidates_restrict_the_search() -> None:
 
 
 def test_margin_jacobian_matches_finite_differences() -> None:
-    g = torch.Generator().manual_seed(7)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(9, 6), nn.Tanh(), nn.Linear(6, 4)).double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
-    model.eval()
+    g = gen(7)
+    model = random_weights(lambda: nn.Sequential(nn.Flatten(), nn.Linear(9, 6), nn.Tanh(),
+                                                 nn.Linear(6, 4)).double(), g)
     x = torch.rand(3, 1, 3, 3, generator=g, dtype=torch.float64)
     y = torch.tensor([0, 2, 3])
     cand = torch.tensor([[1, 2], [0, 3], [1, 2]])
@@ -483,13 +427,8 @@ def test_tr_refuses_targets_and_bad_settings() -> None:
 # --- properties on random tiny models --------------------------------------------------------
 
 def random_conv(seed: int) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g))
-    return model.eval()
+    return random_weights(lambda: nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(),
+                                                nn.Linear(8, 3)), gen(seed))
 
 
 @settings(max_examples=8, deadline=None)

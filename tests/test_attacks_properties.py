@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from _helpers import gen, random_weights
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -38,14 +39,10 @@ class JumpReLU(nn.Module):
 
 
 def make_model(seed: int, jump: bool = False) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
     act: nn.Module = JumpReLU() if jump else nn.ReLU()
-    with torch.random.fork_rng(devices=[]):  # layer construction draws from the global RNG
-        model = nn.Sequential(nn.Conv2d(1, 2, 3), act, nn.Flatten(), nn.Linear(2 * 3 * 3, K))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g))
-    return model.eval()
+    return random_weights(
+        lambda: nn.Sequential(nn.Conv2d(1, 2, 3), act, nn.Flatten(), nn.Linear(2 * 3 * 3, K)),
+        gen(seed))
 
 
 # name -> (factory(eps, seed), norm, bounded); small step counts keep each example cheap

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
+from _helpers import gen, predict, random_weights
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -18,19 +18,7 @@ from torch import nn
 from robustact.attacks.square import Square, p_schedule
 from robustact.attacks.verify import verify
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Run this module single-threaded, then restore the setting.
-
-    The tensors here are tiny: on a busy 2-core machine intra-op threads cost far more in
-    synchronisation than they save (measured: these test files take 81 s with 2 threads, 8 s
-    with 1).
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class NoGradGuard(nn.Module):
@@ -46,40 +34,6 @@ class NoGradGuard(nn.Module):
             raise AssertionError("Square called the model with gradients enabled")
         self.rows += x.shape[0]
         return self.inner(x)
-
-
-def tiny_data(seed: int, n: int, noise_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    protos = 0.2 + 0.6 * torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
-    g = torch.Generator().manual_seed(10_000 + noise_seed)
-    y = torch.arange(n) % 4
-    return (protos[y] + 0.15 * torch.randn(n, 1, 8, 8, generator=g)).clamp(0, 1), y
-
-
-@pytest.fixture(scope="module")
-def tiny() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    x, y = tiny_data(0, 160, 0)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(),
-                              nn.Linear(4 * 6 * 6, 16), nn.ReLU(), nn.Linear(16, 4))
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    for _ in range(150):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    model.eval()
-    for p in model.parameters():
-        p.grad = None
-    xt, yt = tiny_data(0, 24, 1)
-    with torch.no_grad():
-        keep = model(xt).argmax(1) == yt
-    assert keep.sum() >= 20
-    return model, xt[keep], yt[keep]
-
-
-def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(x).argmax(1)
 
 
 def linf(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -194,13 +148,8 @@ def test_square_rejects_bad_settings() -> None:
 
 
 def random_conv(seed: int) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 5, 3))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g))
-    return model.eval()
+    return random_weights(lambda: nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU(), nn.Flatten(),
+                                                nn.Linear(2 * 4 * 5, 3)), gen(seed))
 
 
 @settings(max_examples=12, deadline=None)

@@ -4,14 +4,15 @@ Models are float64 and the batch size is a power of two, so torchattacks' mean-r
 (gradient scaled by 1/N, exact in binary floating point) and our summed loss give gradients with
 identical signs. Only deterministic configurations are compared (no random start): the random
 draws of two libraries cannot be aligned. torchattacks is a test-only dependency installed by
-scripts/setup.sh; it is imported normally so a missing install fails loudly instead of skipping.
+scripts/setup.sh; tests get it from the ``torchattacks`` fixture (tests/conftest.py), so a missing
+install stops the run with one line saying what to install instead of skipping.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-import torchattacks
+from _helpers import gen, random_weights
 from torch import nn
 
 from robustact.attacks import BIM, FGSM, MIM, PGD
@@ -20,17 +21,15 @@ N = 16
 
 
 def model_and_data(seed: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                              nn.Linear(4 * 3 * 3, 16), nn.Tanh(), nn.Linear(16, 10)).double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(0.5 * torch.randn(p.shape, generator=g, dtype=torch.float64))
+    g = gen(seed)
+    model = random_weights(
+        lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                              nn.Linear(4 * 3 * 3, 16), nn.Tanh(), nn.Linear(16, 10)).double(),
+        g, scale=0.5)
     x = torch.rand(N, 3, 8, 8, generator=g, dtype=torch.float64)
     x[x < 0.05] = 0.0  # some pixels on the box faces
     y = torch.randint(0, 10, (N,), generator=g)
-    return model.eval(), x, y
+    return model, x, y
 
 
 def close(a: torch.Tensor, b: torch.Tensor) -> None:
@@ -40,7 +39,7 @@ def close(a: torch.Tensor, b: torch.Tensor) -> None:
 
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("eps", [2 / 255, 8 / 255, 0.1])
-def test_fgsm_matches(seed: int, eps: float) -> None:
+def test_fgsm_matches(seed: int, eps: float, torchattacks) -> None:
     model, x, y = model_and_data(seed)
     ours = FGSM(eps)(model, x, y)
     theirs = torchattacks.FGSM(model, eps=eps)(x, y)
@@ -50,7 +49,7 @@ def test_fgsm_matches(seed: int, eps: float) -> None:
 
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("eps,alpha,steps", [(8 / 255, 2 / 255, 10), (0.1, 0.01, 20)])
-def test_pgd_linf_matches(seed: int, eps: float, alpha: float, steps: int) -> None:
+def test_pgd_linf_matches(seed: int, eps: float, alpha: float, steps: int, torchattacks) -> None:
     model, x, y = model_and_data(seed)
     ours = PGD(eps, alpha=alpha, steps=steps, random_start=False, early_stop=False)(model, x, y)
     theirs = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=False)(x, y)
@@ -58,7 +57,7 @@ def test_pgd_linf_matches(seed: int, eps: float, alpha: float, steps: int) -> No
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_pgd_l2_matches(seed: int) -> None:
+def test_pgd_l2_matches(seed: int, torchattacks) -> None:
     # torchattacks' L2 step is g / (‖g‖ + 1e-10) and its projection scales δ by min(1, ε/‖δ‖):
     # our definition, up to the 1e-10 guard (set to ~0 here).
     model, x, y = model_and_data(seed)
@@ -71,7 +70,7 @@ def test_pgd_l2_matches(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_targeted_pgd_matches(seed: int) -> None:
+def test_targeted_pgd_matches(seed: int, torchattacks) -> None:
     model, x, y = model_and_data(seed)
     t = (y + 3) % 10
     ours = PGD(0.1, alpha=0.01, steps=10, random_start=False, early_stop=False)(
@@ -82,7 +81,7 @@ def test_targeted_pgd_matches(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_bim_matches(seed: int) -> None:
+def test_bim_matches(seed: int, torchattacks) -> None:
     model, x, y = model_and_data(seed)
     ours = BIM(8 / 255, alpha=1 / 255, steps=10, early_stop=False)(model, x, y)
     theirs = torchattacks.BIM(model, eps=8 / 255, alpha=1 / 255, steps=10)(x, y)
@@ -90,7 +89,7 @@ def test_bim_matches(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_mim_matches(seed: int) -> None:
+def test_mim_matches(seed: int, torchattacks) -> None:
     # torchattacks divides by mean|∇| instead of ‖∇‖₁ = d·mean|∇|: every accumulated term is
     # scaled by the same d, so the sign of the momentum, hence each step, is the same.
     model, x, y = model_and_data(seed)

@@ -1,8 +1,8 @@
 """The JumpReLU retrofit defense, its κ tuner, and the defense registry (JumpReLU side).
 
-Tiny models defined here (ReLU modules; functional relu calls), plus one zoo model when the
-registry has it. Checks: κ = 0 is bit-identical to the original, κ > 0 computes the jump,
-undo restores, train mode is ReLU, the tuner picks the known answer.
+Tiny models defined here (ReLU modules; functional relu calls), plus one zoo model (LeNet-5).
+Checks: κ = 0 is bit-identical to the original, κ > 0 computes the jump, undo restores, train mode
+is ReLU, BPDA's gradient is the straight-through one, the tuner picks the known answer.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import gen
 from torch import nn
 
+from robustact.attacks.bpda import with_bpda
 from robustact.defenses import (
     ALEXLIKE_KAPPA_GRID,
     MNIST_KAPPA_GRID,
@@ -27,11 +29,8 @@ from robustact.defenses import (
     strip_defenses,
     tune_jumprelu,
 )
+from robustact.models import create_model
 from robustact.nn.jumprelu import JumpReLU
-
-
-def _gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 class ModuleNet(nn.Module):
@@ -75,14 +74,22 @@ def _models() -> list[nn.Module]:
 
 
 def _x(n: int = 16, seed: int = 1) -> torch.Tensor:
-    return torch.rand(n, 1, 6, 6, generator=_gen(seed))
+    return torch.rand(n, 1, 6, 6, generator=gen(seed))
 
 
-def _jump_reference(net: nn.Module, x: torch.Tensor, kappa: float) -> torch.Tensor:
-    """The retrofit written out by hand: every ReLU of the tiny nets replaced by x·1[x > κ]."""
+def _jump_reference(net: nn.Module, x: torch.Tensor, kappa: float,
+                    straight_through: bool = False) -> torch.Tensor:
+    """The retrofit written out by hand: every ReLU of the tiny nets replaced by x·1[x > κ].
+
+    ``straight_through``: the same values, with ReLU's derivative in the backward pass (what
+    BPDA promises for JumpReLU).
+    """
 
     def j(t: torch.Tensor) -> torch.Tensor:
-        return t * (t > kappa)
+        jump = t * (t > kappa)
+        if straight_through:
+            return F.relu(t) + (jump - F.relu(t)).detach()
+        return jump
 
     if isinstance(net, ModuleNet):
         b = net.body
@@ -196,15 +203,20 @@ def test_relu_called_inside_a_jumprelu_hook_stays_relu() -> None:
 
 
 def test_bpda_wrapper_sees_jumprelu_modules() -> None:
-    bpda = pytest.importorskip("robustact.attacks.bpda")
     r = retrofit_jumprelu(_models()[0], 0.5)
     x = _x().requires_grad_()
-    w = bpda.with_bpda(r)
+    w = with_bpda(r)
     assert len(w.matched_layers()) == 3
     out = w(x)
     assert torch.equal(out, r(x))
-    out.sum().backward()
-    assert x.grad is not None and x.grad.abs().sum() > 0
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    # the gradient is the straight-through one: jump values forward, ReLU derivative backward
+    xr = x.detach().clone().requires_grad_()
+    (ref,) = torch.autograd.grad(_jump_reference(_models()[0], xr, 0.5, True).sum(), xr)
+    torch.testing.assert_close(grad, ref, rtol=1e-5, atol=1e-6)
+    # ... which differs from the jump's own (masked) gradient, else the test would prove nothing
+    (masked,) = torch.autograd.grad(r(xr).sum(), xr)
+    assert not torch.allclose(grad, masked, atol=1e-4)
 
 
 # --- the κ tuner ------------------------------------------------------------------------------
@@ -245,7 +257,7 @@ def test_tuner_picks_the_largest_kappa_within_budget(functional: bool) -> None:
 
 def test_tuner_validates() -> None:
     model = Threshold(False)
-    x = torch.rand(4, 1, 1, 1, generator=_gen(2))
+    x = torch.rand(4, 1, 1, 1, generator=gen(2))
     y = torch.zeros(4, dtype=torch.long)
     with pytest.raises(ValueError, match="train mode"):
         tune_jumprelu(model, x, y, [0.0], progress=False)
@@ -293,12 +305,8 @@ def test_registry_round_trip_with_jumprelu() -> None:
 
 
 def test_zoo_model_retrofit() -> None:
-    models = pytest.importorskip("robustact.models")
-    try:
-        net = models.create_model("lenet5", dataset="mnist").eval()
-    except ValueError:
-        pytest.skip("lenet5 is not registered")
-    x = torch.rand(4, 1, 28, 28, generator=_gen(3))
+    net = create_model("lenet5", dataset="mnist").eval()
+    x = torch.rand(4, 1, 28, 28, generator=gen(3))
     relus = [n for n, m in net.named_modules() if isinstance(m, nn.ReLU)]
     r = retrofit_jumprelu(net, 0.0)
     assert r.sites == relus and len(relus) > 0

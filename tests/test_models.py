@@ -175,8 +175,17 @@ def test_activation_specs(name: str, ds: str, spec: str) -> None:
     assert not any(isinstance(m, (nn.ReLU, nn.ReLU6)) for m in model.modules()) or spec == "relu"
     if spec == "prelu":  # one slope per channel at every site, all distinct parameters
         assert len({id(a.weight) for a in acts}) == len(acts)
-    out = model(images(ds))
-    assert out.shape == (2, DATASET_INFO[ds].num_classes) and torch.isfinite(out).all()
+    # every activation of the requested kind is on the forward path, each used exactly once
+    calls = [0] * len(acts)
+    handles = [a.register_forward_hook(lambda m, i, o, k=k: calls.__setitem__(k, calls[k] + 1))
+               for k, a in enumerate(acts)]
+    with torch.no_grad():
+        out = model(images(ds))
+    for h in handles:
+        h.remove()
+    assert calls == [1] * len(acts)
+    assert out.shape == (2, DATASET_INFO[ds].num_classes)
+    torch.testing.assert_close(out, model.head(model.features(images(ds))), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(

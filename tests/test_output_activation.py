@@ -9,10 +9,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import gen
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from robustact.attacks.base import LogitsView
 from robustact.defenses import (
     JumpReLURetrofit,
     OutputActivationModel,
@@ -26,10 +28,6 @@ from robustact.defenses import (
 from robustact.nn.bounded import OUTPUT_FUNCTIONS, OutputActivation
 
 FUNCS = ["sigmoid", "tanh", "softsign", "arctan"]
-
-
-def _gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 class Net(nn.Module):
@@ -55,7 +53,7 @@ def _net() -> Net:
 
 
 def _x(n: int = 64, seed: int = 1) -> torch.Tensor:
-    return torch.rand(n, 1, 4, 4, generator=_gen(seed))
+    return torch.rand(n, 1, 4, 4, generator=gen(seed))
 
 
 def test_output_activation_hand_values() -> None:
@@ -84,7 +82,7 @@ def test_output_activation_validation(f: object, t: object, err: type) -> None:
 @pytest.mark.parametrize("t", [0.01, 1.0, 3.0])
 def test_argmax_preserved_on_random_logits(f: str, t: float) -> None:
     # T small enough that float64 does not saturate f (tanh rounds to 1.0 beyond ~19)
-    z = torch.randn(2000, 10, generator=_gen(2), dtype=torch.float64)
+    z = torch.randn(2000, 10, generator=gen(2), dtype=torch.float64)
     assert torch.equal(OutputActivation(f, t)(z).argmax(1), z.argmax(1))
 
 
@@ -95,7 +93,7 @@ def test_unique_top_value_is_the_logits_argmax(seed: int, f: str, log_t: float,
                                                scale: float) -> None:
     """f is non-decreasing in floating point too: where f(T·z) has a unique maximum it sits at
     argmax z. (At high T several logits can round to the same saturated value -- a tie.)"""
-    z = torch.randn(200, 6, generator=_gen(seed)) * scale
+    z = torch.randn(200, 6, generator=gen(seed)) * scale
     out = OutputActivation(f, 10.0 ** log_t)(z)
     top = out.max(1, keepdim=True).values
     unique = (out == top).sum(1) == 1
@@ -117,7 +115,7 @@ def test_high_temperature_masks_the_input_gradient(f: str) -> None:
     # every logit farther than 1e-3 from 0
     model = add_output_activation(base, f, 1e5)
     x = _x(64).requires_grad_()
-    y = torch.randint(0, 5, (64,), generator=_gen(3))
+    y = torch.randint(0, 5, (64,), generator=gen(3))
     loss = F.cross_entropy(model(x), y, reduction="none")
     (grad,) = torch.autograd.grad(loss.sum(), x)
     zero = (grad.flatten(1).abs().sum(1) == 0).float().mean()
@@ -132,10 +130,9 @@ def test_high_temperature_masks_the_input_gradient(f: str) -> None:
 
 
 def test_logits_from_base_sees_the_raw_logits() -> None:
-    base_mod = pytest.importorskip("robustact.attacks.base")
     model = add_output_activation(_net(), "tanh", 50.0)
     x = _x(8)
-    inner, out = base_mod.LogitsView(model, "base")(x)
+    inner, out = LogitsView(model, "base")(x)
     assert torch.equal(inner, model.base(x)) and torch.equal(out, model(x))
 
 
@@ -165,7 +162,7 @@ def test_usable_during_training() -> None:
     model = add_output_activation(_net(), "sigmoid", 1.0).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     x = _x(32)
-    y = torch.randint(0, 5, (32,), generator=_gen(4))
+    y = torch.randint(0, 5, (32,), generator=gen(4))
     before = model.base.head.weight.detach().clone()
     loss0 = F.cross_entropy(model(x), y)
     for _ in range(5):

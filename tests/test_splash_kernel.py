@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import torch
+from _helpers import gen
 
 from robustact.nn import _splash_kernel, activation_factory
 from robustact.nn.splash import (
@@ -30,10 +31,6 @@ from robustact.nn.splash import (
     splash_implementation,
     splash_reference,
 )
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +90,9 @@ def test_failed_build_falls_back_to_eager_once(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.delenv(KERNEL_ENV, raising=False)
     m = SPLASH(3, S=5)
     with torch.no_grad():
-        m.a_pos.normal_(generator=_gen(0))
-        m.a_neg.normal_(generator=_gen(1))
-    x = torch.randn(4, 3, 5, generator=_gen(2))
+        m.a_pos.normal_(generator=gen(0))
+        m.a_neg.normal_(generator=gen(1))
+    x = torch.randn(4, 3, 5, generator=gen(2))
     with pytest.warns(RuntimeWarning, match="could not build the SPLASH C"):
         y = m(x)
     with warnings.catch_warnings():
@@ -115,7 +112,7 @@ def _pair(S: int, per_channel: bool, channels: int, dtype: torch.dtype,
           seed: int) -> tuple[SPLASH, SPLASH]:
     """Two identical SPLASH layers (random slopes of both signs, calibrated offsets), one forced
     eager and one forced cpp."""
-    g = _gen(seed)
+    g = gen(seed)
     eager = SPLASH(channels, S=S, per_channel=per_channel, kernel="eager").to(dtype)
     eager.calibrate_(0.7)
     with torch.no_grad():
@@ -128,7 +125,7 @@ def _pair(S: int, per_channel: bool, channels: int, dtype: torch.dtype,
 
 def _input(shape: tuple[int, ...], m: SPLASH, dtype: torch.dtype, seed: int) -> torch.Tensor:
     """Random values over all intervals, plus every hinge exactly, 0, −0 and ±inf."""
-    x = torch.randn(shape, generator=_gen(seed), dtype=dtype) * 2.5 * float(m.scale)
+    x = torch.randn(shape, generator=gen(seed), dtype=dtype) * 2.5 * float(m.scale)
     delta = float(m.offsets[1])
     special = [s * delta for s in range(-m.K - 1, m.K + 2)] + [0.0, -0.0]
     special += [float(o) for o in m.offsets] + [-float(o) for o in m.offsets]
@@ -162,7 +159,7 @@ def test_kernel_matches_eager(ext: ModuleType, dtype: torch.dtype, S: int,
     exact.load_state_dict({k: v.double() for k, v in eager.state_dict().items()})
     for i, shape in enumerate(SHAPES):
         x = _input(shape, eager, dtype, seed=10 * S + i)
-        w = torch.randn(shape, generator=_gen(i), dtype=dtype)
+        w = torch.randn(shape, generator=gen(i), dtype=dtype)
         x_fin = torch.where(torch.isfinite(x), x, torch.zeros((), dtype=dtype))
         ye, dxe, ape, ane = _run(eager, x_fin, w)
         yc, dxc, apc, anc = _run(cpp, x_fin, w)
@@ -184,7 +181,7 @@ def test_kernel_matches_eager(ext: ModuleType, dtype: torch.dtype, S: int,
 
 def test_kernel_nan_and_inference_and_partial_grads(ext: ModuleType) -> None:
     eager, cpp = _pair(7, True, 4, torch.float32, seed=3)
-    x = torch.randn(6, 4, 5, generator=_gen(4))
+    x = torch.randn(6, 4, 5, generator=gen(4))
     x[0, 1, 2] = float("nan")
     with torch.no_grad():
         ye, yc = eager(x), cpp(x)
@@ -194,7 +191,7 @@ def test_kernel_nan_and_inference_and_partial_grads(ext: ModuleType) -> None:
     for m in (eager, cpp):
         m.requires_grad_(False)
     xr = [x.clone().requires_grad_() for _ in range(2)]
-    g = torch.randn(x.shape, generator=_gen(5))
+    g = torch.randn(x.shape, generator=gen(5))
     eager(xr[0]).backward(g)
     cpp(xr[1]).backward(g)
     assert torch.equal(torch.nan_to_num(xr[0].grad), torch.nan_to_num(xr[1].grad))
@@ -214,13 +211,13 @@ def test_kernel_gradcheck_and_double_backward(ext: ModuleType) -> None:
     for pc in (False, True):
         _, cpp = _pair(7, pc, 3, torch.float64, seed=7)
         kinks = [s * float(o) for o in cpp.offsets for s in (1, -1)]
-        x = torch.randn(2, 3, 4, generator=_gen(8), dtype=torch.float64) * 1.5
+        x = torch.randn(2, 3, 4, generator=gen(8), dtype=torch.float64) * 1.5
         for p in kinks:
             x = torch.where((x - p).abs() < 1e-3, x + 2e-3, x)
         x.requires_grad_()
         assert torch.autograd.gradcheck(cpp, (x,))
     eager, cpp = _pair(5, False, 3, torch.float64, seed=9)
-    x = torch.randn(3, 3, 4, generator=_gen(10), dtype=torch.float64)
+    x = torch.randn(3, 3, 4, generator=gen(10), dtype=torch.float64)
     out = []
     for m in (eager, cpp):
         xr = x.clone().requires_grad_()
@@ -233,8 +230,8 @@ def test_kernel_gradcheck_and_double_backward(ext: ModuleType) -> None:
 def test_kernel_sums_do_not_depend_on_threads(ext: ModuleType) -> None:
     """Per-chunk partial sums in a fixed order: the result is the same for any thread count."""
     _, cpp = _pair(7, False, 3, torch.float32, seed=11)
-    x = torch.randn(4, 3, 100, 100, generator=_gen(12))
-    g = torch.randn(x.shape, generator=_gen(13))
+    x = torch.randn(4, 3, 100, 100, generator=gen(12))
+    g = torch.randn(x.shape, generator=gen(13))
     before = torch.get_num_threads()
     grads = []
     try:

@@ -345,11 +345,35 @@ def test_fgsm_hook_replaces_the_first_fraction_with_fgsm_examples() -> None:
         fgsm_batch_hook(0.5, -0.1)
 
 
-def test_trainer_with_fgsm_hook_runs() -> None:
+def test_trainer_trains_on_the_fgsm_hooks_examples() -> None:
     x, y = blobs(32)
-    h = Trainer(Tiny(), (x, y), config=fast_config(epochs=1), batch_hook=fgsm_batch_hook(0.5, 0.1),
-                progress=False).fit()
+    hook = fgsm_batch_hook(0.5, 0.1)
+    made: list[tuple[torch.Tensor, torch.Tensor]] = []  # (batch in, batch out) of the hook
+    seen: list[torch.Tensor] = []  # what the loss was computed on
+
+    def recording_hook(model, xb, yb, step):
+        out = hook(model, xb, yb, step)
+        made.append((xb.clone(), out[0].clone()))
+        return out
+
+    def loss(model, xb, yb):
+        seen.append(xb.detach().clone())
+        logits = model(xb)
+        return F.cross_entropy(logits, yb), logits
+
+    model, clean = Tiny(), Tiny()
+    h = Trainer(model, (x, y), config=fast_config(epochs=1), loss=loss,
+                batch_hook=recording_hook, progress=False).fit()
+    Trainer(clean, (x, y), config=fast_config(epochs=1), loss=loss, progress=False).fit()
     assert math.isfinite(h[0]["train_loss"])
+    assert len(made) == 2 and len(seen) == 4  # 32 / 16 steps, with the hook then without
+    for (xb, xh), xs in zip(made, seen[:2], strict=True):
+        assert torch.equal(xs, xh)  # each step trains on the hook's batch
+        delta = (xh[:8] - xb[:8]).abs()  # the first half: FGSM within ε, and it moved
+        assert float(delta.max()) <= 0.1 + 1e-7 and float(delta.max()) > 0.05
+        assert torch.equal(xh[8:], xb[8:])  # the rest untouched
+    # the adversarial batches change the trained weights (same seed, same clean data)
+    assert not all(torch.equal(v, clean.state_dict()[k]) for k, v in model.state_dict().items())
 
 
 def test_balanced_trainer_steps_follow_the_largest_class() -> None:
