@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustact._validate import resolve_device as _resolve_device
 from robustact.attacks.base import Attack
 from robustact.io import atomic_write_json, environment_info
 
@@ -53,13 +54,8 @@ def resolve_data_root(arg: str | None) -> Path:
 
 
 def resolve_device(spec: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; anything else is passed to ``torch.device``."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(spec)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {spec!r} asked for CUDA but none is available")
-    return dev
+    """``auto`` → CUDA when available, else CPU; anything else is checked and passed on."""
+    return _resolve_device(spec, "--device")
 
 
 def setup_threads(threads: int) -> int:

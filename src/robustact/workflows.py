@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustact._validate import check_eval_mode
+from robustact._validate import check_eval_mode, resolve_device
 from robustact.io import atomic_write_json, environment_info
 
 __all__ = [
@@ -95,9 +95,10 @@ def train_classifier(
     ``loss="differential"`` trains a two-class model (``classes``, default cat/dog) with the
     pairwise loss on balanced batches and sets the bias by the margin rule (SPEC §4);
     ``output_activation`` wraps the model in f(T·z) *before* training (SPEC §3).
+    ``config.seed`` seeds everything random: the split, the initial weights, the batches.
     """
     from robustact.models import create_model
-    from robustact.train import TrainConfig, Trainer, save_checkpoint
+    from robustact.train import TrainConfig, Trainer, save_checkpoint, seeded
 
     t0 = time.perf_counter()
     config = config if config is not None else TrainConfig()
@@ -107,12 +108,13 @@ def train_classifier(
         classes = ("cat", "dog")
     train, val, test = load_splits(dataset, data_root=data_root, val_fraction=val_fraction,
                                    classes=classes, seed=config.seed)
-    model = create_model(model_name, dataset=dataset, num_classes=train.num_classes,
-                         activation=activation, **(model_kwargs or {}))
-    if output_activation is not None:
-        from robustact.defenses.output_activation import add_output_activation
+    with seeded(config.seed, "model"):  # the initial weights are part of the seeded run
+        model = create_model(model_name, dataset=dataset, num_classes=train.num_classes,
+                             activation=activation, **(model_kwargs or {}))
+        if output_activation is not None:
+            from robustact.defenses.output_activation import add_output_activation
 
-        model = add_output_activation(model, output_activation, temperature)
+            model = add_output_activation(model, output_activation, temperature)
     data_desc = {"dataset": dataset, "classes": list(train.classes), "n_train": len(train),
                  "n_val": len(val) if val is not None else 0, "n_test": len(test),
                  "val_fraction": val_fraction}
@@ -150,13 +152,16 @@ def train_classifier(
 
 
 def evaluate_checkpoint(path: str | Path, *, dataset: str | None = None, split: str = "test",
-                        data_root: str | Path | None = None, limit: int | None = None
-                        ) -> dict[str, Any]:
-    """Clean accuracy of a saved model on a dataset split (the card's dataset by default)."""
+                        data_root: str | Path | None = None, limit: int | None = None,
+                        device: str | torch.device = "auto") -> dict[str, Any]:
+    """Clean accuracy of a saved model on a dataset split (the card's dataset by default).
+
+    The model runs on ``device`` (``"auto"``: CUDA when available); batches are moved there.
+    """
     from robustact.data import binary_task, load_dataset
     from robustact.train import load_checkpoint
 
-    model, card = load_checkpoint(path)
+    model, card = load_checkpoint(path, device=resolve_device(device))
     data_desc = card.get("data") or {}
     dataset = dataset or data_desc.get("dataset")
     if dataset is None:
@@ -170,7 +175,8 @@ def evaluate_checkpoint(path: str | Path, *, dataset: str | None = None, split: 
     t0 = time.perf_counter()
     acc = accuracy(model, ds)
     return {"checkpoint": str(path), "dataset": dataset, "split": split, "n": len(ds),
-            "accuracy": acc, "seconds": time.perf_counter() - t0}
+            "accuracy": acc, "device": str(next(model.parameters()).device),
+            "seconds": time.perf_counter() - t0}
 
 
 def _load_eval_data(card: dict[str, Any], dataset: str | None, split: str,
@@ -199,13 +205,16 @@ def _load_eval_data(card: dict[str, Any], dataset: str | None, split: str,
 
 
 def retrofit_checkpoint(path: str | Path, kappa: float, out: str | Path, *,
-                        data_root: str | Path | None = None, evaluate: bool = True
-                        ) -> dict[str, Any]:
-    """Retrofit a saved ReLU model with JumpReLU(κ) and save it (the card records the defense)."""
+                        data_root: str | Path | None = None, evaluate: bool = True,
+                        device: str | torch.device = "auto") -> dict[str, Any]:
+    """Retrofit a saved ReLU model with JumpReLU(κ) and save it (the card records the defense).
+
+    ``device`` is where the test accuracies are measured (``"auto"``: CUDA when available).
+    """
     from robustact.defenses import retrofit_jumprelu
     from robustact.train import load_checkpoint, save_checkpoint
 
-    model, card = load_checkpoint(path)
+    model, card = load_checkpoint(path, device=resolve_device(device))
     defended = retrofit_jumprelu(model, kappa).eval()
     metrics: dict[str, Any] = {"kappa": kappa}
     if evaluate:
@@ -220,17 +229,23 @@ def retrofit_checkpoint(path: str | Path, kappa: float, out: str | Path, *,
 
 def tune_jump_checkpoint(path: str | Path, max_drop: float, *, grid: list[float] | None = None,
                          out: str | Path | None = None, data_root: str | Path | None = None,
-                         progress: bool = True) -> dict[str, Any]:
-    """Pick κ on the checkpoint's validation split (largest κ within ``max_drop`` points)."""
+                         progress: bool = True, device: str | torch.device = "auto"
+                         ) -> dict[str, Any]:
+    """Pick κ on the checkpoint's validation split (largest κ within ``max_drop`` points).
+
+    The sweep runs on ``device`` (``"auto"``: CUDA when available).
+    """
     from robustact.defenses import paper_kappa_grid, tune_jumprelu
     from robustact.train import load_checkpoint
 
-    model, card = load_checkpoint(path)
+    dev = resolve_device(device)
+    model, card = load_checkpoint(path, device=dev)
     val = _load_eval_data(card, None, "val", data_root)
     model_cfg = card.get("model") or {}
     dataset = (card.get("data") or {}).get("dataset", "")
     grid = list(grid) if grid else list(paper_kappa_grid(model_cfg.get("name", ""), dataset))
-    tuning = tune_jumprelu(model, val.x(), val.labels, grid, max_drop, progress=progress)
+    tuning = tune_jumprelu(model, val.x().to(dev), val.labels.to(dev), grid, max_drop,
+                           progress=progress)
     result: dict[str, Any] = {
         "kappa": tuning.kappa, "max_drop_points": max_drop,
         "baseline_val_accuracy": tuning.baseline_acc,
@@ -238,17 +253,22 @@ def tune_jump_checkpoint(path: str | Path, max_drop: float, *, grid: list[float]
         "n_val": len(val),
     }
     if out is not None:
-        result.update(retrofit_checkpoint(path, tuning.kappa, out, data_root=data_root))
+        result.update(retrofit_checkpoint(path, tuning.kappa, out, data_root=data_root,
+                                          device=dev))
     return result
 
 
 def attack_checkpoint(path: str | Path, attack: str, params: dict[str, Any], *,
                       out: str | Path, split: str = "test", n: int | None = 500,
                       batch_size: int = 250, bpda: bool = False,
-                      data_root: str | Path | None = None, progress: bool = True
-                      ) -> dict[str, Any]:
+                      data_root: str | Path | None = None, progress: bool = True,
+                      device: str | torch.device = "auto") -> dict[str, Any]:
     """Run one attack on the first ``n`` examples of a split and write the adversarial examples
-    (``adversarial.safetensors``) and a JSON summary; success is re-verified independently."""
+    (``adversarial.safetensors``) and a JSON summary; success is re-verified independently.
+
+    Model and batches live on ``device`` (``"auto"``: CUDA when available); results are
+    gathered on the CPU.
+    """
     from tqdm.auto import tqdm
 
     from robustact.attacks import verify, with_bpda
@@ -257,25 +277,24 @@ def attack_checkpoint(path: str | Path, attack: str, params: dict[str, Any], *,
     from robustact.train import load_checkpoint
 
     t0 = time.perf_counter()
-    model, card = load_checkpoint(path)
+    dev = resolve_device(device)
+    model, card = load_checkpoint(path, device=dev)
     ds = _load_eval_data(card, None, split, data_root, limit=n)
     atk = create_attack(attack, **params)
     target_model = with_bpda(model) if bpda else model
-    xs, advs, succ, norms, ys = [], [], [], [], []
+    advs, succ, norms, ys, clean = [], [], [], [], []
     for i in tqdm(range(0, len(ds), batch_size), desc=f"{attack}", disable=not progress):
-        x = ds.x(slice(i, i + batch_size))
-        y = ds.labels[i:i + batch_size]
+        x = ds.x(slice(i, i + batch_size)).to(dev)
+        y = ds.labels[i:i + batch_size].to(dev)
         res = atk(target_model, x, y)
         v = verify(model, x, y, res, eps=params.get("eps"), norm=atk.norm)
-        xs.append(x)
-        advs.append(res.x_adv)
-        succ.append(v.success)
-        norms.append(res.norms)
-        ys.append(y)
-    x_all, adv, ok, nrm, y_all = (torch.cat(t) for t in (xs, advs, succ, norms, ys))
-    with torch.no_grad():
-        clean_ok = torch.cat([model(x_all[i:i + batch_size]).argmax(1)
-                              for i in range(0, len(x_all), batch_size)]) == y_all
+        with torch.no_grad():
+            clean.append((model(x).argmax(1) == y).cpu())
+        advs.append(res.x_adv.cpu())
+        succ.append(v.success.cpu())
+        norms.append(res.norms.cpu())
+        ys.append(y.cpu())
+    adv, ok, nrm, y_all, clean_ok = (torch.cat(t) for t in (advs, succ, norms, ys, clean))
     out = Path(out)
     save_tensors(out / "adversarial.safetensors",
                  {"x_adv": adv, "labels": y_all, "success": ok.to(torch.uint8)})
@@ -285,7 +304,7 @@ def attack_checkpoint(path: str | Path, attack: str, params: dict[str, Any], *,
         "clean_accuracy": float(clean_ok.double().mean()),
         "success_rate": float(ok.double().mean()),
         "robust_accuracy": float((clean_ok & ~ok).double().mean()),
-        "norm": atk.norm,
+        "norm": atk.norm, "device": str(dev),
         "median_norm_successful": float(nrm[ok].median()) if ok.any() else None,
         "seconds": time.perf_counter() - t0,
         "environment": environment_info(),
