@@ -102,6 +102,7 @@ def train_classifier(
 
     t0 = time.perf_counter()
     config = config if config is not None else TrainConfig()
+    resolve_device(config.device)  # fail before loading data, not after
     if loss not in ("ce", "differential"):
         raise ValueError(f"loss must be 'ce' or 'differential', got {loss!r}")
     if loss == "differential" and classes is None:
