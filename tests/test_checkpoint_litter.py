@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _sigkill import sigkill_at_marker
 from torch import nn
 
 import robustact.train.checkpoint as ck
@@ -41,23 +42,8 @@ def _tmps(folder: Path, name: str = "last") -> list[str]:
 
 
 def _killed_save(target: Path, marker: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_SAVE, str(target), str(marker)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120
-        while not marker.exists():
-            if proc.poll() is not None:
-                pytest.fail(f"saver exited early: {proc.stdout.read().decode()[-2000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail("saver did not reach the pause point in 120 s")
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    rc = sigkill_at_marker([sys.executable, "-c", KILLED_SAVE, str(target), str(marker)], marker)
+    assert rc == -signal.SIGKILL
 
 
 def _dead_pid() -> int:
