@@ -21,6 +21,7 @@ from torch import nn
 
 from robustact.attacks.base import Attack
 from robustact.core.storage import atomic_write_json, environment_info
+from robustact.core.validate import resolve_device as _resolve_device
 
 __all__ = [
     "DEFAULT_DATA_ROOT",
@@ -53,13 +54,8 @@ def resolve_data_root(arg: str | None) -> Path:
 
 
 def resolve_device(spec: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; anything else is passed to ``torch.device``."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(spec)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {spec!r} asked for CUDA but none is available")
-    return dev
+    """``auto`` → CUDA when available, else CPU; anything else is checked and passed on."""
+    return _resolve_device(spec, "--device")
 
 
 def setup_threads(threads: int) -> int:

@@ -7,12 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import _resume_worker as worker  # tests/ is on sys.path under pytest's default import mode
 import pytest
 import torch
+from _sigkill import sigkill_at_marker
 
 import robustact.checkpoint as ckpt_mod
 from robustact.core.storage import load_tensors
@@ -46,27 +46,12 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path: Path) -> None:
     marker = tmp_path / "paused"
     steps = worker.N_TRAIN // worker.BATCH
     pause_step = 2 * steps + 2  # third epoch, after two of its optimizer steps
-    proc = subprocess.Popen(
-        [sys.executable, str(WORKER), str(out), "--pause-at-step", str(pause_step),
-         "--marker", str(marker)],
-        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not marker.exists():
-            if proc.poll() is not None:
-                pytest.fail(f"worker exited early: {proc.stdout.read().decode()[-2000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail("worker did not reach the pause point in 120 s")
-            time.sleep(0.05)
+    def paused() -> None:
         assert read_card(out / "last")["epoch"] == 2  # the epoch-2 checkpoint exists
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+
+    rc = sigkill_at_marker([sys.executable, str(WORKER), str(out), "--pause-at-step",
+                            str(pause_step), "--marker", str(marker)], marker, before_kill=paused)
+    assert rc == -signal.SIGKILL
     assert read_card(out / "last")["epoch"] == 2  # the kill did not touch the checkpoint
 
     res = subprocess.run([sys.executable, str(WORKER), str(out), "--resume"], env=_env(),

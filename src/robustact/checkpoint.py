@@ -25,6 +25,10 @@ be accepted silently and every later number would describe a different model tha
 was evaluated. The explicit ways to change a defense write a new checkpoint
 (``robustact defend``, ``robustact retrofit``). Cards written before this check have no
 ``integrity`` entry and are read as before.
+
+A process killed mid-save leaves its ``.NAME.tmp-HOST-PID-RANDOM`` folder behind; the next save
+of ``NAME`` and the next resume from it remove such folders whose writer is gone (same host, PID
+not running), never a live writer's (see :func:`remove_stale_temporaries`).
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ import hashlib
 import json
 import os
 import shutil
+import socket
+import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -70,6 +76,8 @@ __all__ = [
     "sha256_file",
     "unwrap_model",
     "INTEGRITY_FIELDS",
+
+    "remove_stale_temporaries",
 ]
 
 CARD_FILE = "card.json"
@@ -78,6 +86,10 @@ OPTIM_FILE = "optim.safetensors"
 FORMAT = "robustact-checkpoint/1"
 #: Card fields that change the loaded model's behaviour; each is hashed into card["integrity"].
 INTEGRITY_FIELDS = ("model", "defenses", "data", "files")
+
+#: A temporary folder whose writer cannot be checked (another host, or a name without a PID from
+#: an older version) is only removed once it is this old: no save takes that long.
+STALE_TMP_SECONDS = 3600.0
 
 
 class CheckpointError(ValueError):
@@ -208,6 +220,58 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _host_tag() -> str:
+    """A short, filename-safe tag of this host (hostnames may hold dots and dashes)."""
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _tmp_dir(final: Path) -> Path:
+    """A fresh temporary sibling of ``final`` whose name says which process writes it."""
+    return final.with_name(
+        f".{final.name}.tmp-{_host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists, under another user
+        return True
+    return True
+
+
+def _writer_gone(tmp: Path) -> bool:
+    """Whether the process that created temporary folder ``tmp`` can no longer be writing it."""
+    parts = tmp.name.rsplit(".tmp-", 1)[-1].split("-")
+    if len(parts) == 3 and parts[1].isdigit() and parts[0] == _host_tag() and os.name == "posix":
+        pid = int(parts[1])
+        # Our own PID may be another thread's save in progress: leave it to that thread.
+        return pid != os.getpid() and not _pid_alive(pid)
+    try:
+        age = time.time() - tmp.stat().st_mtime
+    except OSError:
+        return False
+    return age > STALE_TMP_SECONDS
+
+
+def remove_stale_temporaries(directory: str | os.PathLike[str]) -> list[Path]:
+    """Delete the ``.NAME.tmp-*`` folders that interrupted saves of ``directory`` left behind.
+
+    Only folders whose writer is gone are removed: on this host, one whose process no longer
+    runs; otherwise (another host on a shared file system, or a name from an older version
+    without a PID) one older than :data:`STALE_TMP_SECONDS`. Returns the folders removed.
+    Called by :func:`save_checkpoint` and :func:`load_training_state`.
+    """
+    final = Path(directory)
+    removed = []
+    for tmp in final.parent.glob(f".{final.name}.tmp-*"):
+        if tmp.is_dir() and _writer_gone(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
 def _swap_in(tmp: Path, final: Path) -> None:
     """Replace directory ``final`` by ``tmp`` (both in the same parent)."""
     old = None
@@ -244,7 +308,8 @@ def save_checkpoint(
         raise ValueError(f"checkpoint directory needs a name, got {str(directory)!r}")
     final.parent.mkdir(parents=True, exist_ok=True)
     model = unwrap_model(model)
-    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+    remove_stale_temporaries(final)
+    tmp = _tmp_dir(final)
     tmp.mkdir()
     try:
         files: dict[str, dict[str, Any]] = {}
@@ -408,7 +473,12 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
 def load_training_state(path: str | os.PathLike[str], model: nn.Module,
                         optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None,
                         ) -> dict[str, Any]:
-    """Restore model, optimizer and scheduler state in place from a checkpoint (for resume)."""
+    """Restore model, optimizer and scheduler state in place from a checkpoint (for resume).
+
+    Resuming is where a run killed mid-save comes back, so its stale temporary folder next to
+    ``path`` is removed here too (:func:`remove_stale_temporaries`).
+    """
+    remove_stale_temporaries(path)
     ckpt = resolve_checkpoint(path)
     card = read_card(ckpt)
     target = unwrap_model(model)

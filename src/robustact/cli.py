@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import sys
 import traceback
 from enum import Enum
@@ -128,6 +129,53 @@ DataRoot = Annotated[
                  help="Folder with MNIST/raw, cifar-10-batches-py, cifar-100-python "
                       "(default: $ROBUSTACT_DATA, else ~/.cache/robustact/data)."),
 ]
+Threads = Annotated[
+    int | None,
+    typer.Option(min=1, help="torch CPU threads (default: the free cores, i.e. min(4, cores "
+                             "- 1-minute load average), at least 1)."),
+]
+Device = Annotated[
+    str, typer.Option(help="auto | cpu | cuda | cuda:i (auto: CUDA when available).")]
+
+
+def _default_threads() -> int:
+    """Threads for a command when ``--threads`` is not given: min(4, free cores), at least 1.
+
+    Why: torch's default, one thread per core, oversubscribes the machine as soon as anything
+    else runs, and its workers then wait on each other (benchmarks/bench_threads.py: LeNet-5 on
+    2 busy cores, 2 threads per batch took 7x the time of 1; see results/README.md). Free cores
+    are the cores this process may use minus the 1-minute load average; 4 caps the pool where
+    small models stop gaining. Pass --threads to choose.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+    try:
+        busy = round(os.getloadavg()[0])
+    except (AttributeError, OSError):  # no load average (Windows)
+        busy = 0
+    return max(1, min(4, cores - busy))
+
+
+def _set_threads(threads: int | None) -> None:
+    """Set torch's CPU threads for this CLI process (the CLI's job, never the library's)."""
+    import torch
+
+    torch.set_num_threads(threads if threads is not None else _default_threads())
+
+
+def _version(value: bool) -> None:
+    if value:
+        from robustact import __version__
+
+        typer.echo(f"robustact {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True,
+        help="Print the robustact version and exit.")] = False) -> None:
+    """robustact: activation- and loss-based adversarial defenses, evaluated honestly."""
 
 
 Download = Annotated[
@@ -173,7 +221,8 @@ def train(
     weight_decay: float = 5e-4,
     augment: Annotated[str, typer.Option(help="none | cifar (crop+flip)")] = "none",
     seed: int = 1,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    device: Device = "auto",
+    threads: Threads = None,
     val_fraction: float = 0.1,
     loss: Annotated[Loss, typer.Option(help="ce | differential (binary, pairwise)")] = Loss.ce,
     classes: Annotated[str | None, typer.Option(
@@ -197,6 +246,7 @@ def train(
     from robustact.train import TrainConfig
     from robustact.workflows import train_classifier
 
+    _set_threads(threads)
     config = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule,
         milestones=tuple(_numbers(milestones, int, "--milestones")), gamma=gamma,
@@ -221,12 +271,15 @@ def eval_(
     limit: Annotated[int | None, typer.Option(help="First N examples only.")] = None,
     data_root: DataRoot = None,
     download: Download = False,
+    device: Device = "auto",
+    threads: Threads = None,
 ) -> None:
     """Clean accuracy of a saved model."""
     from robustact.workflows import evaluate_checkpoint
 
+    _set_threads(threads)
     _echo_json(evaluate_checkpoint(model, dataset=dataset, split=split, data_root=data_root,
-                                   limit=limit, download=download))
+                                   limit=limit, download=download, device=device))
 
 
 @app.command()
@@ -236,11 +289,17 @@ def demo(
     epochs: int = 30,
     seed: int = 0,
     progress: bool = True,
+    device: Annotated[str, typer.Option(
+        help="auto | cpu | cuda | cuda:i (default cpu: the demo's models are tiny, and only "
+             "the CPU reruns bit for bit).")] = "cpu",
+    threads: Annotated[int, typer.Option(
+        min=1, help="torch CPU threads (default 1: fastest for these tiny models).")] = 1,
 ) -> None:
     """Offline end-to-end demo on scikit-learn's digits: train, defend, attack, report."""
     from robustact.demo import run_demo
 
-    summary = run_demo(out, epochs=epochs, seed=seed, progress=progress)
+    summary = run_demo(out, epochs=epochs, seed=seed, progress=progress, threads=threads,
+                       device=device)
     typer.echo(f"report: {summary['report']}")
     typer.echo(f"clean test accuracy: {summary['clean_accuracy']:.2%}")
 
@@ -253,12 +312,15 @@ def retrofit(
     force: Annotated[bool, typer.Option(help="Replace a checkpoint already in OUT.")] = False,
     data_root: DataRoot = None,
     download: Download = False,
+    device: Device = "auto",
+    threads: Threads = None,
 ) -> None:
     """Swap every ReLU of a saved model for JumpReLU(κ), without retraining."""
     from robustact.workflows import retrofit_checkpoint
 
+    _set_threads(threads)
     _echo_json(retrofit_checkpoint(model, jump, out, data_root=data_root, download=download,
-                                   force=force))
+                                   force=force, device=device))
 
 
 @app.command()
@@ -293,14 +355,17 @@ def tune_jump(
     data_root: DataRoot = None,
     download: Download = False,
     progress: bool = True,
+    device: Device = "auto",
+    threads: Threads = None,
 ) -> None:
     """Choose κ on the validation split: the largest κ within --max-drop of the ReLU accuracy."""
     from robustact.workflows import tune_jump_checkpoint
 
+    _set_threads(threads)
     values = _numbers(grid, float, "--grid") if grid else None
     _echo_json(tune_jump_checkpoint(model, max_drop, grid=values, out=out,
                                     data_root=data_root, progress=progress, download=download,
-                                    force=force))
+                                    force=force, device=device))
 
 
 @app.command(cls=_AttackListHelp)
@@ -333,11 +398,14 @@ def attack(
     data_root: DataRoot = None,
     download: Download = False,
     progress: bool = True,
+    device: Device = "auto",
+    threads: Threads = None,
 ) -> None:
     """Attack a saved model; writes the adversarial examples and a JSON summary."""
     from robustact.core.spec import parse_number, parse_params
     from robustact.workflows import attack_checkpoint
 
+    _set_threads(threads)
     params = {"eps": None if eps is None else parse_number(eps, "--eps"),
               "norm": norm, "steps": steps,
               "alpha": None if alpha is None else parse_number(alpha, "--alpha"),
@@ -352,7 +420,7 @@ def attack(
     summary = attack_checkpoint(model, attack, params, out=out, split=split, n=n,
                                 batch_size=batch_size, bpda=bpda, data_root=data_root,
                                 progress=progress, force=force,
-                                download=download)
+                                download=download, device=device)
     summary.pop("environment", None)
     for key, value in summary.get("defaults", {}).items():
         typer.echo(f"no --{key} given: using {key}={value:.6g}, the default for this dataset",

@@ -25,6 +25,7 @@ from robustact.core.validate import (
     check_model_output,
     check_positive_int,
     match_model_dtype,
+    resolve_device,
 )
 
 __all__ = [
@@ -130,6 +131,7 @@ def train_classifier(
     folder that already holds a model (``final/``, or ``train/last`` of an interrupted run) is
     refused unless ``resume`` (continue it) or ``force`` (start over and replace it).
     ``download=True`` fetches missing dataset files into the data root.
+    ``config.seed`` seeds everything random: the split, the initial weights, the batches.
     """
     if output_activation is not None and not force:
         from robustact.nn.bounded import check_temperature
@@ -185,22 +187,24 @@ def _train_classifier(
 ) -> TrainOutcome:
     """:func:`train_classifier` after its checks, with ``out_dir`` locked."""
     from robustact.models import create_model
-    from robustact.train import TrainConfig, Trainer, save_checkpoint
+    from robustact.train import TrainConfig, Trainer, save_checkpoint, seeded
 
     t0 = time.perf_counter()
     config = config if config is not None else TrainConfig()
+    resolve_device(config.device)  # fail before loading data, not after
     if loss not in ("ce", "differential"):
         raise ValueError(f"loss must be 'ce' or 'differential', got {loss!r}")
     if loss == "differential" and classes is None:
         classes = ("cat", "dog")
     train, val, test = load_splits(dataset, data_root=data_root, val_fraction=val_fraction,
                                    classes=classes, seed=config.seed, download=download)
-    model = create_model(model_name, dataset=dataset, num_classes=train.num_classes,
-                         activation=activation, **(model_kwargs or {}))
-    if output_activation is not None:
-        from robustact.defenses.output_activation import add_output_activation
+    with seeded(config.seed, "model"):  # the initial weights are part of the seeded run
+        model = create_model(model_name, dataset=dataset, num_classes=train.num_classes,
+                             activation=activation, **(model_kwargs or {}))
+        if output_activation is not None:
+            from robustact.defenses.output_activation import add_output_activation
 
-        model = add_output_activation(model, output_activation, temperature)
+            model = add_output_activation(model, output_activation, temperature)
     data_desc = {"dataset": dataset, "classes": list(train.classes), "n_train": len(train),
                  "n_val": len(val) if val is not None else 0, "n_test": len(test),
                  "val_fraction": val_fraction}
@@ -239,14 +243,18 @@ def _train_classifier(
 
 def evaluate_checkpoint(path: str | Path, *, dataset: str | None = None, split: str = "test",
                         data_root: str | Path | None = None, limit: int | None = None,
-                        download: bool = False) -> dict[str, Any]:
-    """Clean accuracy of a saved model on a dataset split (the card's dataset by default)."""
+                        download: bool = False,
+                        device: str | torch.device = "auto") -> dict[str, Any]:
+    """Clean accuracy of a saved model on a dataset split (the card's dataset by default).
+
+    The model runs on ``device`` (``"auto"``: CUDA when available); batches are moved there.
+    """
     from robustact.data import binary_task, load_dataset
     from robustact.train import load_checkpoint
 
     if limit is not None:
         check_positive_int(limit, "limit")
-    model, card = load_checkpoint(path)
+    model, card = load_checkpoint(path, device=resolve_device(device))
     data_desc = card.get("data") or {}
     dataset = dataset or data_desc.get("dataset")
     if dataset is None:
@@ -260,7 +268,8 @@ def evaluate_checkpoint(path: str | Path, *, dataset: str | None = None, split: 
     t0 = time.perf_counter()
     acc = accuracy(model, ds)
     return {"checkpoint": str(path), "dataset": dataset, "split": split, "n": len(ds),
-            "accuracy": acc, "seconds": time.perf_counter() - t0}
+            "accuracy": acc, "device": str(next(model.parameters()).device),
+            "seconds": time.perf_counter() - t0}
 
 
 def _load_eval_data(card: dict[str, Any], dataset: str | None, split: str,
@@ -295,7 +304,7 @@ def _load_eval_data(card: dict[str, Any], dataset: str | None, split: str,
 def _defend_and_save(path: str | Path, out: str | Path, defend: Callable[[nn.Module], nn.Module],
                      metrics: dict[str, Any], extra: dict[str, Any], *, before: str,
                      data_root: str | Path | None, evaluate: bool, force: bool,
-                     download: bool = False
+                     download: bool = False, device: str | torch.device = "auto"
                      ) -> dict[str, Any]:
     """Load a checkpoint, apply ``defend`` and save the result to ``out`` (locked; a checkpoint
     already there is replaced only with ``force``). With ``evaluate``, ``metrics`` gains the test
@@ -305,7 +314,7 @@ def _defend_and_save(path: str | Path, out: str | Path, defend: Callable[[nn.Mod
 
     with RunLock(out, "defended checkpoint"):
         refuse_finished(out, "card.json", "a checkpoint", force=force)
-        model, card = load_checkpoint(path)
+        model, card = load_checkpoint(path, device=resolve_device(device))
         test = (_load_eval_data(card, None, "test", data_root, download=download)
                 if evaluate else None)
         if test is not None:
@@ -369,19 +378,25 @@ def defend_checkpoint(path: str | Path, output_activation: str, temperature: flo
 def tune_jump_checkpoint(path: str | Path, max_drop: float, *, grid: list[float] | None = None,
                          out: str | Path | None = None, data_root: str | Path | None = None,
                          progress: bool = True, force: bool = False,
-                         download: bool = False) -> dict[str, Any]:
-    """Pick κ on the checkpoint's validation split (largest κ within ``max_drop`` points)."""
+                         download: bool = False, device: str | torch.device = "auto"
+                         ) -> dict[str, Any]:
+    """Pick κ on the checkpoint's validation split (largest κ within ``max_drop`` points).
+
+    The sweep runs on ``device`` (``"auto"``: CUDA when available).
+    """
     from robustact.defenses import paper_kappa_grid, tune_jumprelu
     from robustact.train import load_checkpoint
 
     if out is not None:  # refuse before tuning, not after; retrofit_checkpoint locks ``out``
         refuse_finished(out, "card.json", "a checkpoint", force=force)
-    model, card = load_checkpoint(path)
+    dev = resolve_device(device)
+    model, card = load_checkpoint(path, device=dev)
     val = _load_eval_data(card, None, "val", data_root, download=download)
     model_cfg = card.get("model") or {}
     dataset = (card.get("data") or {}).get("dataset", "")
     grid = list(grid) if grid else list(paper_kappa_grid(model_cfg.get("name", ""), dataset))
-    tuning = tune_jumprelu(model, val.x(), val.labels, grid, max_drop, progress=progress)
+    tuning = tune_jumprelu(model, val.x().to(dev), val.labels.to(dev), grid, max_drop,
+                           progress=progress)
     result: dict[str, Any] = {
         "kappa": tuning.kappa, "max_drop_points": max_drop,
         "baseline_val_accuracy": tuning.baseline_acc,
@@ -390,7 +405,8 @@ def tune_jump_checkpoint(path: str | Path, max_drop: float, *, grid: list[float]
     }
     if out is not None:
         result.update(retrofit_checkpoint(path, tuning.kappa, out, data_root=data_root,
-                                          force=force, download=download))
+                                          force=force, download=download,
+                                          device=dev))
     return result
 
 
@@ -418,7 +434,8 @@ def attack_checkpoint(path: str | Path, attack: str, params: dict[str, Any], *,
                       batch_size: int = 250, bpda: bool = False,
                       data_root: str | Path | None = None, progress: bool = True,
                       force: bool = False,
-                      download: bool = False) -> dict[str, Any]:
+                      download: bool = False,
+                      device: str | torch.device = "auto") -> dict[str, Any]:
     """Run one attack on the first ``n`` examples of a split and write the adversarial examples
     (``adversarial.safetensors``) and a JSON summary; success is re-verified independently.
 
@@ -427,7 +444,8 @@ def attack_checkpoint(path: str | Path, attack: str, params: dict[str, Any], *,
 
     ``out`` defaults to a new folder from :func:`default_attack_out`; the summary's ``out`` says
     where. ``out`` is locked while the attack runs, and one that already holds an attack's
-    results is refused unless ``force``.
+    results is refused unless ``force``. Model and batches live on ``device`` (``"auto"``:
+    CUDA when available); results are gathered on the CPU.
     """
     from robustact.train import read_card
 
@@ -439,7 +457,8 @@ def attack_checkpoint(path: str | Path, attack: str, params: dict[str, Any], *,
             refuse_finished(out, "summary.json", "an attack's results", force=force)
             summary = _attack_checkpoint(path, attack, params, out=out, split=split, n=n,
                                          batch_size=batch_size, bpda=bpda, data_root=data_root,
-                                         progress=progress, download=download)
+                                         progress=progress, download=download,
+                                         device=device)
     except BaseException:
         if made:  # do not leave an empty default folder behind a failed attack
             with contextlib.suppress(OSError):
@@ -450,7 +469,8 @@ def attack_checkpoint(path: str | Path, attack: str, params: dict[str, Any], *,
 
 def _attack_checkpoint(path: str | Path, attack: str, params: dict[str, Any], *,
                        out: Path, split: str, n: int | None, batch_size: int, bpda: bool,
-                       data_root: str | Path | None, progress: bool, download: bool
+                       data_root: str | Path | None, progress: bool, download: bool,
+                       device: str | torch.device
                        ) -> dict[str, Any]:
     """:func:`attack_checkpoint` with ``out`` chosen and locked."""
     from tqdm.auto import tqdm
@@ -464,27 +484,26 @@ def _attack_checkpoint(path: str | Path, attack: str, params: dict[str, Any], *,
         check_positive_int(n, "n")
     check_positive_int(batch_size, "batch_size")
     t0 = time.perf_counter()
-    model, card = load_checkpoint(path)
+    dev = resolve_device(device)
+    model, card = load_checkpoint(path, device=dev)
     spec, defaults = resolve_attack(attack, params,
                                     dataset=(card.get("data") or {}).get("dataset", ""))
     atk = create_attack(**spec)  # before loading data: a bad parameter fails at once
     ds = _load_eval_data(card, None, split, data_root, limit=n, download=download)
     target_model = with_bpda(model) if bpda else model
-    xs, advs, succ, norms, ys = [], [], [], [], []
+    advs, succ, norms, ys, clean = [], [], [], [], []
     for i in tqdm(range(0, len(ds), batch_size), desc=f"{attack}", disable=not progress):
-        x = ds.x(slice(i, i + batch_size))
-        y = ds.labels[i:i + batch_size]
+        x = ds.x(slice(i, i + batch_size)).to(dev)
+        y = ds.labels[i:i + batch_size].to(dev)
         res = atk(target_model, x, y)
         v = verify(model, x, y, res, eps=atk.spec().get("eps"), norm=atk.norm)
-        xs.append(x)
-        advs.append(res.x_adv)
-        succ.append(v.success)
-        norms.append(res.norms)
-        ys.append(y)
-    x_all, adv, ok, nrm, y_all = (torch.cat(t) for t in (xs, advs, succ, norms, ys))
-    with torch.no_grad():
-        clean_ok = torch.cat([model(x_all[i:i + batch_size]).argmax(1)
-                              for i in range(0, len(x_all), batch_size)]) == y_all
+        with torch.no_grad():
+            clean.append((model(x).argmax(1) == y).cpu())
+        advs.append(res.x_adv.cpu())
+        succ.append(v.success.cpu())
+        norms.append(res.norms.cpu())
+        ys.append(y.cpu())
+    adv, ok, nrm, y_all, clean_ok = (torch.cat(t) for t in (advs, succ, norms, ys, clean))
     out = Path(out)
     save_tensors(out / "adversarial.safetensors",
                  {"x_adv": adv, "labels": y_all, "success": ok.to(torch.uint8)})
@@ -495,7 +514,7 @@ def _attack_checkpoint(path: str | Path, attack: str, params: dict[str, Any], *,
         "clean_accuracy": float(clean_ok.double().mean()),
         "success_rate": float(ok.double().mean()),
         "robust_accuracy": float((clean_ok & ~ok).double().mean()),
-        "norm": atk.norm,
+        "norm": atk.norm, "device": str(dev),
         "median_norm_successful": float(nrm[ok].median()) if ok.any() else None,
         "seconds": time.perf_counter() - t0,
         "environment": environment_info(),

@@ -22,6 +22,7 @@ __all__ = [
     "check_positive_int",
     "check_model_output",
     "match_model_dtype",
+    "resolve_device",
 ]
 
 
@@ -150,3 +151,31 @@ def check_eval_mode(model: nn.Module, what: str = "this operation") -> None:
             f"the model is in train mode; call model.eval() before {what} "
             "(dropout and batch-norm updates would make results wrong and non-reproducible)"
         )
+
+
+def resolve_device(spec: str | torch.device, name: str = "device") -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:i"`` as given.
+
+    Why here: every command that runs a model takes a device, and asking for CUDA on a machine
+    without it must fail up front with one line naming the option, not deep inside a forward.
+    """
+    if isinstance(spec, torch.device):
+        dev = spec
+    elif spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    elif isinstance(spec, str) and (spec == "cpu" or spec.split(":")[0] == "cuda"):
+        try:
+            dev = torch.device(spec)
+        except RuntimeError as e:
+            raise ValueError(f"{name} must be 'auto', 'cpu', 'cuda' or 'cuda:i', got {spec!r}"
+                             ) from e
+    else:
+        raise ValueError(f"{name} must be 'auto', 'cpu', 'cuda' or 'cuda:i', got {spec!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name} is {str(spec)!r} but CUDA is not available on this machine "
+                             "(use 'cpu' or 'auto')")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{name} is {str(spec)!r} but only {torch.cuda.device_count()} CUDA "
+                             "device(s) exist")
+    return dev

@@ -28,6 +28,7 @@ from robustact.train.trainer import (
     jumprelu_mnist_config,
     jumprelu_resnet_config,
     jumprelu_robust_hook,
+    seeded,
 )
 
 __all__ = [
@@ -54,4 +55,5 @@ __all__ = [
     "random_crop_flip",
     "read_card",
     "save_checkpoint",
+    "seeded",
 ]

@@ -31,7 +31,8 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ from robustact.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from robustact.core.validate import check_images, check_labels, check_positive_int
+from robustact.core.validate import check_images, check_labels, check_positive_int, resolve_device
 from robustact.train.augment import AUGMENTATIONS, get_augmentation
 from robustact.train.schedules import SCHEDULES, LRSchedule
 
@@ -62,6 +63,7 @@ __all__ = [
     "fgsm_batch_hook",
     "balanced_batches",
     "derive_seed",
+    "seeded",
     "as_tensors",
     "jumprelu_mnist_config",
     "jumprelu_alexlike_config",
@@ -280,6 +282,20 @@ def derive_seed(seed: int, epoch: int, stream: str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+@contextmanager
+def seeded(seed: int, stream: str = "init") -> Iterator[None]:
+    """Run a block with torch's CPU RNG seeded from ``(seed, stream)``, then restore it.
+
+    Why: layers draw their initial weights from the global RNG, so a run's ``seed`` must seed
+    model construction too, or two runs with the same seed start from different weights. The
+    caller's RNG state is left as it was (no global state changes behind the user's back);
+    distinct ``stream`` names give independent draws from one seed (e.g. two models).
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, 0, stream))
+        yield
+
+
 def _balanced_layout(labels: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, int, int]:
     """(classes, samples per class per batch, number of batches) for balanced batches."""
     classes, counts = torch.unique(labels, return_counts=True)
@@ -409,12 +425,7 @@ class Trainer:
     # -- helpers --------------------------------------------------------------------------------
     @staticmethod
     def _resolve_device(spec: str) -> torch.device:
-        if spec == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        dev = torch.device(spec)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"TrainConfig.device is {spec!r} but CUDA is not available")
-        return dev
+        return resolve_device(spec, "TrainConfig.device")
 
     @staticmethod
     def _num_classes(model: nn.Module) -> int | None:
