@@ -23,6 +23,8 @@ from typing import Annotated, Any, NoReturn
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+from robustact import __version__
+
 #: Exceptions that mean "the input was wrong" rather than "robustact has a bug". ValueError covers
 #: CheckpointError, DataFormatError, TrainingDivergedError; OSError covers missing or unreadable
 #: files (DatasetNotFoundError, DownloadError).
@@ -114,12 +116,22 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"robustact {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _options(
     ctx: typer.Context,
     debug: Annotated[bool, typer.Option(
         "--debug", help="On an error, print the full traceback too.")] = False,
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True,
+        help="Print the robustact version and exit.")] = False,
 ) -> None:
+    """robustact: activation- and loss-based adversarial defenses, evaluated honestly."""
     ctx.meta[_DEBUG_KEY] = debug
 
 
@@ -161,21 +173,6 @@ def _set_threads(threads: int | None) -> None:
     import torch
 
     torch.set_num_threads(threads if threads is not None else _default_threads())
-
-
-def _version(value: bool) -> None:
-    if value:
-        from robustact import __version__
-
-        typer.echo(f"robustact {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(version: Annotated[bool, typer.Option(
-        "--version", callback=_version, is_eager=True,
-        help="Print the robustact version and exit.")] = False) -> None:
-    """robustact: activation- and loss-based adversarial defenses, evaluated honestly."""
 
 
 Download = Annotated[
@@ -333,13 +330,17 @@ def defend(
     force: Annotated[bool, typer.Option(help="Replace a checkpoint already in OUT.")] = False,
     data_root: DataRoot = None,
     download: Download = False,
+    device: Device = "auto",
+    threads: Threads = None,
 ) -> None:
     """Give a trained model the output activation f(T·z) for inference (e.g. trained at T = 1
     with `train --output-activation sigmoid`, evaluated at T = 100), without retraining."""
     from robustact.workflows import defend_checkpoint
 
+    _set_threads(threads)
     _echo_json(defend_checkpoint(model, output_activation, temperature, out,
-                                 data_root=data_root, force=force, download=download))
+                                 data_root=data_root, force=force, download=download,
+                                 device=device))
 
 
 @app.command("tune-jump")

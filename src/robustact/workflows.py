@@ -330,20 +330,22 @@ def _defend_and_save(path: str | Path, out: str | Path, defend: Callable[[nn.Mod
 
 def retrofit_checkpoint(path: str | Path, kappa: float, out: str | Path, *,
                         data_root: str | Path | None = None, evaluate: bool = True,
-                        force: bool = False, download: bool = False) -> dict[str, Any]:
+                        force: bool = False, download: bool = False,
+                        device: str | torch.device = "auto") -> dict[str, Any]:
     """Retrofit a saved ReLU model with JumpReLU(κ) and save it (the card records the defense)."""
     from robustact.defenses import retrofit_jumprelu
 
     return _defend_and_save(path, out, lambda m: retrofit_jumprelu(m, kappa), {"kappa": kappa},
                             {"retrofit_of": str(path)}, before="test_accuracy_relu",
                             data_root=data_root, evaluate=evaluate, force=force,
-                            download=download)
+                            download=download, device=device)
 
 
 def defend_checkpoint(path: str | Path, output_activation: str, temperature: float,
                       out: str | Path, *, data_root: str | Path | None = None,
                       evaluate: bool = True, force: bool = False,
-                      download: bool = False) -> dict[str, Any]:
+                      download: bool = False, device: str | torch.device = "auto"
+                      ) -> dict[str, Any]:
     """Give a trained model the output activation f(T·z) for inference, and save it.
 
     The working protocol for this defense (docs/choices.md): train with f at T = 1 (``train
@@ -370,7 +372,8 @@ def defend_checkpoint(path: str | Path, output_activation: str, temperature: flo
     result = _defend_and_save(path, out, defend,
                               {"output_activation": output_activation, "temperature": t},
                               extra, before="test_accuracy_before", data_root=data_root,
-                              evaluate=evaluate, force=force, download=download)
+                              evaluate=evaluate, force=force, download=download,
+                              device=device)
     result["previous_output_activation"] = previous or None
     return result
 
