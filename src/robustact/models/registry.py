@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from robustact.nn.factory import ActivationSpec, activation_factory
+from robustact.nn.factory import ActivationSpec, activation_factory, parse_activation_spec
 from robustact.nn.normalize import DATASET_STATS
 
 __all__ = ["register_model", "create_model", "available_models", "DATASET_SHAPES"]
@@ -41,6 +41,25 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
 
 def _ensure_loaded() -> None:
     import robustact.models  # noqa: F401  (registers the architectures)
+
+
+def _splash_needs_norm(activation: ActivationSpec, model: nn.Module) -> bool:
+    """Whether a SPLASH spec should get its own input standardization in this model.
+
+    SPLASH assumes BatchNorm in front of it (SPEC §2). A model with no BatchNorm at all
+    (LeNet-5, LeNetLike, AlexLike, MLP, SmallCNN, NIN/All-CNN with ``batchnorm=False``) feeds
+    it raw pre-activations, and its per-layer slopes then make SGD diverge at the learning
+    rates ReLU trains with; ``norm=True`` standardizes each SPLASH input instead. A spec that
+    sets ``norm`` itself, and factories passed as callables, are left as they are. Deciding
+    from the built model (not a list of names) keeps the rule right for every architecture and
+    option, and a card rebuilds the same model because the rule is re-applied to its spec.
+    """
+    if not isinstance(activation, str):
+        return False
+    name, kwargs = parse_activation_spec(activation)
+    if name != "splash" or "norm" in kwargs:
+        return False
+    return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def available_models() -> list[str]:
@@ -87,16 +106,20 @@ def create_model(
     in_channels = in_channels or 1
     if mean is None:
         mean, std = (0.5,) * in_channels, (0.5,) * in_channels
-    act = activation_factory(activation)
-    model = _MODELS[key](
-        num_classes=num_classes,
-        activation=act,
-        in_channels=in_channels,
-        input_size=input_size,
-        mean=tuple(mean),
-        std=tuple(std),
-        **kwargs,
-    )
+    def build(act: Callable[[int], nn.Module]) -> nn.Module:
+        return _MODELS[key](
+            num_classes=num_classes,
+            activation=act,
+            in_channels=in_channels,
+            input_size=input_size,
+            mean=tuple(mean),
+            std=tuple(std),
+            **kwargs,
+        )
+
+    model = build(activation_factory(activation))
+    if _splash_needs_norm(activation, model):
+        model = build(activation_factory(activation, norm=True))
     # Everything needed to rebuild this exact architecture from a checkpoint card.
     spec = activation if isinstance(activation, str) else getattr(activation, "spec", None)
     model.robustact_config = {  # type: ignore[assignment]

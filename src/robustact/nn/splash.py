@@ -244,6 +244,14 @@ class SPLASH(nn.Module):
             instead of one per layer.
         fused: use the memory-lean autograd function (default); False runs the literal sum
             (:func:`splash_reference`), for checking and benchmarking.
+        norm: standardize the input per channel (a BatchNorm without affine parameters, batch
+            statistics in training and running ones in eval) before the hinges. The paper puts
+            SPLASH after BatchNorm (SPEC §2) and its offsets and shared slopes assume that: in a
+            network without normalization (LeNet-5, MLPs) a per-layer slope scales every unit
+            of its layer at once, the layer gains and the pre-activation spread grow together,
+            and SGD at ReLU's learning rate diverges within a few dozen steps (so does PReLU).
+            :func:`robustact.models.create_model` turns this on for models that have no
+            BatchNorm of their own unless the spec sets it; default off.
         kernel: how the fused function runs. ``"auto"`` (default): the C++ CPU kernel
             (``_splash_kernel``, built on first use and cached by PyTorch) for CPU
             float32/float64 inputs, else (CUDA, other dtypes, no compiler) the eager PyTorch
@@ -256,7 +264,8 @@ class SPLASH(nn.Module):
     """
 
     def __init__(self, num_features: int = 1, S: int = 7, b_max: float = 2.5,
-                 per_channel: bool = False, fused: bool = True, kernel: str = "auto") -> None:
+                 per_channel: bool = False, fused: bool = True, kernel: str = "auto",
+                 norm: bool = False) -> None:
         super().__init__()
         self.kernel = _check_kernel(kernel, "kernel")
         self.S = _check_s(S)
@@ -277,6 +286,12 @@ class SPLASH(nn.Module):
         self.a_neg = nn.Parameter(torch.zeros(shape))
         self.register_buffer("b", torch.linspace(0.0, self.b_max, k))
         self.register_buffer("scale", torch.tensor(1.0))
+        if not isinstance(norm, bool):
+            raise ValueError(f"SPLASH norm must be true or false, got {norm!r}")
+        self.norm = norm
+        if norm:
+            self.register_buffer("running_mean", torch.zeros(num_features))
+            self.register_buffer("running_var", torch.ones(num_features))
         self._delta_cache: tuple[tuple[int, ...], float] | None = None
         # L[s, j] = 1 where hinge s (0..K−1 positive, K..2K−1 negative) is on in interval j
         # (intervals right to left); see _tables. Not saved: it is a function of S.
@@ -352,6 +367,8 @@ class SPLASH(nn.Module):
                     f"got input of shape {tuple(x.shape)}"
                 )
             channels = self.num_features
+        if self.norm:
+            x = self._standardize(x)
         if not self.fused:
             return splash_reference(x, self.a_pos.to(x.dtype), self.a_neg.to(x.dtype),
                                     self.offsets.to(x.dtype))
@@ -359,8 +376,20 @@ class SPLASH(nn.Module):
         m, c = self._tables(x.dtype)
         return _SplashFunction.apply(x, m, c, -1.0 / self._delta(), self.K, channels, ext)
 
+    def _standardize(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-channel (dim 1) standardization, as a BatchNorm without affine parameters."""
+        if x.ndim < 2 or x.shape[1] != self.num_features:
+            raise ValueError(
+                f"SPLASH with norm=true was built for {self.num_features} channels (dim 1) but "
+                f"got input of shape {tuple(x.shape)}"
+            )
+        return nn.functional.batch_norm(x, self.running_mean, self.running_var,
+                                        training=self.training, momentum=0.1, eps=1e-5)
+
     def extra_repr(self) -> str:
         s = f"num_features={self.num_features}, S={self.S}, b_max={self.b_max:g}"
+        if self.norm:
+            s += ", norm=True"
         if self.per_channel:
             s += ", per_channel=True"
         if not self.fused:
@@ -380,7 +409,8 @@ def calibrate_splash(model: nn.Module, x: torch.Tensor) -> list[str]:
     eval mode (BatchNorm running statistics are not updated) and put back as it was.
     Returns the names of the calibrated layers.
     """
-    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, SPLASH)]
+    # Layers with norm=True standardize their input already: their offsets stay unit-scale.
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, SPLASH) and not m.norm]
     stds: dict[str, float] = {}
 
     def recorder(name: str) -> Any:
@@ -406,8 +436,8 @@ def calibrate_splash(model: nn.Module, x: torch.Tensor) -> list[str]:
 
 @register_activation("splash")
 def _build_splash(num_features: int, S: int = 7, b_max: float = 2.5, per_channel: bool = False,
-                  fused: bool = True, kernel: str = "auto") -> nn.Module:
+                  fused: bool = True, kernel: str = "auto", norm: bool = False) -> nn.Module:
     """Factory builder: ``"splash"``, ``"splash:S=5,per_channel=true"``,
-    ``"splash:kernel=eager"``."""
+    ``"splash:kernel=eager"``, ``"splash:norm=true"``."""
     return SPLASH(num_features, S=S, b_max=b_max, per_channel=per_channel, fused=fused,
-                  kernel=kernel)
+                  kernel=kernel, norm=norm)
