@@ -27,8 +27,9 @@ take about ten passes and several activation-sized temporaries, which made a Res
 training step ~1.35× ReLU's; with the kernel it is ~1.1×. Both compute the same interval
 index and the same products (values and input gradients are bitwise equal; the slope
 gradients agree to summation order). ``kernel="auto"`` (default) uses the kernel where it can
-and runs eager otherwise (a failed build warns once); ``kernel="eager"``/``"cpp"`` or
-``ROBUSTACT_SPLASH_KERNEL`` force one.
+and runs eager otherwise (a failed build warns once); ``kernel="eager"``/``"cpp"`` (spec
+``splash:kernel=eager``) force one. The choice is the layer's own option, fixed when it is built:
+nothing is read from the environment on the forward pass.
 
 At a hinge exactly (up to rounding of x/Δ), the derivative is the left-hand piece's. Any value
 between the one-sided derivatives is a valid choice; the naive definition's autograd (relu'(0) =
@@ -41,7 +42,6 @@ memory are measured by ``benchmarks/bench_splash.py``.
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import torch
@@ -50,11 +50,8 @@ from torch import nn
 from robustact.nn import _splash_kernel
 from robustact.nn.factory import register_activation
 
-__all__ = ["SPLASH", "splash_reference", "calibrate_splash", "splash_implementation", "KERNEL_ENV"]
+__all__ = ["SPLASH", "splash_reference", "calibrate_splash", "splash_implementation"]
 
-#: Environment variable that picks the implementation for SPLASH layers left at
-#: ``kernel="auto"``: ``auto`` (default), ``eager`` (never compile) or ``cpp`` (require the kernel).
-KERNEL_ENV = "ROBUSTACT_SPLASH_KERNEL"
 _KERNEL_MODES = ("auto", "eager", "cpp")
 
 
@@ -73,8 +70,6 @@ def _select_kernel(mode: str, x: torch.Tensor) -> Any:
     ``cpp`` insists: an unsupported input or a failed build raises instead of falling back, so
     a benchmark or test that asks for the kernel cannot silently measure the eager path.
     """
-    if mode == "auto":
-        mode = _check_kernel(os.environ.get(KERNEL_ENV, "auto"), f"${KERNEL_ENV}")
     if mode == "eager":
         return None
     if not _splash_kernel.supports(x):
@@ -255,8 +250,7 @@ class SPLASH(nn.Module):
         kernel: how the fused function runs. ``"auto"`` (default): the C++ CPU kernel
             (``_splash_kernel``, built on first use and cached by PyTorch) for CPU
             float32/float64 inputs, else (CUDA, other dtypes, no compiler) the eager PyTorch
-            ops; the environment variable ``ROBUSTACT_SPLASH_KERNEL`` overrides ``"auto"``.
-            ``"eager"``: always the PyTorch ops (the reference). ``"cpp"``: always the kernel,
+            ops. ``"eager"``: always the PyTorch ops (the reference). ``"cpp"``: always the kernel,
             raising if it cannot run.
 
     Buffers: ``b`` (the unit offsets, shape ((S+1)/2,)) and ``scale`` (0-d, set by calibration).
