@@ -25,7 +25,6 @@ from _helpers import gen
 
 from robustact.nn import _splash_kernel, activation_factory
 from robustact.nn.splash import (
-    KERNEL_ENV,
     SPLASH,
     _select_kernel,
     splash_implementation,
@@ -63,18 +62,23 @@ def test_selection_never_builds_for_unsupported_inputs(monkeypatch: pytest.Monke
         raise AssertionError("load() must not be called")
 
     monkeypatch.setattr(_splash_kernel, "load", no_build)
-    monkeypatch.delenv(KERNEL_ENV, raising=False)
     for x in (torch.zeros(3, dtype=torch.float16), torch.zeros(3, dtype=torch.bfloat16),
               torch.zeros(3, device="meta")):
         assert _select_kernel("auto", x) is None
         with pytest.raises(ValueError, match="float32/float64"):
             _select_kernel("cpp", x)
     assert _select_kernel("eager", torch.zeros(3)) is None
-    monkeypatch.setenv(KERNEL_ENV, "eager")  # the variable overrides "auto" only
-    assert _select_kernel("auto", torch.zeros(3)) is None
-    monkeypatch.setenv(KERNEL_ENV, "sometimes")
-    with pytest.raises(ValueError, match=KERNEL_ENV):
-        _select_kernel("auto", torch.zeros(3))
+
+
+def test_kernel_choice_reads_no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The layer's ``kernel`` option is the whole choice: the old per-call variable is inert
+    (an invalid value used to raise on every forward pass)."""
+    monkeypatch.setenv("ROBUSTACT_SPLASH_KERNEL", "sometimes")
+    m = SPLASH(3, kernel="eager")
+    x = torch.randn(2, 3, generator=_gen(0))
+    assert torch.equal(m(x), torch.relu(x))
+    assert _select_kernel("eager", torch.zeros(3)) is None
+    assert SPLASH(3)(torch.zeros(2, 3, dtype=torch.float16)).dtype == torch.float16  # auto
 
 
 def test_failed_build_falls_back_to_eager_once(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -87,7 +91,6 @@ def test_failed_build_falls_back_to_eager_once(monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.setattr(_splash_kernel, "_cache", {})  # a fresh process, as far as load() knows
     monkeypatch.setattr(_splash_kernel, "_build", broken_build)
-    monkeypatch.delenv(KERNEL_ENV, raising=False)
     m = SPLASH(3, S=5)
     with torch.no_grad():
         m.a_pos.normal_(generator=gen(0))
@@ -246,12 +249,10 @@ def test_kernel_sums_do_not_depend_on_threads(ext: ModuleType) -> None:
 
 
 def test_auto_uses_the_kernel_when_built(ext: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(KERNEL_ENV, raising=False)
+    monkeypatch.setenv("ROBUSTACT_SPLASH_KERNEL", "eager")  # no longer consulted
     assert _select_kernel("auto", torch.zeros(2)) is ext
     assert _select_kernel("auto", torch.zeros(2, dtype=torch.float64)) is ext
     assert splash_implementation(torch.zeros(2)) == "cpp"
     assert splash_implementation(torch.zeros(2), "eager") == "eager"
     assert splash_implementation(torch.zeros(2, dtype=torch.float16)) == "eager"
-    monkeypatch.setenv(KERNEL_ENV, "eager")
-    assert _select_kernel("auto", torch.zeros(2)) is None
-    assert _select_kernel("cpp", torch.zeros(2)) is ext  # the module's own choice wins
+    assert _select_kernel("cpp", torch.zeros(2)) is ext

@@ -12,6 +12,7 @@ from typing import Any
 from torch import nn
 
 from robustact.core.registry import Registry
+from robustact.core.spec import format_spec, parse_spec
 from robustact.data.catalog import dataset_info
 from robustact.nn.factory import ActivationSpec, activation_factory
 
@@ -23,6 +24,26 @@ _MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Class decorator: make the architecture buildable as ``create_model(name)``."""
     return _MODELS.register(name)
+
+
+def _splash_needs_norm(activation: ActivationSpec, model: nn.Module) -> bool:
+    """Whether a SPLASH spec should get its own input standardization in this model.
+
+    SPLASH assumes BatchNorm in front of it (papers.md §2). A model with no BatchNorm at all
+    (LeNet-5, LeNetLike, AlexLike, MLP, SmallCNN, NIN/All-CNN with ``batchnorm=False``) feeds
+    it raw pre-activations, and its per-layer slopes then make SGD diverge at the learning
+    rates ReLU trains with; ``norm=True`` standardizes each SPLASH input instead. A spec that
+    sets ``norm`` itself, and factories passed as callables, are left as they are. Deciding
+    from the built model (not a list of names) keeps the rule right for every architecture and
+    option; the resolved spec (``norm=true`` written out) is what the card records, so a card
+    rebuilds the same model even if this default ever changes.
+    """
+    if not isinstance(activation, str):
+        return False
+    name, kwargs = parse_spec(activation)
+    if name != "splash" or "norm" in kwargs:
+        return False
+    return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def available_models() -> list[str]:
@@ -47,7 +68,7 @@ def create_model(
     ``num_classes``, ``in_channels``, ``input_size``, ``mean`` and ``std`` is not given. Every
     architecture accepts those five keywords plus ``activation`` (a spec string or a factory).
     """
-    build = _MODELS.get(name)
+    arch = _MODELS.get(name)  # an unknown name fails here, before any work
     key = name.lower()
     if dataset is not None:
         info = dataset_info(dataset)
@@ -62,16 +83,23 @@ def create_model(
     in_channels = in_channels or 1
     if mean is None:
         mean, std = (0.5,) * in_channels, (0.5,) * in_channels
-    act = activation_factory(activation)
-    model = build(
-        num_classes=num_classes,
-        activation=act,
-        in_channels=in_channels,
-        input_size=input_size,
-        mean=tuple(mean),
-        std=tuple(std),
-        **kwargs,
-    )
+
+    def build(act: Callable[[int], nn.Module]) -> nn.Module:
+        return arch(
+            num_classes=num_classes,
+            activation=act,
+            in_channels=in_channels,
+            input_size=input_size,
+            mean=tuple(mean),
+            std=tuple(std),
+            **kwargs,
+        )
+
+    model = build(activation_factory(activation))
+    if _splash_needs_norm(activation, model):
+        act_name, params = parse_spec(activation)  # type: ignore[arg-type]
+        activation = format_spec(act_name, {**params, "norm": True})  # the card records the rule
+        model = build(activation_factory(activation))
     # Everything needed to rebuild this exact architecture from a checkpoint card.
     spec = activation if isinstance(activation, str) else getattr(activation, "spec", None)
     model.robustact_config = {  # type: ignore[assignment]

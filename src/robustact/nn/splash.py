@@ -27,8 +27,9 @@ take about ten passes and several activation-sized temporaries, which made a Res
 training step ~1.35× ReLU's; with the kernel it is ~1.1×. Both compute the same interval
 index and the same products (values and input gradients are bitwise equal; the slope
 gradients agree to summation order). ``kernel="auto"`` (default) uses the kernel where it can
-and runs eager otherwise (a failed build warns once); ``kernel="eager"``/``"cpp"`` or
-``ROBUSTACT_SPLASH_KERNEL`` force one.
+and runs eager otherwise (a failed build warns once); ``kernel="eager"``/``"cpp"`` (spec
+``splash:kernel=eager``) force one. The choice is the layer's own option, fixed when it is built:
+nothing is read from the environment on the forward pass.
 
 At a hinge exactly (up to rounding of x/Δ), the derivative is the left-hand piece's. Any value
 between the one-sided derivatives is a valid choice; the naive definition's autograd (relu'(0) =
@@ -41,7 +42,6 @@ memory are measured by ``benchmarks/bench_splash.py``.
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import torch
@@ -50,11 +50,8 @@ from torch import nn
 from robustact.nn import _splash_kernel
 from robustact.nn.factory import register_activation
 
-__all__ = ["SPLASH", "splash_reference", "calibrate_splash", "splash_implementation", "KERNEL_ENV"]
+__all__ = ["SPLASH", "splash_reference", "calibrate_splash", "splash_implementation"]
 
-#: Environment variable that picks the implementation for SPLASH layers left at
-#: ``kernel="auto"``: ``auto`` (default), ``eager`` (never compile) or ``cpp`` (require the kernel).
-KERNEL_ENV = "ROBUSTACT_SPLASH_KERNEL"
 _KERNEL_MODES = ("auto", "eager", "cpp")
 
 
@@ -73,8 +70,6 @@ def _select_kernel(mode: str, x: torch.Tensor) -> Any:
     ``cpp`` insists: an unsupported input or a failed build raises instead of falling back, so
     a benchmark or test that asks for the kernel cannot silently measure the eager path.
     """
-    if mode == "auto":
-        mode = _check_kernel(os.environ.get(KERNEL_ENV, "auto"), f"${KERNEL_ENV}")
     if mode == "eager":
         return None
     if not _splash_kernel.supports(x):
@@ -244,11 +239,18 @@ class SPLASH(nn.Module):
             instead of one per layer.
         fused: use the memory-lean autograd function (default); False runs the literal sum
             (:func:`splash_reference`), for checking and benchmarking.
+        norm: standardize the input per channel (a BatchNorm without affine parameters, batch
+            statistics in training and running ones in eval) before the hinges. The paper puts
+            SPLASH after BatchNorm (papers.md §2) and its offsets and shared slopes assume that: in a
+            network without normalization (LeNet-5, MLPs) a per-layer slope scales every unit
+            of its layer at once, the layer gains and the pre-activation spread grow together,
+            and SGD at ReLU's learning rate diverges within a few dozen steps (so does PReLU).
+            :func:`robustact.models.create_model` turns this on for models that have no
+            BatchNorm of their own unless the spec sets it; default off.
         kernel: how the fused function runs. ``"auto"`` (default): the C++ CPU kernel
             (``_splash_kernel``, built on first use and cached by PyTorch) for CPU
             float32/float64 inputs, else (CUDA, other dtypes, no compiler) the eager PyTorch
-            ops; the environment variable ``ROBUSTACT_SPLASH_KERNEL`` overrides ``"auto"``.
-            ``"eager"``: always the PyTorch ops (the reference). ``"cpp"``: always the kernel,
+            ops. ``"eager"``: always the PyTorch ops (the reference). ``"cpp"``: always the kernel,
             raising if it cannot run.
 
     Buffers: ``b`` (the unit offsets, shape ((S+1)/2,)) and ``scale`` (0-d, set by calibration).
@@ -256,7 +258,8 @@ class SPLASH(nn.Module):
     """
 
     def __init__(self, num_features: int = 1, S: int = 7, b_max: float = 2.5,
-                 per_channel: bool = False, fused: bool = True, kernel: str = "auto") -> None:
+                 per_channel: bool = False, fused: bool = True, kernel: str = "auto",
+                 norm: bool = False) -> None:
         super().__init__()
         self.kernel = _check_kernel(kernel, "kernel")
         self.S = _check_s(S)
@@ -277,6 +280,12 @@ class SPLASH(nn.Module):
         self.a_neg = nn.Parameter(torch.zeros(shape))
         self.register_buffer("b", torch.linspace(0.0, self.b_max, k))
         self.register_buffer("scale", torch.tensor(1.0))
+        if not isinstance(norm, bool):
+            raise ValueError(f"SPLASH norm must be true or false, got {norm!r}")
+        self.norm = norm
+        if norm:
+            self.register_buffer("running_mean", torch.zeros(num_features))
+            self.register_buffer("running_var", torch.ones(num_features))
         self._delta_cache: tuple[tuple[int, ...], float] | None = None
         # L[s, j] = 1 where hinge s (0..K−1 positive, K..2K−1 negative) is on in interval j
         # (intervals right to left); see _tables. Not saved: it is a function of S.
@@ -352,6 +361,8 @@ class SPLASH(nn.Module):
                     f"got input of shape {tuple(x.shape)}"
                 )
             channels = self.num_features
+        if self.norm:
+            x = self._standardize(x)
         if not self.fused:
             return splash_reference(x, self.a_pos.to(x.dtype), self.a_neg.to(x.dtype),
                                     self.offsets.to(x.dtype))
@@ -359,8 +370,20 @@ class SPLASH(nn.Module):
         m, c = self._tables(x.dtype)
         return _SplashFunction.apply(x, m, c, -1.0 / self._delta(), self.K, channels, ext)
 
+    def _standardize(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-channel (dim 1) standardization, as a BatchNorm without affine parameters."""
+        if x.ndim < 2 or x.shape[1] != self.num_features:
+            raise ValueError(
+                f"SPLASH with norm=true was built for {self.num_features} channels (dim 1) but "
+                f"got input of shape {tuple(x.shape)}"
+            )
+        return nn.functional.batch_norm(x, self.running_mean, self.running_var,
+                                        training=self.training, momentum=0.1, eps=1e-5)
+
     def extra_repr(self) -> str:
         s = f"num_features={self.num_features}, S={self.S}, b_max={self.b_max:g}"
+        if self.norm:
+            s += ", norm=True"
         if self.per_channel:
             s += ", per_channel=True"
         if not self.fused:
@@ -380,7 +403,8 @@ def calibrate_splash(model: nn.Module, x: torch.Tensor) -> list[str]:
     eval mode (BatchNorm running statistics are not updated) and put back as it was.
     Returns the names of the calibrated layers.
     """
-    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, SPLASH)]
+    # Layers with norm=True standardize their input already: their offsets stay unit-scale.
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, SPLASH) and not m.norm]
     stds: dict[str, float] = {}
 
     def recorder(name: str) -> Any:
@@ -406,8 +430,8 @@ def calibrate_splash(model: nn.Module, x: torch.Tensor) -> list[str]:
 
 @register_activation("splash")
 def _build_splash(num_features: int, S: int = 7, b_max: float = 2.5, per_channel: bool = False,
-                  fused: bool = True, kernel: str = "auto") -> nn.Module:
+                  fused: bool = True, kernel: str = "auto", norm: bool = False) -> nn.Module:
     """Factory builder: ``"splash"``, ``"splash:S=5,per_channel=true"``,
-    ``"splash:kernel=eager"``."""
+    ``"splash:kernel=eager"``, ``"splash:norm=true"``."""
     return SPLASH(num_features, S=S, b_max=b_max, per_channel=per_channel, fused=fused,
-                  kernel=kernel)
+                  kernel=kernel, norm=norm)
