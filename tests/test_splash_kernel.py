@@ -75,7 +75,7 @@ def test_kernel_choice_reads_no_environment(monkeypatch: pytest.MonkeyPatch) -> 
     (an invalid value used to raise on every forward pass)."""
     monkeypatch.setenv("ROBUSTACT_SPLASH_KERNEL", "sometimes")
     m = SPLASH(3, kernel="eager")
-    x = torch.randn(2, 3, generator=_gen(0))
+    x = torch.randn(2, 3, generator=gen(0))
     assert torch.equal(m(x), torch.relu(x))
     assert _select_kernel("eager", torch.zeros(3)) is None
     assert SPLASH(3)(torch.zeros(2, 3, dtype=torch.float16)).dtype == torch.float16  # auto

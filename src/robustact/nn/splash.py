@@ -241,8 +241,8 @@ class SPLASH(nn.Module):
             (:func:`splash_reference`), for checking and benchmarking.
         norm: standardize the input per channel (a BatchNorm without affine parameters, batch
             statistics in training and running ones in eval) before the hinges. The paper puts
-            SPLASH after BatchNorm (papers.md §2) and its offsets and shared slopes assume that: in a
-            network without normalization (LeNet-5, MLPs) a per-layer slope scales every unit
+            SPLASH after BatchNorm (papers.md §2) and its offsets and shared slopes assume that:
+            in a network without normalization (LeNet-5, MLPs) a per-layer slope scales every unit
             of its layer at once, the layer gains and the pre-activation spread grow together,
             and SGD at ReLU's learning rate diverges within a few dozen steps (so does PReLU).
             :func:`robustact.models.create_model` turns this on for models that have no
