@@ -141,6 +141,21 @@ def test_success_is_genuine_and_within_budget(tiny, attack) -> None:
     assert int(res.queries.sum()) == counter.rows - x.shape[0]  # + the base's final judgement
 
 
+@pytest.mark.parametrize("attack", [RayS(eps=0.1, n_queries=500),
+                                    HopSkipJump(eps=0.5, n_queries=1500, seed=1),
+                                    HopSkipJump(eps=0.1, norm="linf", n_queries=1500, seed=1)],
+                         ids=["rays", "hsj-l2", "hsj-linf"])
+def test_a_small_budget_breaks_some_and_returns_x_for_the_rest(tiny, attack) -> None:
+    # the boundary of the rest is farther than ε: the point found there must not be returned
+    # (it is adversarial, but not within the budget the result claims)
+    model, x, y = tiny
+    res = attack(model, x, y)
+    assert 0.2 <= res.success_rate <= 0.8, "precondition: ε splits the samples"
+    checked = verify(model, x, y, res)
+    assert checked.mismatch == 0 and bool(checked.in_budget.all())
+    assert torch.equal(res.x_adv[~res.success], x[~res.success])
+
+
 @pytest.mark.parametrize("make", [lambda: RayS(n_queries=300),
                                   lambda: HopSkipJump(n_queries=800, seed=2)],
                          ids=["rays", "hsj"])
