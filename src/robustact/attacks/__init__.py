@@ -1,8 +1,9 @@
 """Attacks: ``attack(model, x, y, target=None) -> AttackResult`` (see :mod:`.base`).
 
 Fixed-budget gradient attacks (FGSM, BIM, I-FGSM, PGD, MIM, APGD), minimum-norm attacks
-(DeepFool, C&W-L2, trust region), the query-based Square attack, BPDA and transfer wrappers for
-adaptive / black-box evaluation, and :func:`verify` to re-check any result independently.
+(DeepFool, C&W-L2, trust region), the query-based Square attack, the label-only (decision-
+based) RayS and HopSkipJump, BPDA and transfer wrappers for adaptive / black-box evaluation,
+and :func:`verify` to re-check any result independently.
 """
 
 from robustact.attacks._utils import clip_to_box, normalize_direction, project, random_start
@@ -13,8 +14,10 @@ from robustact.attacks.bpda import BPDA, default_substitutes, with_bpda
 from robustact.attacks.cw import CarliniWagnerL2
 from robustact.attacks.deepfool import DeepFool
 from robustact.attacks.fgsm import FGSM
+from robustact.attacks.hopskipjump import HopSkipJump
 from robustact.attacks.mim import MIM
 from robustact.attacks.pgd import PGD
+from robustact.attacks.rays import RayS
 from robustact.attacks.square import Square
 from robustact.attacks.transfer import TransferAttack
 from robustact.attacks.trust_region import TrustRegion
@@ -29,10 +32,12 @@ __all__ = [
     "CarliniWagnerL2",
     "DeepFool",
     "FGSM",
+    "HopSkipJump",
     "IFGSM",
     "LogitsView",
     "MIM",
     "PGD",
+    "RayS",
     "Square",
     "TransferAttack",
     "TrustRegion",

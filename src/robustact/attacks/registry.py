@@ -20,8 +20,10 @@ from robustact.attacks.bim import BIM, IFGSM
 from robustact.attacks.cw import CarliniWagnerL2
 from robustact.attacks.deepfool import DeepFool
 from robustact.attacks.fgsm import FGSM
+from robustact.attacks.hopskipjump import HopSkipJump
 from robustact.attacks.mim import MIM
 from robustact.attacks.pgd import PGD
+from robustact.attacks.rays import RayS
 from robustact.attacks.square import Square
 from robustact.attacks.trust_region import TrustRegion
 from robustact.core.spec import ParameterError, parse_spec
@@ -52,7 +54,8 @@ DEFAULT_BUDGETS: dict[str, dict[str, float]] = {
 #: Every registered attack by its one name (the class's ``name``). The transfer attack is not
 #: here: its surrogate is a model, not a parameter a spec can carry.
 ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (
-    FGSM, BIM, IFGSM, PGD, MIM, APGD, DeepFool, CarliniWagnerL2, TrustRegion, Square)}
+    FGSM, BIM, IFGSM, PGD, MIM, APGD, DeepFool, CarliniWagnerL2, TrustRegion, Square,
+    RayS, HopSkipJump)}
 
 
 def available_attacks() -> list[str]:
