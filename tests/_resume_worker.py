@@ -57,7 +57,7 @@ def build() -> tuple[nn.Module, Pair, Pair, TrainConfig]:
         model = TinyNet()
     config = TrainConfig(
         epochs=EPOCHS, batch_size=BATCH, lr=0.05, schedule="cosine", augment="cifar", seed=7,
-        device="cpu", num_threads=1, weight_decay=5e-4, momentum=0.9,
+        device="cpu", weight_decay=5e-4, momentum=0.9,
     )
     return model, (x[:N_TRAIN], y[:N_TRAIN]), (x[N_TRAIN:], y[N_TRAIN:]), config
 

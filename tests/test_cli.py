@@ -145,7 +145,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
 
     threads = torch.get_num_threads()
     summary = run_demo(tmp_path / "demo", epochs=2, progress=False)
-    assert torch.get_num_threads() == threads  # restored
+    assert torch.get_num_threads() == threads  # the library never changes the thread count
     report = (tmp_path / "demo" / "report.md").read_text()
     assert "claimed vs. adaptive" in report
     assert (tmp_path / "demo" / "robustness.png").stat().st_size > 1000

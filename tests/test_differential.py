@@ -162,8 +162,7 @@ def test_differential_training_separates_a_toy_set() -> None:
                          torch.tensor([0.3, 0.7, 0.4, 0.6]))
     x = (centre + 0.08 * torch.randn(n, 4, generator=g)).clamp(0, 1).view(n, 1, 2, 2)
     model = Net(d=8)
-    cfg = TrainConfig(epochs=15, batch_size=16, lr=0.2, schedule="constant", device="cpu",
-                      num_threads=1)
+    cfg = TrainConfig(epochs=15, batch_size=16, lr=0.2, schedule="constant", device="cpu")
     history, info = differential_train(model, (x, y), (x, y), cfg)
     assert info["gap"] > 0  # separated in score space
     model.eval()

@@ -20,10 +20,23 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
+import torch
 import typer
 from typer.core import TyperCommand, TyperGroup
 
 from robustact import __version__
+from robustact.attacks.registry import available_attacks
+from robustact.core.spec import parse_number, parse_params
+from robustact.demo import run_demo
+from robustact.train import TrainConfig
+from robustact.workflows import (
+    attack_checkpoint,
+    defend_checkpoint,
+    evaluate_checkpoint,
+    retrofit_checkpoint,
+    train_classifier,
+    tune_jump_checkpoint,
+)
 
 #: Exceptions that mean "the input was wrong" rather than "robustact has a bug". ValueError covers
 #: CheckpointError, DataFormatError, TrainingDivergedError; OSError covers missing or unreadable
@@ -95,8 +108,6 @@ class _AttackListHelp(TyperCommand):
     """
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
-        from robustact.attacks.registry import available_attacks
-
         names = " | ".join(available_attacks())
         for p in self.params:
             if getattr(p, "help", None) and "{attacks}" in p.help:  # type: ignore[attr-defined]
@@ -170,8 +181,6 @@ def _default_threads() -> int:
 
 def _set_threads(threads: int | None) -> None:
     """Set torch's CPU threads for this CLI process (the CLI's job, never the library's)."""
-    import torch
-
     torch.set_num_threads(threads if threads is not None else _default_threads())
 
 
@@ -240,9 +249,6 @@ def train(
 
     For the output-activation defense train at T = 1 and raise T afterwards with `defend`.
     """
-    from robustact.train import TrainConfig
-    from robustact.workflows import train_classifier
-
     _set_threads(threads)
     config = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule,
@@ -272,8 +278,6 @@ def eval_(
     threads: Threads = None,
 ) -> None:
     """Clean accuracy of a saved model."""
-    from robustact.workflows import evaluate_checkpoint
-
     _set_threads(threads)
     _echo_json(evaluate_checkpoint(model, dataset=dataset, split=split, data_root=data_root,
                                    limit=limit, download=download, device=device))
@@ -293,10 +297,8 @@ def demo(
         min=1, help="torch CPU threads (default 1: fastest for these tiny models).")] = 1,
 ) -> None:
     """Offline end-to-end demo on scikit-learn's digits: train, defend, attack, report."""
-    from robustact.demo import run_demo
-
-    summary = run_demo(out, epochs=epochs, seed=seed, progress=progress, threads=threads,
-                       device=device)
+    _set_threads(threads)
+    summary = run_demo(out, epochs=epochs, seed=seed, progress=progress, device=device)
     typer.echo(f"report: {summary['report']}")
     typer.echo(f"clean test accuracy: {summary['clean_accuracy']:.2%}")
 
@@ -313,8 +315,6 @@ def retrofit(
     threads: Threads = None,
 ) -> None:
     """Swap every ReLU of a saved model for JumpReLU(κ), without retraining."""
-    from robustact.workflows import retrofit_checkpoint
-
     _set_threads(threads)
     _echo_json(retrofit_checkpoint(model, jump, out, data_root=data_root, download=download,
                                    force=force, device=device))
@@ -335,8 +335,6 @@ def defend(
 ) -> None:
     """Give a trained model the output activation f(T·z) for inference (e.g. trained at T = 1
     with `train --output-activation sigmoid`, evaluated at T = 100), without retraining."""
-    from robustact.workflows import defend_checkpoint
-
     _set_threads(threads)
     _echo_json(defend_checkpoint(model, output_activation, temperature, out,
                                  data_root=data_root, force=force, download=download,
@@ -360,8 +358,6 @@ def tune_jump(
     threads: Threads = None,
 ) -> None:
     """Choose κ on the validation split: the largest κ within --max-drop of the ReLU accuracy."""
-    from robustact.workflows import tune_jump_checkpoint
-
     _set_threads(threads)
     values = _numbers(grid, float, "--grid") if grid else None
     _echo_json(tune_jump_checkpoint(model, max_drop, grid=values, out=out,
@@ -403,9 +399,6 @@ def attack(
     threads: Threads = None,
 ) -> None:
     """Attack a saved model; writes the adversarial examples and a JSON summary."""
-    from robustact.core.spec import parse_number, parse_params
-    from robustact.workflows import attack_checkpoint
-
     _set_threads(threads)
     params = {"eps": None if eps is None else parse_number(eps, "--eps"),
               "norm": norm, "steps": steps,

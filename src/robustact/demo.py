@@ -14,8 +14,14 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 
+from robustact.attacks import PGD, verify, with_bpda
 from robustact.core.storage import atomic_write_json, environment_info
+from robustact.core.validate import resolve_device
+from robustact.defenses import add_output_activation, retrofit_jumprelu, tune_jumprelu
+from robustact.models import create_model
 from robustact.report import Report
+from robustact.train import TrainConfig, Trainer, save_checkpoint, seeded
+from robustact.workflows import accuracy, load_splits
 
 __all__ = ["run_demo"]
 
@@ -47,8 +53,6 @@ def _robust_accuracy(model: Any, attack: Any, x: torch.Tensor, y: torch.Tensor,
     ``attacked`` is the module the attack differentiates (e.g. a BPDA wrapper); success is
     always re-verified on ``model`` itself.
     """
-    from robustact.attacks import verify
-
     res = attack(attacked if attacked is not None else model, x, y)
     v = verify(model, x, y, res, eps=eps, norm=attack.norm)
     return float((v.clean_correct & ~v.success).double().mean())
@@ -69,7 +73,7 @@ def _curve_figure(eps_grid: list[float], curves: dict[str, list[float]]) -> Figu
 
 
 def run_demo(out: str | Path = "runs/demo", *, epochs: int = 30, seed: int = 0,
-             progress: bool = True, threads: int | None = 1,
+             progress: bool = True,
              device: str | torch.device = "cpu", n_attack: int | None = None
              ) -> dict[str, Any]:
     """Train, defend, attack and report on the digits set; returns a summary dict.
@@ -83,32 +87,17 @@ def run_demo(out: str | Path = "runs/demo", *, epochs: int = 30, seed: int = 0,
     All randomness (split, both models' initial weights, batches, PGD's random starts) derives
     from ``seed``, so on the CPU the same seed and thread count give the same report, bit for bit.
 
-    ``threads``: torch CPU threads for the run (restored afterwards). One is fastest for these
-    tiny models: extra threads only add synchronisation overhead. ``device``: where models and
+    Threads are the caller's choice (``robustact demo`` uses one: fastest for these tiny models;
+    the library never changes torch's thread count). ``device``: where models and
     attacks run (``"cpu"`` by default: these models are too small to gain from a GPU, and only
     the CPU gives bit-identical reruns). ``n_attack``: attack only the first N test images
     (the attacks take most of the time; for quick checks), all of them by default.
     """
-    from robustact.core.validate import resolve_device
-
-    dev = resolve_device(device)
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        return _run_demo(Path(out), epochs, seed, progress, dev, n_attack)
-    finally:
-        torch.set_num_threads(previous)
+    return _run_demo(Path(out), epochs, seed, progress, resolve_device(device), n_attack)
 
 
 def _run_demo(out: Path, epochs: int, seed: int, progress: bool, device: torch.device,
               n_attack: int | None) -> dict[str, Any]:
-    from robustact.attacks import PGD, with_bpda
-    from robustact.defenses import add_output_activation, retrofit_jumprelu, tune_jumprelu
-    from robustact.models import create_model
-    from robustact.train import TrainConfig, Trainer, save_checkpoint, seeded
-    from robustact.workflows import accuracy, load_splits
-
     t0 = time.perf_counter()
     train, val, test = load_splits("digits", val_fraction=0.1, seed=seed)
     with seeded(seed, "model"):

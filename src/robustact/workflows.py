@@ -17,9 +17,12 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
+from robustact.attacks import verify, with_bpda
+from robustact.attacks.registry import create_attack, resolve_attack
 from robustact.core.runlock import RunLock, refuse_finished
-from robustact.core.storage import atomic_write_json, environment_info
+from robustact.core.storage import atomic_write_json, environment_info, save_tensors
 from robustact.core.validate import (
     check_eval_mode,
     check_model_output,
@@ -27,6 +30,21 @@ from robustact.core.validate import (
     match_model_dtype,
     resolve_device,
 )
+from robustact.data import binary_task, load_dataset, train_val_split
+from robustact.defenses import paper_kappa_grid, retrofit_jumprelu, tune_jumprelu
+from robustact.defenses.output_activation import OutputActivationModel, add_output_activation
+from robustact.models import create_model
+from robustact.nn.bounded import check_temperature
+from robustact.train import (
+    TrainConfig,
+    Trainer,
+    as_tensors,
+    load_checkpoint,
+    read_card,
+    save_checkpoint,
+    seeded,
+)
+from robustact.train.recipes import differential_train
 
 __all__ = [
     "TrainOutcome",
@@ -68,8 +86,6 @@ def load_splits(dataset: str, *, data_root: str | Path | None = None, val_fracti
                 classes: tuple[str | int, str | int] | None = None, seed: int = 0,
                 download: bool = False) -> tuple[Any, Any, Any]:
     """(train, val, test) ImageDatasets; ``classes`` keeps two classes relabelled 0/1."""
-    from robustact.data import binary_task, load_dataset, train_val_split
-
     train = load_dataset(dataset, "train", root=data_root, download=download)
     test = load_dataset(dataset, "test", root=data_root, download=download)
     if classes is not None:
@@ -85,8 +101,6 @@ def load_splits(dataset: str, *, data_root: str | Path | None = None, val_fracti
 def accuracy(model: nn.Module, data: Any, batch_size: int = 500,
              device: str | torch.device | None = None) -> float:
     """Clean accuracy (in [0, 1]) of a model in eval mode on an ImageDataset or (x, y)."""
-    from robustact.train.trainer import as_tensors
-
     check_eval_mode(model, "measuring accuracy")
     check_positive_int(batch_size, "batch_size")
     x, y = as_tensors(data, "data")
@@ -134,8 +148,6 @@ def train_classifier(
     ``config.seed`` seeds everything random: the split, the initial weights, the batches.
     """
     if output_activation is not None and not force:
-        from robustact.nn.bounded import check_temperature
-
         t = check_temperature(temperature)
         if t > MAX_TRAIN_TEMPERATURE:
             raise ValueError(
@@ -186,9 +198,6 @@ def _train_classifier(
     model_kwargs: dict[str, Any] | None,
 ) -> TrainOutcome:
     """:func:`train_classifier` after its checks, with ``out_dir`` locked."""
-    from robustact.models import create_model
-    from robustact.train import TrainConfig, Trainer, save_checkpoint, seeded
-
     t0 = time.perf_counter()
     config = config if config is not None else TrainConfig()
     resolve_device(config.device)  # fail before loading data, not after
@@ -202,8 +211,6 @@ def _train_classifier(
         model = create_model(model_name, dataset=dataset, num_classes=train.num_classes,
                              activation=activation, **(model_kwargs or {}))
         if output_activation is not None:
-            from robustact.defenses.output_activation import add_output_activation
-
             model = add_output_activation(model, output_activation, temperature)
     data_desc = {"dataset": dataset, "classes": list(train.classes), "n_train": len(train),
                  "n_val": len(val) if val is not None else 0, "n_test": len(test),
@@ -211,8 +218,6 @@ def _train_classifier(
     run_dir = Path(out_dir) / "train" if out_dir is not None else None
     extra: dict[str, Any] = {}
     if loss == "differential":
-        from robustact.train.recipes import differential_train
-
         history, bias_info = differential_train(model, train, val, config, out_dir=run_dir,
                                                 resume=resume, progress=progress)
         extra["bias"] = bias_info
@@ -249,9 +254,6 @@ def evaluate_checkpoint(path: str | Path, *, dataset: str | None = None, split: 
 
     The model runs on ``device`` (``"auto"``: CUDA when available); batches are moved there.
     """
-    from robustact.data import binary_task, load_dataset
-    from robustact.train import load_checkpoint
-
     if limit is not None:
         check_positive_int(limit, "limit")
     model, card = load_checkpoint(path, device=resolve_device(device))
@@ -277,8 +279,6 @@ def _load_eval_data(card: dict[str, Any], dataset: str | None, split: str,
                     download: bool = False) -> Any:
     """The split a checkpoint was evaluated on; the validation split is re-carved exactly as in
     training (same fraction and seed), so tuning never touches the test set."""
-    from robustact.data import binary_task, load_dataset, train_val_split
-
     data_desc = card.get("data") or {}
     dataset = dataset or data_desc.get("dataset")
     if dataset is None:
@@ -310,8 +310,6 @@ def _defend_and_save(path: str | Path, out: str | Path, defend: Callable[[nn.Mod
     already there is replaced only with ``force``). With ``evaluate``, ``metrics`` gains the test
     accuracy before (key ``before``, measured first: ``defend`` may change the model in place)
     and after the defense."""
-    from robustact.train import load_checkpoint, save_checkpoint
-
     with RunLock(out, "defended checkpoint"):
         refuse_finished(out, "card.json", "a checkpoint", force=force)
         model, card = load_checkpoint(path, device=resolve_device(device))
@@ -333,8 +331,6 @@ def retrofit_checkpoint(path: str | Path, kappa: float, out: str | Path, *,
                         force: bool = False, download: bool = False,
                         device: str | torch.device = "auto") -> dict[str, Any]:
     """Retrofit a saved ReLU model with JumpReLU(κ) and save it (the card records the defense)."""
-    from robustact.defenses import retrofit_jumprelu
-
     return _defend_and_save(path, out, lambda m: retrofit_jumprelu(m, kappa), {"kappa": kappa},
                             {"retrofit_of": str(path)}, before="test_accuracy_relu",
                             data_root=data_root, evaluate=evaluate, force=force,
@@ -354,9 +350,6 @@ def defend_checkpoint(path: str | Path, output_activation: str, temperature: flo
     ones); otherwise one is added, which at a high T can cost clean accuracy on a model trained
     without it (float32 saturation ties logits), so the metrics report both accuracies.
     """
-    from robustact.defenses.output_activation import OutputActivationModel, add_output_activation
-    from robustact.nn.bounded import check_temperature
-
     t = check_temperature(temperature)
     previous: dict[str, Any] = {}
 
@@ -387,9 +380,6 @@ def tune_jump_checkpoint(path: str | Path, max_drop: float, *, grid: list[float]
 
     The sweep runs on ``device`` (``"auto"``: CUDA when available).
     """
-    from robustact.defenses import paper_kappa_grid, tune_jumprelu
-    from robustact.train import load_checkpoint
-
     if out is not None:  # refuse before tuning, not after; retrofit_checkpoint locks ``out``
         refuse_finished(out, "card.json", "a checkpoint", force=force)
     dev = resolve_device(device)
@@ -450,8 +440,6 @@ def attack_checkpoint(path: str | Path, attack: str, params: dict[str, Any], *,
     results is refused unless ``force``. Model and batches live on ``device`` (``"auto"``:
     CUDA when available); results are gathered on the CPU.
     """
-    from robustact.train import read_card
-
     read_card(path)  # a missing or edited checkpoint fails before any folder is made
     made = out is None
     out = Path(out) if out is not None else default_attack_out(path, attack)
@@ -476,13 +464,6 @@ def _attack_checkpoint(path: str | Path, attack: str, params: dict[str, Any], *,
                        device: str | torch.device
                        ) -> dict[str, Any]:
     """:func:`attack_checkpoint` with ``out`` chosen and locked."""
-    from tqdm.auto import tqdm
-
-    from robustact.attacks import verify, with_bpda
-    from robustact.attacks.registry import create_attack, resolve_attack
-    from robustact.core.storage import save_tensors
-    from robustact.train import load_checkpoint
-
     if n is not None:
         check_positive_int(n, "n")
     check_positive_int(batch_size, "batch_size")

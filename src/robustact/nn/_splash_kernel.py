@@ -64,7 +64,7 @@ def _compiler() -> str:
 
 def toolchain_available() -> bool:
     """True when a C++ compiler and ninja are on PATH (needed to build; not to load a build)."""
-    from torch.utils.cpp_extension import is_ninja_available
+    from torch.utils.cpp_extension import is_ninja_available  # lazy: setuptools, build only
 
     return shutil.which(_compiler()) is not None and is_ninja_available()
 
@@ -100,7 +100,7 @@ def source() -> str:
 
 
 def _build() -> ModuleType:
-    from torch.utils.cpp_extension import load_inline
+    from torch.utils.cpp_extension import load_inline  # lazy: setuptools, build only
 
     cflags, ldflags = _flags()
     cap = torch.backends.cpu.get_cpu_capability().lower()

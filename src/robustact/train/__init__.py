@@ -1,8 +1,12 @@
-"""Training: the trainer, LR schedules, tensor augmentation, safetensors checkpoints, resume.
+"""Training: config, the loop, recipes (differential, adversarial batches), schedules, augmentation.
 
-See :mod:`robustact.train.trainer` for the extension points (loss, batch hook, model wrapper,
-callbacks) and the determinism contract, and :mod:`robustact.checkpoint` for the on-disk
-format and its crash safety.
+- :mod:`~robustact.train.config`: :class:`TrainConfig` and the papers' presets;
+- :mod:`~robustact.train.loop`: :class:`Trainer`, its extension points (loss, batch hook, model
+  wrapper, callbacks) and the determinism contract;
+- :mod:`~robustact.train.batches`: dataset tensors, seeds, batch orders;
+- :mod:`~robustact.train.recipes`: differential training, FGSM batch hooks.
+
+Checkpoints live in :mod:`robustact.checkpoint` (re-exported here for convenience).
 """
 
 from robustact.checkpoint import (
@@ -14,24 +18,20 @@ from robustact.checkpoint import (
     save_checkpoint,
 )
 from robustact.train.augment import crop_flip, get_augmentation, random_crop_flip
-from robustact.train.schedules import LRSchedule, lr_at
-from robustact.train.trainer import (
-    Callback,
+from robustact.train.batches import as_tensors, balanced_batches, derive_seed, seeded
+from robustact.train.config import (
     TrainConfig,
-    Trainer,
     TrainingDivergedError,
-    balanced_batches,
-    cross_entropy_loss,
-    derive_seed,
-    fgsm_batch_hook,
     jumprelu_alexlike_config,
     jumprelu_mnist_config,
     jumprelu_resnet_config,
-    jumprelu_robust_hook,
-    seeded,
 )
+from robustact.train.loop import Callback, Trainer, cross_entropy_loss
+from robustact.train.recipes import fgsm_batch_hook, jumprelu_robust_hook
+from robustact.train.schedules import LRSchedule, lr_at
 
 __all__ = [
+    "as_tensors",
     "Callback",
     "CheckpointError",
     "LRSchedule",

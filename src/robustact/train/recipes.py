@@ -1,14 +1,18 @@
-"""Differential-training helpers: the margin bias and a one-call training recipe (papers.md §4).
+"""Training recipes on top of the loop: differential training and adversarial batches.
 
-The pairwise loss (:mod:`robustact.losses.differential`) fixes the score direction w but not
-the bias, because b cancels in every pair. Nar et al. then put the decision boundary in the
-middle of the gap between the classes on the training set::
+Differential training (papers.md §4): the pairwise loss (:mod:`robustact.losses.differential`)
+fixes the score direction w but not the bias, because b cancels in every pair. Nar et al.
+then put the decision boundary in the middle of the gap between the classes on the training
+set::
 
     b = −½ (min_{i ∈ pos} wᵀφ(x_i) + max_{j ∈ neg} wᵀφ(x_j))
 
 so the lowest-scoring positive and the highest-scoring negative are equally far from it.
 With the 2-output head convention (w = W[pos] − W[neg]), b is split as b_pos = b/2,
 b_neg = −b/2, which makes z_pos − z_neg = wᵀφ + b exactly.
+
+Adversarial batches (papers.md §1): a batch hook replaces part of each batch by attack examples
+crafted with :mod:`robustact.attacks`, the same attacks the evaluation uses.
 """
 
 from __future__ import annotations
@@ -20,10 +24,20 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustact.attacks.fgsm import FGSM
 from robustact.losses.differential import DifferentialLoss, find_classifier, score_direction
-from robustact.train.trainer import TrainConfig, Trainer, as_tensors
+from robustact.train.batches import as_tensors
+from robustact.train.config import TrainConfig
+from robustact.train.loop import BatchHook, Trainer
 
-__all__ = ["margin_scores", "set_bias_by_margin", "differential_train", "MarginBiasCallback"]
+__all__ = [
+    "MarginBiasCallback",
+    "differential_train",
+    "fgsm_batch_hook",
+    "jumprelu_robust_hook",
+    "margin_scores",
+    "set_bias_by_margin",
+]
 
 
 @torch.no_grad()
@@ -124,3 +138,42 @@ def differential_train(
     # again: it is a pure function of the weights and costs one pass).
     info = set_bias_by_margin(trainer.model, train_data, positive_class)
     return history, info
+
+
+# --- adversarial batches ---------------------------------------------------------------------
+
+def fgsm_batch_hook(fraction: float, eps: float) -> BatchHook:
+    """Replace the first ``round(fraction·N)`` samples of each batch by FGSM examples.
+
+    The JumpReLU paper's "robust" variants (MNIST: 0.3 at ε 0.3; CIFAR: 0.6 at ε 0.031). The
+    batch is already shuffled, so the first samples are a random subset. Examples are crafted
+    with the model in eval mode (no dropout, batch-norm statistics untouched), then train mode is
+    restored; only the input gradient is computed, so no ``param.grad`` is touched.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    attack = FGSM(eps)  # the attack suite's FGSM: one implementation, checked there
+
+    def hook(model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        k = int(round(fraction * x.shape[0]))
+        if k == 0 or eps == 0:
+            return x, y
+        was_training = model.training
+        model.eval()
+        try:
+            x_adv = attack(model, x[:k], y[:k]).x_adv
+        finally:
+            model.train(was_training)
+        return torch.cat([x_adv, x[k:]]), y
+
+    return hook
+
+
+def jumprelu_robust_hook(dataset: str) -> BatchHook:
+    """The FGSM hook of the JumpReLU paper's robust variants for ``"mnist"`` or ``"cifar10"``."""
+    if dataset == "mnist":
+        return fgsm_batch_hook(0.3, 0.3)
+    if dataset == "cifar10":
+        return fgsm_batch_hook(0.6, 0.031)
+    raise ValueError(f"no robust-variant recipe for dataset {dataset!r}; use fgsm_batch_hook")

@@ -1,4 +1,4 @@
-"""The trainer: one loop for every recipe of the papers, with seams where the recipes differ.
+"""The training loop: one loop for every recipe of the papers, with seams where they differ.
 
 Extension points (so new recipes slot in without touching the loop):
 
@@ -6,8 +6,9 @@ Extension points (so new recipes slot in without touching the loop):
   training (:class:`robustact.losses.differential.DifferentialLoss`) plugs in here. ``model`` is
   the module the forward should go through (the wrapped one under DDP).
 - ``batch_hook(model, x, y, step) -> (x, y)``: rewrites each batch before the forward, e.g. the
-  FGSM replacement of the JumpReLU paper's robust variants (:func:`fgsm_batch_hook`). ``model`` is
-  the unwrapped module; ``step`` the global optimizer step.
+  FGSM replacement of the JumpReLU paper's robust variants
+  (:func:`robustact.train.recipes.fgsm_batch_hook`). ``model`` is the unwrapped module;
+  ``step`` the global optimizer step.
 - ``wrap_model(model) -> module``: e.g. DistributedDataParallel. The trainer keeps the unwrapped
   module for checkpoints and hooks. (Sharding data across ranks and writing checkpoints from one
   rank only — ``out_dir=None`` elsewhere — are the caller's job.)
@@ -26,13 +27,10 @@ seeding applies but cuDNN/atomics may still be non-deterministic.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +38,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from robustact.checkpoint import (
     CheckpointError,
@@ -48,28 +47,19 @@ from robustact.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from robustact.core.validate import check_images, check_labels, check_positive_int, resolve_device
-from robustact.train.augment import AUGMENTATIONS, get_augmentation
-from robustact.train.schedules import SCHEDULES, LRSchedule
+from robustact.core.validate import check_labels, resolve_device
+from robustact.train.augment import get_augmentation
+from robustact.train.batches import (
+    as_tensors,
+    balanced_batches,
+    balanced_layout,
+    derive_seed,
+    to_float,
+)
+from robustact.train.config import TRAJECTORY_FIELDS, TrainConfig, TrainingDivergedError
+from robustact.train.schedules import LRSchedule
 
-__all__ = [
-    "TrainConfig",
-    "Trainer",
-    "TrainingDivergedError",
-    "Callback",
-    "LossFn",
-    "BatchHook",
-    "cross_entropy_loss",
-    "fgsm_batch_hook",
-    "balanced_batches",
-    "derive_seed",
-    "seeded",
-    "as_tensors",
-    "jumprelu_mnist_config",
-    "jumprelu_alexlike_config",
-    "jumprelu_resnet_config",
-    "jumprelu_robust_hook",
-]
+__all__ = ["BatchHook", "Callback", "LossFn", "Trainer", "cross_entropy_loss"]
 
 log = logging.getLogger("robustact.train")
 
@@ -80,251 +70,12 @@ LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor],
 BatchHook = Callable[[nn.Module, torch.Tensor, torch.Tensor, int],
                      tuple[torch.Tensor, torch.Tensor]]
 
-# Fields that define the training trajectory: a resumed run must use the same values.
-_TRAJECTORY_FIELDS = ("batch_size", "optimizer", "lr", "momentum", "weight_decay", "nesterov",
-                      "schedule", "milestones", "gamma", "warmup_epochs", "augment", "seed",
-                      "balanced", "epochs", "betas")
-
-
-class TrainingDivergedError(FloatingPointError, ValueError):
-    """The training loss became NaN or infinite (usually: the learning rate is too high).
-
-    A ``ValueError`` too, because the fix is a different argument, not a code change: the CLI
-    reports it as a user error in one line.
-    """
-
-
-@dataclass
-class TrainConfig:
-    """Everything that determines a training run; JSON-serialisable (``to_dict``/``from_dict``).
-
-    ``milestones`` are 0-based epoch indices (see :mod:`robustact.train.schedules`);
-    ``checkpoint_every`` is in epochs; ``log_every`` is the number of steps between progress-bar
-    updates (each update syncs the device); ``num_threads`` sets torch's CPU threads for the
-    duration of ``fit`` only; ``balanced`` draws class-balanced batches (differential training).
-    """
-
-    epochs: int = 10
-    batch_size: int = 128
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = False
-    schedule: str = "step"
-    milestones: tuple[int, ...] = ()
-    gamma: float = 0.1
-    warmup_epochs: int = 0
-    augment: str = "none"
-    seed: int = 1
-    device: str = "auto"
-    checkpoint_every: int = 1
-    log_every: int = 20
-    num_threads: int | None = None
-    balanced: bool = False
-    eval_batch_size: int = 512
-    betas: tuple[float, float] = (0.9, 0.999)
-
-    def __post_init__(self) -> None:
-        self.milestones = tuple(int(m) for m in self.milestones)
-        self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
-        positive_ints = ("epochs", "batch_size", "checkpoint_every", "log_every", "eval_batch_size")
-        for name in positive_ints:
-            check_positive_int(getattr(self, name), name)
-        def bad(name: str, rule: str) -> ValueError:
-            return ValueError(f"{name} must be {rule}, got {getattr(self, name)!r}")
-
-        if self.optimizer not in ("sgd", "adam"):
-            raise bad("optimizer", "'sgd' or 'adam'")
-        if self.schedule not in SCHEDULES:
-            raise bad("schedule", f"one of {SCHEDULES}")
-        if self.augment not in AUGMENTATIONS:
-            raise bad("augment", f"one of {AUGMENTATIONS}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise bad("lr", "a positive number")
-        if not 0 <= self.momentum < 1:
-            raise bad("momentum", "in [0, 1)")
-        if self.weight_decay < 0:
-            raise bad("weight_decay", ">= 0")
-        if not 0 < self.gamma <= 1:
-            raise bad("gamma", "in (0, 1]")
-        if not 0 <= self.warmup_epochs <= self.epochs:
-            raise bad("warmup_epochs", f"in [0, epochs={self.epochs}]")
-        if any(m < 0 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
-            raise bad("milestones", "increasing epoch indices >= 0")
-        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            raise bad("device", "'auto', 'cpu' or 'cuda[:i]'")
-        if self.num_threads is not None and self.num_threads < 1:
-            raise bad("num_threads", ">= 1 or None")
-        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
-            raise ValueError("TrainConfig.nesterov needs optimizer 'sgd' with momentum > 0")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["milestones"] = list(self.milestones)
-        d["betas"] = list(self.betas)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields: {', '.join(unknown)}")
-        return cls(**d)
-
-
-# --- paper presets (papers.md §1) ----------------------------------------------------------
-
-def jumprelu_mnist_config(**overrides: Any) -> TrainConfig:
-    """LeNetLike on MNIST: SGD 0.9, wd 5e-4, batch 128, 90 epochs, lr 0.02 ×0.2 at 30/60/80."""
-    base = dict(epochs=90, lr=0.02, milestones=(30, 60, 80), gamma=0.2, schedule="step")
-    return TrainConfig(**{**base, **overrides})
-
-
-def jumprelu_alexlike_config(**overrides: Any) -> TrainConfig:
-    """AlexLike on CIFAR-10: the MNIST schedule plus crop/flip augmentation."""
-    base = dict(epochs=90, lr=0.02, milestones=(30, 60, 80), gamma=0.2, schedule="step",
-                augment="cifar")
-    return TrainConfig(**{**base, **overrides})
-
-
-def jumprelu_resnet_config(**overrides: Any) -> TrainConfig:
-    """ResNet-20 / WRN / MobileNetV2 on CIFAR: 120 epochs, lr 0.1 ×0.1 at 30/60/90, crop/flip."""
-    base = dict(epochs=120, lr=0.1, milestones=(30, 60, 90), gamma=0.1, schedule="step",
-                augment="cifar")
-    return TrainConfig(**{**base, **overrides})
-
-
-# --- losses and batch hooks ----------------------------------------------------------------------
 
 def cross_entropy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """The default loss: mean cross-entropy of the model's logits."""
     logits = model(x)
     return F.cross_entropy(logits, y), logits
-
-
-def fgsm_batch_hook(fraction: float, eps: float) -> BatchHook:
-    """Replace the first ``round(fraction·N)`` samples of each batch by FGSM examples.
-
-    The JumpReLU paper's "robust" variants (MNIST: 0.3 at ε 0.3; CIFAR: 0.6 at ε 0.031). The
-    batch is already shuffled, so the first samples are a random subset. Examples are crafted
-    with the model in eval mode (no dropout, batch-norm statistics untouched), then train mode is
-    restored; only the input gradient is computed, so no ``param.grad`` is touched.
-    """
-    if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
-    if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
-
-    def hook(model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-        k = int(round(fraction * x.shape[0]))
-        if k == 0 or eps == 0:
-            return x, y
-        was_training = model.training
-        model.eval()
-        try:
-            xk = x[:k].detach().clone().requires_grad_(True)
-            with torch.enable_grad():
-                loss = F.cross_entropy(model(xk), y[:k])
-                (grad,) = torch.autograd.grad(loss, xk)
-            x_adv = (xk.detach() + eps * grad.sign()).clamp_(0.0, 1.0)
-        finally:
-            model.train(was_training)
-        return torch.cat([x_adv, x[k:]]), y
-
-    return hook
-
-
-def jumprelu_robust_hook(dataset: str) -> BatchHook:
-    """The FGSM hook of the JumpReLU paper's robust variants for ``"mnist"`` or ``"cifar10"``."""
-    if dataset == "mnist":
-        return fgsm_batch_hook(0.3, 0.3)
-    if dataset == "cifar10":
-        return fgsm_batch_hook(0.6, 0.031)
-    raise ValueError(f"no robust-variant recipe for dataset {dataset!r}; use fgsm_batch_hook")
-
-
-# --- data ----------------------------------------------------------------------------------------
-
-def as_tensors(data: Any, name: str = "train_data") -> tuple[torch.Tensor, torch.Tensor]:
-    """``(images, labels)`` from a tuple or an object with ``.images``/``.labels``.
-
-    Images are uint8 (kept as is, converted per batch, 4× less memory) or float in [0, 1].
-    """
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        x, y = data
-    elif hasattr(data, "images") and hasattr(data, "labels"):
-        x, y = data.images, data.labels
-    else:
-        raise TypeError(f"{name} must be (images, labels) or have .images and .labels, "
-                        f"got {type(data).__name__}")
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} images must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype == torch.uint8:
-        if x.ndim != 4:
-            raise ValueError(f"{name} images must be (N, C, H, W), got shape {tuple(x.shape)}")
-    else:
-        check_images(x, f"{name} images")
-    check_labels(y, x.shape[0], name=f"{name} labels")
-    return x, y.long()
-
-
-def _to_float(xb: torch.Tensor) -> torch.Tensor:
-    return xb.float().div_(255.0) if xb.dtype == torch.uint8 else xb.float()
-
-
-def derive_seed(seed: int, epoch: int, stream: str) -> int:
-    """A 63-bit seed for one random stream of one epoch (stable across runs and platforms)."""
-    digest = hashlib.sha256(f"robustact:{seed}:{epoch}:{stream}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-@contextmanager
-def seeded(seed: int, stream: str = "init") -> Iterator[None]:
-    """Run a block with torch's CPU RNG seeded from ``(seed, stream)``, then restore it.
-
-    Why: layers draw their initial weights from the global RNG, so a run's ``seed`` must seed
-    model construction too, or two runs with the same seed start from different weights. The
-    caller's RNG state is left as it was (no global state changes behind the user's back);
-    distinct ``stream`` names give independent draws from one seed (e.g. two models).
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(seed, 0, stream))
-        yield
-
-
-def _balanced_layout(labels: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, int, int]:
-    """(classes, samples per class per batch, number of batches) for balanced batches."""
-    classes, counts = torch.unique(labels, return_counts=True)
-    k = len(classes)
-    if k < 2:
-        raise ValueError(f"balanced batches need at least 2 classes, the labels hold {k}")
-    per_class = batch_size // k
-    if per_class < 1:
-        raise ValueError(f"batch_size {batch_size} is smaller than the number of classes {k}")
-    return classes, per_class, math.ceil(int(counts.max()) / per_class)
-
-
-def balanced_batches(labels: torch.Tensor, batch_size: int, generator: torch.Generator
-                     ) -> list[torch.Tensor]:
-    """Index batches holding ``batch_size // K`` samples of each of the K classes present.
-
-    There are ``ceil(largest class / per_class)`` batches, so every sample of the largest class
-    appears exactly once per epoch; smaller classes are walked in a fresh random order and
-    reshuffled each time they run out (repeated, never truncated).
-    """
-    classes, per_class, n_batches = _balanced_layout(labels, batch_size)
-    need = n_batches * per_class
-    streams = []
-    for c in classes:
-        idx = torch.nonzero(labels == c).flatten()
-        rounds = [idx[torch.randperm(idx.numel(), generator=generator)]
-                  for _ in range(math.ceil(need / idx.numel()))]
-        streams.append(torch.cat(rounds)[:need].view(n_batches, per_class))
-    return list(torch.cat(streams, dim=1).unbind(0))
 
 
 class Callback:
@@ -404,7 +155,7 @@ class Trainer:
         self.augment = get_augmentation(self.config.augment)
         cfg = self.config
         n = self.train_x.shape[0]
-        self.steps_per_epoch = (_balanced_layout(self.train_y, cfg.batch_size)[2]
+        self.steps_per_epoch = (balanced_layout(self.train_y, cfg.batch_size)[2]
                                 if cfg.balanced else math.ceil(n / cfg.batch_size))
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
@@ -483,7 +234,7 @@ class Trainer:
                 lr = self.scheduler.apply(epoch - 1, step)
                 first_lr = lr if first_lr is None else first_lr
                 idx = idx.to(self.train_x.device)
-                x = _to_float(self.train_x[idx])
+                x = to_float(self.train_x[idx])
                 y = self.train_y[idx]
                 if self.augment is not None:
                     x = self.augment(x, g_aug)
@@ -546,7 +297,7 @@ class Trainer:
         loss_sum, correct = 0.0, 0
         try:
             for start in range(0, x_all.shape[0], self.config.eval_batch_size):
-                xb = _to_float(x_all[start:start + self.config.eval_batch_size].to(self.device))
+                xb = to_float(x_all[start:start + self.config.eval_batch_size].to(self.device))
                 yb = y_all[start:start + self.config.eval_batch_size].to(self.device)
                 logits = self.net(xb)
                 loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
@@ -581,7 +332,7 @@ class Trainer:
             return
         saved = (read_card(last).get("train") or {})
         mine = self.config.to_dict()
-        diff = [f"{k}: saved {saved.get(k)!r} vs now {mine[k]!r}" for k in _TRAJECTORY_FIELDS
+        diff = [f"{k}: saved {saved.get(k)!r} vs now {mine[k]!r}" for k in TRAJECTORY_FIELDS
                 if k in saved and saved[k] != mine[k]]
         if diff:
             raise ValueError("cannot resume: the training config differs from the checkpoint's ("
@@ -602,49 +353,42 @@ class Trainer:
         (the rate of the epoch's first step), seconds. The model is left in eval mode.
         """
         cfg = self.config
-        old_threads = torch.get_num_threads()
-        if cfg.num_threads is not None:
-            torch.set_num_threads(cfg.num_threads)
-        try:
-            if resume:
-                self._resume()
-            else:
-                self.state = _Progress()
-            self._call("on_fit_start")
-            for epoch in range(self.state.epoch + 1, cfg.epochs + 1):
-                t0 = time.perf_counter()
-                with torch.random.fork_rng(devices=self._rng_devices()):
-                    self._call("on_epoch_start", epoch)
-                    train = self._train_epoch(epoch)
-                    self._call("on_train_epoch_end", epoch)
-                val = self.evaluate() if self.val is not None else None
-                record = {
-                    "epoch": epoch, **train,
-                    "val_loss": val["loss"] if val else None,
-                    "val_acc": val["acc"] if val else None,
-                    "seconds": time.perf_counter() - t0,
-                }
-                s = self.state
-                s.epoch = epoch
-                s.history.append(record)
-                improved = val is not None and (
-                    s.best_val_acc is None or val["acc"] > s.best_val_acc)
+        if resume:
+            self._resume()
+        else:
+            self.state = _Progress()
+        self._call("on_fit_start")
+        for epoch in range(self.state.epoch + 1, cfg.epochs + 1):
+            t0 = time.perf_counter()
+            with torch.random.fork_rng(devices=self._rng_devices()):
+                self._call("on_epoch_start", epoch)
+                train = self._train_epoch(epoch)
+                self._call("on_train_epoch_end", epoch)
+            val = self.evaluate() if self.val is not None else None
+            record = {
+                "epoch": epoch, **train,
+                "val_loss": val["loss"] if val else None,
+                "val_acc": val["acc"] if val else None,
+                "seconds": time.perf_counter() - t0,
+            }
+            s = self.state
+            s.epoch = epoch
+            s.history.append(record)
+            improved = val is not None and (
+                s.best_val_acc is None or val["acc"] > s.best_val_acc)
+            if improved:
+                s.best_val_acc, s.best_epoch = val["acc"], epoch
+            if self.out_dir is not None:
                 if improved:
-                    s.best_val_acc, s.best_epoch = val["acc"], epoch
-                if self.out_dir is not None:
-                    if improved:
-                        self._save("best", record, with_optimizer=False)
-                    if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
-                        self._save("last", record, with_optimizer=True)
-                log.info("epoch %d/%d %s", epoch, cfg.epochs,
-                         " ".join(f"{k}={v:.4g}" for k, v in record.items()
-                                  if isinstance(v, float)))
-                self._call("on_epoch_end", epoch, record)
-            self._call("on_fit_end", self.state.history)
-            self.net.eval()  # hand back a model ready for evaluation and attacks
-        finally:
-            if cfg.num_threads is not None:
-                torch.set_num_threads(old_threads)
+                    self._save("best", record, with_optimizer=False)
+                if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
+                    self._save("last", record, with_optimizer=True)
+            log.info("epoch %d/%d %s", epoch, cfg.epochs,
+                     " ".join(f"{k}={v:.4g}" for k, v in record.items()
+                              if isinstance(v, float)))
+            self._call("on_epoch_end", epoch, record)
+        self._call("on_fit_end", self.state.history)
+        self.net.eval()  # hand back a model ready for evaluation and attacks
         return list(self.state.history)
 
 
@@ -657,6 +401,4 @@ class _NoBar:
 def _bar(total: int, desc: str, enabled: bool) -> Any:
     if not enabled:
         return _NoBar()
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, desc=desc, unit="batch", dynamic_ncols=True)

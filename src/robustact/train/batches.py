@@ -1,0 +1,99 @@
+"""The data side of training: tensors from datasets, seeds per epoch and stream, batch orders.
+
+Why apart from the loop: the same seeding (``derive_seed``, ``seeded``) serves model
+construction, shuffling, augmentation and dropout, and evaluation code reads datasets through
+``as_tensors`` too; none of that needs the trainer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from robustact.core.validate import check_images, check_labels
+
+__all__ = ["as_tensors", "balanced_batches", "balanced_layout", "derive_seed", "seeded",
+           "to_float"]
+
+
+def as_tensors(data: Any, name: str = "train_data") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images, labels)`` from a tuple or an object with ``.images``/``.labels``.
+
+    Images are uint8 (kept as is, converted per batch, 4× less memory) or float in [0, 1].
+    """
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        x, y = data
+    elif hasattr(data, "images") and hasattr(data, "labels"):
+        x, y = data.images, data.labels
+    else:
+        raise TypeError(f"{name} must be (images, labels) or have .images and .labels, "
+                        f"got {type(data).__name__}")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} images must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype == torch.uint8:
+        if x.ndim != 4:
+            raise ValueError(f"{name} images must be (N, C, H, W), got shape {tuple(x.shape)}")
+    else:
+        check_images(x, f"{name} images")
+    check_labels(y, x.shape[0], name=f"{name} labels")
+    return x, y.long()
+
+
+def to_float(xb: torch.Tensor) -> torch.Tensor:
+    return xb.float().div_(255.0) if xb.dtype == torch.uint8 else xb.float()
+
+
+def derive_seed(seed: int, epoch: int, stream: str) -> int:
+    """A 63-bit seed for one random stream of one epoch (stable across runs and platforms)."""
+    digest = hashlib.sha256(f"robustact:{seed}:{epoch}:{stream}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+@contextmanager
+def seeded(seed: int, stream: str = "init") -> Iterator[None]:
+    """Run a block with torch's CPU RNG seeded from ``(seed, stream)``, then restore it.
+
+    Why: layers draw their initial weights from the global RNG, so a run's ``seed`` must seed
+    model construction too, or two runs with the same seed start from different weights. The
+    caller's RNG state is left as it was (no global state changes behind the user's back);
+    distinct ``stream`` names give independent draws from one seed (e.g. two models).
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, 0, stream))
+        yield
+
+
+def balanced_layout(labels: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, int, int]:
+    """(classes, samples per class per batch, number of batches) for balanced batches."""
+    classes, counts = torch.unique(labels, return_counts=True)
+    k = len(classes)
+    if k < 2:
+        raise ValueError(f"balanced batches need at least 2 classes, the labels hold {k}")
+    per_class = batch_size // k
+    if per_class < 1:
+        raise ValueError(f"batch_size {batch_size} is smaller than the number of classes {k}")
+    return classes, per_class, math.ceil(int(counts.max()) / per_class)
+
+
+def balanced_batches(labels: torch.Tensor, batch_size: int, generator: torch.Generator
+                     ) -> list[torch.Tensor]:
+    """Index batches holding ``batch_size // K`` samples of each of the K classes present.
+
+    There are ``ceil(largest class / per_class)`` batches, so every sample of the largest class
+    appears exactly once per epoch; smaller classes are walked in a fresh random order and
+    reshuffled each time they run out (repeated, never truncated).
+    """
+    classes, per_class, n_batches = balanced_layout(labels, batch_size)
+    need = n_batches * per_class
+    streams = []
+    for c in classes:
+        idx = torch.nonzero(labels == c).flatten()
+        rounds = [idx[torch.randperm(idx.numel(), generator=generator)]
+                  for _ in range(math.ceil(need / idx.numel()))]
+        streams.append(torch.cat(rounds)[:need].view(n_batches, per_class))
+    return list(torch.cat(streams, dim=1).unbind(0))
