@@ -17,8 +17,8 @@ from torch import nn
 from typer.main import get_command
 from typer.testing import CliRunner
 
+import robustact.cli as cli_module
 import robustact.data.mnist as mnist_mod
-import robustact.workflows as workflows
 from robustact.attacks import PGD, verify
 from robustact.attacks.registry import available_attacks
 from robustact.cli import app
@@ -214,7 +214,7 @@ def test_unexpected_errors_are_one_line_with_the_debug_hint(
     def broken(*a: object, **k: object) -> None:
         raise exc
 
-    monkeypatch.setattr(workflows, "evaluate_checkpoint", broken)
+    monkeypatch.setattr(cli_module, "evaluate_checkpoint", broken)  # the name the CLI calls
     res = runner.invoke(app, ["eval", "--model", str(trained)])
     line = one_error_line(res, type(exc).__name__, "--debug", code=1)
     assert "second line" not in line
