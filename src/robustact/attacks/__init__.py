@@ -15,6 +15,7 @@ from robustact.attacks.deepfool import DeepFool
 from robustact.attacks.fgsm import FGSM
 from robustact.attacks.mim import MIM
 from robustact.attacks.pgd import PGD
+from robustact.attacks.random_search import RandomSearch
 from robustact.attacks.square import Square
 from robustact.attacks.transfer import TransferAttack
 from robustact.attacks.trust_region import TrustRegion
@@ -33,6 +34,7 @@ __all__ = [
     "LogitsView",
     "MIM",
     "PGD",
+    "RandomSearch",
     "Square",
     "TransferAttack",
     "TrustRegion",

@@ -22,6 +22,7 @@ from robustact.attacks.deepfool import DeepFool
 from robustact.attacks.fgsm import FGSM
 from robustact.attacks.mim import MIM
 from robustact.attacks.pgd import PGD
+from robustact.attacks.random_search import RandomSearch
 from robustact.attacks.square import Square
 from robustact.attacks.trust_region import TrustRegion
 from robustact.core.spec import ParameterError, parse_spec
@@ -52,7 +53,8 @@ DEFAULT_BUDGETS: dict[str, dict[str, float]] = {
 #: Every registered attack by its one name (the class's ``name``). The transfer attack is not
 #: here: its surrogate is a model, not a parameter a spec can carry.
 ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (
-    FGSM, BIM, IFGSM, PGD, MIM, APGD, DeepFool, CarliniWagnerL2, TrustRegion, Square)}
+    FGSM, BIM, IFGSM, PGD, MIM, APGD, DeepFool, CarliniWagnerL2, TrustRegion, Square,
+    RandomSearch)}
 
 
 def available_attacks() -> list[str]:
