@@ -337,7 +337,6 @@ def _run_cells(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Te
                pred: torch.Tensor, correct: torch.Tensor, entries: list[_Entry],
                grid: list[float], eps: float, norm: str, batch_size: int,
                folder: RunFolder | None, meta: dict[str, Any], progress: bool) -> ResultsTable:
-    n = x.shape[0]
     done = folder.finished() if folder is not None else {}
     twin: nn.Module | None = None
     cells = _cells(entries, grid, eps, norm, x)
