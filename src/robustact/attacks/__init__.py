@@ -17,6 +17,7 @@ from robustact.attacks.fgsm import FGSM
 from robustact.attacks.hopskipjump import HopSkipJump
 from robustact.attacks.mim import MIM
 from robustact.attacks.pgd import PGD
+from robustact.attacks.random_search import RandomSearch
 from robustact.attacks.rays import RayS
 from robustact.attacks.square import Square
 from robustact.attacks.transfer import TransferAttack
@@ -37,6 +38,7 @@ __all__ = [
     "LogitsView",
     "MIM",
     "PGD",
+    "RandomSearch",
     "RayS",
     "Square",
     "TransferAttack",

@@ -26,14 +26,15 @@ from typing import Any
 import torch
 
 from robustact.attacks._utils import (
+    StepRecorder,
     check_budget,
     check_eps,
     check_int,
     check_norm,
     clip_to_box,
+    compose_rows,
     loss_and_grad,
     normalize_direction,
-    random_start,
 )
 from robustact.attacks.base import Attack, LogitsView
 from robustact.losses.attack import AttackLoss
@@ -94,8 +95,9 @@ class APGD(Attack):
         self.early_stop = bool(early_stop)
 
     def _run(self, view: LogitsView, x: torch.Tensor, y: torch.Tensor,
-             target: torch.Tensor | None, x0: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+             target: torch.Tensor | None, x0: torch.Tensor,
+             rec: StepRecorder | None = None, rows: torch.Tensor | None = None,
+             restart: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One APGD run from ``x0``: returns (x_result, found_adversarial, best_loss).
 
         A sample leaves the batch as soon as one of its iterates is adversarial: its result is
@@ -108,6 +110,8 @@ class APGD(Attack):
         loss, grad, logits = loss_and_grad(view, x0, self.loss_fn, y, target)
         assert grad is not None
         found = self.is_adversarial(logits, y, target)
+        if rec is not None:
+            rec.step(rows, 0, restart, loss, grad, found)
         result = x0.clone()  # a sample's entry is final once found (or at the end)
         best_loss = loss.clone()
         # Working state on the samples still unbroken (compacted as samples finish).
@@ -140,6 +144,9 @@ class APGD(Attack):
             loss, g_new, logits = loss_and_grad(view, x_cur, self.loss_fn, ys, ts,
                                                 need_grad=need_grad)
             losses[k + 1] = loss
+            if rec is not None:
+                rec.step(compose_rows(rows, act), k + 1, restart, loss, g_new,
+                         self.is_adversarial(logits, ys, ts))
             better = loss > f_max
             x_max = torch.where(better.view(col), x_cur, x_max)
             f_max = torch.where(better, loss, f_max)
@@ -181,18 +188,22 @@ class APGD(Attack):
 
     def perturb(self, view: LogitsView, x: torch.Tensor, y: torch.Tensor,
                 target: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, Any]]:
-        gen = self.generator(x.device)
+        gen = self.generator(x.device) if view.keys is None else None
+        rec = StepRecorder(x.shape[0], self.steps + 1, x) if view.record else None
         best, best_adv, best_loss = self._run(view, x, y, target,
-                                              random_start(x, self.eps, self.norm, gen))
-        for _ in range(1, self.restarts):
+                                              self.start_point(view, x, None, 0, gen), rec)
+        for r in range(1, self.restarts):
             todo = (~best_adv).nonzero().squeeze(1)
             if todo.numel() == 0:
                 break
             xs, ys = x[todo], y[todo]
             ts = None if target is None else target[todo]
             cand, adv, loss = self._run(view, xs, ys, ts,
-                                        random_start(xs, self.eps, self.norm, gen))
+                                        self.start_point(view, xs, todo, r, gen), rec, todo, r)
             better = adv | (loss > best_loss[todo])
             sel = todo[better]
             best[sel], best_adv[sel], best_loss[sel] = cand[better], adv[better], loss[better]
-        return best, {"eps": self.eps}
+        info: dict[str, Any] = {"eps": self.eps}
+        if rec is not None:
+            info.update(rec.info())
+        return best, info

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustact.attacks._utils import keyed_random_start, random_start
 from robustact.core.spec import bind_params
 from robustact.core.validate import (
     check_images,
@@ -97,9 +98,17 @@ class LogitsView:
     """
 
     def __init__(self, model: nn.Module, layer: str | None = None,
-                 check: Callable[[torch.Tensor], None] | None = None) -> None:
+                 check: Callable[[torch.Tensor], None] | None = None, *,
+                 keys: torch.Tensor | None = None, record: bool = False) -> None:
         self.model = model
         self.layer = layer
+        # Per-call context for the search (see Attack.__call__): sample keys for keyed
+        # randomness, whether to record the per-sample instrumentation, and the totals of
+        # sample-forwards / sample-backwards spent (counted always: two integer additions).
+        self.keys = keys
+        self.record = record
+        self.forwards = 0
+        self.backwards = 0
         # Run once, on the logits of the first call: validating the model's output on the
         # forward pass the attack needs anyway costs nothing extra (no probe pass).
         self._check = check
@@ -115,6 +124,7 @@ class LogitsView:
                 ) from e
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.forwards += x.shape[0]
         zl, z = self._forward(x)
         self.check_if_pending(z)
         return zl, z
@@ -244,6 +254,20 @@ class Attack:
         g.manual_seed(self.seed)
         return g
 
+    def start_point(self, view: LogitsView, x: torch.Tensor, idx: torch.Tensor | None,
+                    restart: int, gen: torch.Generator | None) -> torch.Tensor:
+        """A random start in the ε-ball for the rows ``idx`` of the call's batch (None: all).
+
+        Without keys (the default), draws from the call's generator ``gen`` in batch order, as
+        always; with keys (``attack(..., keys=ids)``), each sample's draw depends only on
+        (seed, its key, ``restart``), so the result does not depend on batching.
+        """
+        eps = self.eps  # type: ignore[attr-defined]
+        if view.keys is None:
+            return random_start(x, eps, self.norm, gen)
+        keys = view.keys if idx is None else view.keys[idx]
+        return keyed_random_start(x, eps, self.norm, self.seed, keys, restart)
+
     def is_adversarial(self, logits: torch.Tensor, y: torch.Tensor,
                        target: torch.Tensor | None) -> torch.Tensor:
         pred = logits.argmax(1)
@@ -261,9 +285,25 @@ class Attack:
 
     # -- the call --------------------------------------------------------------------------------
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                 target: torch.Tensor | None = None) -> AttackResult:
+                 target: torch.Tensor | None = None, *, keys: torch.Tensor | None = None,
+                 record: bool = False) -> AttackResult:
+        """Run the attack.
+
+        ``keys`` (N,) integer sample identities (e.g. indices in the dataset): random draws
+        are then keyed per sample (:meth:`start_point`), so a sample's result does not depend
+        on the batch it is in. ``record``: attacks that support it add per-sample
+        instrumentation to ``info`` (``forward``/``backward`` counts, ``loss_first``,
+        ``loss_best``, ``stall``, ``ever_adversarial``, ``grad_zero``: see
+        :mod:`robustact.evaluate.table`). ``info["forward_total"]`` and
+        ``info["backward_total"]`` (sample-passes of the whole call) are always there.
+        """
         check_images(x)
         check_labels(y, x.shape[0])
+        if keys is not None:
+            if not isinstance(keys, torch.Tensor) or keys.shape != (x.shape[0],) or (
+                    keys.dtype.is_floating_point or keys.dtype == torch.bool):
+                raise ValueError(f"keys must be an integer tensor of shape ({x.shape[0]},)")
+            keys = keys.to(x.device)
         if target is not None:
             check_labels(target, x.shape[0], name="target")
             if bool((target == y).any()):
@@ -281,7 +321,8 @@ class Attack:
                 check_labels(target, x.shape[0], num_classes=z.shape[1], name="target")
 
         with prepared_model(model, self.force_eval):
-            view = LogitsView(model, self.logits_from, check=check_output)
+            view = LogitsView(model, self.logits_from, check=check_output, keys=keys,
+                              record=record)
             out = self.perturb(view, x, y, target)
             x_adv, info = out if isinstance(out, tuple) else (out, {})
             x_adv = x_adv.detach().clamp(0.0, 1.0)
@@ -291,5 +332,6 @@ class Attack:
             view.check_if_pending(logits)  # the search never called the model (e.g. ε = 0)
         success = self.is_adversarial(logits, y, target)
         queries = info.pop("queries", None)
+        info["forward_total"], info["backward_total"] = view.forwards, view.backwards
         return AttackResult(x_adv=x_adv, success=success, norms=lp_norms(x_adv - x, self.norm),
                             norm=self.norm, logits=logits, queries=queries, info=info)

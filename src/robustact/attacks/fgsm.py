@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from robustact.attacks._utils import (
+    StepRecorder,
     check_budget,
     check_norm,
     clip_to_box,
@@ -44,12 +45,17 @@ class FGSM(Attack):
 
     def perturb(self, view: LogitsView, x: torch.Tensor, y: torch.Tensor,
                 target: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, Any]]:
-        _, grad, _ = loss_and_grad(view, x, self.loss_fn, y, target)
+        loss, grad, logits = loss_and_grad(view, x, self.loss_fn, y, target)
         assert grad is not None
+        info: dict[str, Any] = {"eps": self.eps}
+        if view.record:  # one forward and one backward per sample, the start point's loss
+            rec = StepRecorder(x.shape[0], 1, x)
+            rec.step(None, 0, 0, loss, grad, self.is_adversarial(logits, y, target))
+            info.update(rec.info())
         step = normalize_direction(grad, self.norm).mul_(self.eps)
         if self.norm == "linf":
             # ε·sign(g) is exactly ±ε or 0 per pixel, so the step is in the ball already and a
             # projection would only re-round x + δ (a pass over the batch for nothing).
-            return step.add_(x).clamp_(0.0, 1.0), {"eps": self.eps}
+            return step.add_(x).clamp_(0.0, 1.0), info
         # The L2 step has norm ε up to rounding; projecting removes that excess.
-        return clip_to_box(x + step, x, self.eps, self.norm), {"eps": self.eps}
+        return clip_to_box(x + step, x, self.eps, self.norm), info

@@ -24,14 +24,15 @@ from typing import Any
 import torch
 
 from robustact.attacks._utils import (
+    StepRecorder,
     check_budget,
     check_eps,
     check_int,
     check_norm,
     clip_to_box,
+    compose_rows,
     loss_and_grad,
     normalize_direction,
-    random_start,
 )
 from robustact.attacks.base import Attack, LogitsView
 from robustact.losses.attack import AttackLoss
@@ -117,19 +118,25 @@ class PGD(Attack):
         return (x - self.eps).clamp_min_(0.0), (x + self.eps).clamp_max_(1.0)
 
     def _run(self, view: LogitsView, x: torch.Tensor, y: torch.Tensor,
-             target: torch.Tensor | None, x_adv: torch.Tensor) -> torch.Tensor:
+             target: torch.Tensor | None, x_adv: torch.Tensor,
+             rec: StepRecorder | None = None, rows: torch.Tensor | None = None,
+             restart: int = 0) -> torch.Tensor:
         """``steps`` iterations from ``x_adv``; returns the final iterate (frozen when early).
 
         With early stopping the still-running samples are kept in compact tensors that shrink
-        only when some sample leaves, so a step gathers nothing.
+        only when some sample leaves, so a step gathers nothing. ``rec`` (recording only)
+        gets every step's per-sample loss; ``rows`` maps this run's rows to the call's batch.
         """
         x_adv = x_adv.clone()
         xa, x0, ys, ts, bounds = x_adv, x, y, target, self._bounds(x)
         state = self._init_state(x)
         idx: torch.Tensor | None = None  # indices still iterating (None: all of them)
-        for _ in range(self.steps):
-            _, grad, logits = loss_and_grad(view, xa, self.loss_fn, ys, ts)
+        for k in range(self.steps):
+            loss, grad, logits = loss_and_grad(view, xa, self.loss_fn, ys, ts)
             assert grad is not None
+            if rec is not None:
+                rec.step(compose_rows(rows, idx), k, restart, loss, grad,
+                         self.is_adversarial(logits, ys, ts))
             if self.early_stop:
                 keep = (~self.is_adversarial(logits, ys, ts)).nonzero().squeeze(1)
                 if keep.numel() == 0:
@@ -151,34 +158,43 @@ class PGD(Attack):
     def perturb(self, view: LogitsView, x: torch.Tensor, y: torch.Tensor,
                 target: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, Any]]:
         info: dict[str, Any] = {"eps": self.eps} if self.eps is not None else {}
-        gen = self.generator(x.device) if self.random_start else None
+        gen = (self.generator(x.device)
+               if self.random_start and view.keys is None else None)
+        rec = StepRecorder(x.shape[0], self.steps, x) if view.record else None
 
-        def start(xs: torch.Tensor) -> torch.Tensor:
+        def start(xs: torch.Tensor, rows: torch.Tensor | None, restart: int) -> torch.Tensor:
             if not self.random_start:
                 return xs.clone()
-            assert self.eps is not None
-            return random_start(xs, self.eps, self.norm, gen)
+            return self.start_point(view, xs, rows, restart, gen)
 
-        best = self._run(view, x, y, target, start(x))
+        best = self._run(view, x, y, target, start(x, None, 0), rec)
         if self.restarts == 1:
+            if rec is not None:
+                info.update(rec.info())
             return best, info
-        best_loss, best_adv = self._score(view, best, y, target)
-        for _ in range(1, self.restarts):
+        best_loss, best_adv = self._score(view, best, y, target, rec, None)
+        for r in range(1, self.restarts):
             todo = (~best_adv).nonzero().squeeze(1)
             if todo.numel() == 0:
                 break
             xs, ys, ts = x[todo], y[todo], _take(target, todo)
-            cand = self._run(view, xs, ys, ts, start(xs))
-            loss, adv = self._score(view, cand, ys, ts)
+            cand = self._run(view, xs, ys, ts, start(xs, todo, r), rec, todo, r)
+            loss, adv = self._score(view, cand, ys, ts, rec, todo)
             better = adv | (loss > best_loss[todo])
             sel = todo[better]
             best[sel] = cand[better]
             best_loss[sel] = loss[better]
             best_adv[sel] = adv[better]
+        if rec is not None:
+            info.update(rec.info())
         return best, info
 
     def _score(self, view: LogitsView, x_adv: torch.Tensor, y: torch.Tensor,
-               target: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+               target: torch.Tensor | None, rec: StepRecorder | None = None,
+               rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss and adversarial flag of a run's final point, to choose between restarts."""
         loss, _, logits = loss_and_grad(view, x_adv, self.loss_fn, y, target, need_grad=False)
-        return loss, self.is_adversarial(logits, y, target)
+        adv = self.is_adversarial(logits, y, target)
+        if rec is not None:
+            rec.step(rows, self.steps, -1, loss, None, adv)
+        return loss, adv

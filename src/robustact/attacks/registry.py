@@ -23,6 +23,7 @@ from robustact.attacks.fgsm import FGSM
 from robustact.attacks.hopskipjump import HopSkipJump
 from robustact.attacks.mim import MIM
 from robustact.attacks.pgd import PGD
+from robustact.attacks.random_search import RandomSearch
 from robustact.attacks.rays import RayS
 from robustact.attacks.square import Square
 from robustact.attacks.trust_region import TrustRegion
@@ -55,7 +56,7 @@ DEFAULT_BUDGETS: dict[str, dict[str, float]] = {
 #: here: its surrogate is a model, not a parameter a spec can carry.
 ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (
     FGSM, BIM, IFGSM, PGD, MIM, APGD, DeepFool, CarliniWagnerL2, TrustRegion, Square,
-    RayS, HopSkipJump)}
+    RayS, HopSkipJump, RandomSearch)}
 
 
 def available_attacks() -> list[str]:

@@ -39,7 +39,13 @@ from typing import Any
 
 import torch
 
-from robustact.attacks._utils import check_budget, check_int, check_norm, check_positive
+from robustact.attacks._utils import (
+    check_budget,
+    check_int,
+    check_norm,
+    check_positive,
+    keyed_bits,
+)
 from robustact.attacks.base import Attack, LogitsView
 from robustact.losses.attack import AttackLoss
 
@@ -60,6 +66,23 @@ def p_schedule(p_init: float, it: int, n_queries: int) -> float:
     scaled = int(it / n_queries * 10000)
     halvings = sum(scaled > b for b in _BREAKPOINTS)
     return p_init / (2 ** halvings)
+
+
+class _KeyedDraws:
+    """Square's random draws keyed per sample (``attack(..., keys=ids)``): a sample's signs
+    depend on (seed, its key, iteration), the window position on (seed, iteration), so a
+    sample's search does not depend on the batch it runs in."""
+
+    def __init__(self, seed: int, keys: torch.Tensor) -> None:
+        self.seed, self.keys = seed, keys
+
+    def bits(self, rows: torch.Tensor, stream: int, count: int) -> torch.Tensor:
+        return keyed_bits(self.seed, self.keys[rows], stream, count)
+
+    def position(self, it: int, rows: int, cols: int) -> tuple[int, int]:
+        b = keyed_bits(self.seed, torch.full((1,), -1, device=self.keys.device),
+                       3 * it + 1, 2)[0].tolist()
+        return b[0] % rows, b[1] % cols
 
 
 class Square(Attack):
@@ -105,7 +128,9 @@ class Square(Attack):
         queries = torch.zeros(n, dtype=torch.long, device=x.device)
         if self.eps == 0.0:
             return x.clone(), {"queries": queries, "eps": self.eps}
-        gen = self.generator(x.device)
+        keys = view.keys
+        gen = self.generator(x.device) if keys is None else None
+        draw = _KeyedDraws(self.seed, keys) if keys is not None else None
         label = target if target is not None else y
         eps = self.eps
 
@@ -127,7 +152,10 @@ class Square(Attack):
         # ``aux`` keeps, per pixel, which vertex (1.0 = upper) and the two vertex values,
         # computed once (bitwise what x ± ε then clamp gives); a draw that would repeat the
         # current window is detected by summing that indicator over the window.
-        bits = torch.randint(0, 2, (idx.numel(), c, 1, w), generator=gen, device=x.device)
+        if draw is None:
+            bits = torch.randint(0, 2, (idx.numel(), c, 1, w), generator=gen, device=x.device)
+        else:
+            bits = draw.bits(idx, 0, c * w).remainder(2).view(-1, c, 1, w)
         hi, lo = (xa + eps).clamp(0.0, 1.0), (xa - eps).clamp(0.0, 1.0)
         aux = torch.stack([bits.to(x.dtype).expand(-1, -1, h, -1), hi, lo], dim=1)
         xb = torch.where(bits.bool(), hi, lo)  # vertical stripes
@@ -152,14 +180,20 @@ class Square(Attack):
             ta = meta[:, 3] if target is not None else None
             p = p_schedule(self.p_init, it, self.n_queries)
             s = min(max(int(round(math.sqrt(p * h * w))), 1), h, w)
-            r0 = int(torch.randint(0, h - s + 1, (1,), generator=gen, device=x.device))
-            c0 = int(torch.randint(0, w - s + 1, (1,), generator=gen, device=x.device))
+            if draw is None:
+                r0 = int(torch.randint(0, h - s + 1, (1,), generator=gen, device=x.device))
+                c0 = int(torch.randint(0, w - s + 1, (1,), generator=gen, device=x.device))
+            else:  # keyed by (seed, iteration) only: the same for every batch
+                r0, c0 = draw.position(it, h - s + 1, w - s + 1)
             # Views: a window is a slice, never a mask. The candidate is written into the
             # batch in place and reverted where rejected, so the model is handed ``xb`` itself
             # (as with any input batch, a model must not modify its input in place).
             cur = xb[:, :, r0:r0 + s, c0:c0 + s]
             up, hi_w, lo_w = aux[:, :, :, r0:r0 + s, c0:c0 + s].unbind(1)
-            sgn = torch.randint(0, 2, (m, c), generator=gen, device=x.device)
+            if draw is None:
+                sgn = torch.randint(0, 2, (m, c), generator=gen, device=x.device)
+            else:
+                sgn = draw.bits(meta[:, 0], 3 * it + 2, c).remainder(2)
             if redraw:
                 # A draw that reproduces the current window wastes a query. Such a draw is
                 # replaced uniformly by one of the 2^c − 1 other sign vectors (XOR with a
@@ -167,7 +201,10 @@ class Square(Attack):
                 # different, without a loop or a host sync.
                 n_up = up.sum((2, 3))
                 same = torch.where(sgn.bool(), n_up == s * s, n_up == 0).all(1)
-                flip = torch.randint(1, 2 ** c, (m,), generator=gen, device=x.device)
+                if draw is None:
+                    flip = torch.randint(1, 2 ** c, (m,), generator=gen, device=x.device)
+                else:
+                    flip = 1 + draw.bits(meta[:, 0], 3 * it + 3, 1)[:, 0].remainder(2 ** c - 1)
                 sgn = sgn ^ (((flip[:, None] >> ar_c) & 1) * same[:, None])
             sgn_f = sgn.to(x.dtype)[:, :, None, None]
             old = cur.clone()

@@ -49,7 +49,7 @@ class TransferAttack(Attack):
 
     def perturb(self, view: LogitsView, x: torch.Tensor, y: torch.Tensor,
                 target: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, Any]]:
-        res = self.attack(self.surrogate, x, y, target)
+        res = self.attack(self.surrogate, x, y, target, keys=view.keys)
         info: dict[str, Any] = {"surrogate_success_rate": res.success_rate,
                                 "queries": torch.ones(x.shape[0], dtype=torch.long,
                                                       device=x.device)}

@@ -1,0 +1,417 @@
+"""The evaluation engine: run a protocol's cascade of attacks into a per-sample results table.
+
+``evaluate(model, x, y, protocol="standard", eps=8/255)`` returns a
+:class:`~robustact.evaluate.table.ResultsTable` with one row per (sample, attack, ε). How:
+
+1. inputs checked (model in eval mode, images in [0, 1], labels, logits out); clean predictions
+   computed once; a tie for the top output counts as *not* correct (issue 11);
+2. for each ε of the grid (default 0, ε/4, ε/2, ε, 2ε), the protocol's entries in order, each a
+   *cell*: an ``on="all"`` entry attacks every clean-correct sample, an ``on="survivors"`` entry
+   only those no earlier entry broke at that ε (AutoAttack's cascade); then the minimum-norm and
+   unbounded entries, once, on every clean-correct sample;
+3. every attack's claimed success is re-verified on the model itself
+   (:func:`robustact.attacks.verify`: prediction, budget, box); a tie on x_adv counts as
+   adversarial, as on clean inputs;
+4. each finished cell is written atomically to ``out`` (:mod:`robustact.evaluate.storage`);
+   a rerun with the same ``out`` skips the finished cells (and refuses a folder made by a
+   different evaluation).
+
+Randomness is keyed by sample: each attack gets ``keys`` = the samples' ids, so a row does not
+depend on the batch size, the order or which process ran it (shards merge bit for bit, up to
+the floating-point behaviour of the model's kernels across batch sizes). At ε = 0 no attack runs:
+the cell's rows are the clean predictions (forward = backward = 0).
+
+Cost columns: ``forward``/``backward`` per sample come from the attack's own instrumentation
+(PGD family, APGD, FGSM) or its ``queries`` (Square, random search, transfer: one query on the
+target; the surrogate's passes are not the target's); for the others (DeepFool, C&W, trust
+region) the call's exact totals are spread evenly over its samples. The re-verification passes
+are not counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from robustact.attacks.base import Attack, AttackResult
+from robustact.attacks.bpda import with_bpda
+from robustact.attacks.registry import ATTACKS, attack_parameters, create_attack
+from robustact.attacks.transfer import TransferAttack
+from robustact.attacks.verify import verify
+from robustact.core.runlock import RunLock
+from robustact.core.storage import environment_info
+from robustact.core.validate import (
+    check_eval_mode,
+    check_images,
+    check_labels,
+    check_logits,
+    check_model_output,
+    check_positive_int,
+    match_model_dtype,
+)
+from robustact.defenses.registry import describe_defenses, strip_defenses
+from robustact.evaluate.protocols import adaptive_attacks, get_protocol, protocol_fingerprint
+from robustact.evaluate.storage import RunFolder
+from robustact.evaluate.table import COLUMNS, ResultsTable
+
+__all__ = ["evaluate", "default_eps_grid", "model_fingerprint", "clean_predictions"]
+
+
+def default_eps_grid(eps: float) -> list[float]:
+    """0, ε/4, ε/2, ε, 2ε (2ε capped at 1 for images in [0, 1] under L∞ by the caller)."""
+    return [0.0, eps / 4, eps / 2, eps, 2 * eps]
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """SHA-256 (16 hex) of the model's class, defenses and every parameter and buffer."""
+    h = hashlib.sha256(type(model).__qualname__.encode())
+    h.update(repr(describe_defenses(model)).encode())
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
+        h.update(t.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+                 if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def _data_fingerprint(x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in (x, y, ids):
+        h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
+        h.update(t.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _batches(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _top_tie(z: torch.Tensor) -> torch.Tensor:
+    """Per row: the top output is shared by two or more classes."""
+    top = z.topk(2, dim=1).values
+    return top[:, 0] == top[:, 1]
+
+
+def clean_predictions(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
+                      ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(pred, correct, num_classes) on clean inputs; a tied top output is not correct."""
+    preds, correct, k = [], [], 0
+    with torch.inference_mode():
+        for s in _batches(x.shape[0], batch_size):
+            z = check_model_output(model(match_model_dtype(model, x[s])))
+            check_logits(z, x[s].shape[0], name="model output")
+            k = z.shape[1]
+            p = z.argmax(1)
+            preds.append(p)
+            correct.append((p == y[s]) & ~_top_tie(z))
+    pred, ok = torch.cat(preds), torch.cat(correct)
+    check_labels(y, x.shape[0], num_classes=k)
+    return pred, ok, k
+
+
+def _smooth_jump(kappa: float) -> Any:
+    """x·σ((x − κ)/τ), τ = κ/10: a smooth surrogate of JumpReLU_κ (x·1[x > κ]) for BPDA."""
+    tau = max(kappa / 10.0, 1e-6)
+
+    def f(t: torch.Tensor) -> torch.Tensor:
+        return t * torch.sigmoid((t - kappa) / tau)
+
+    return f
+
+
+class _Entry:
+    """One protocol entry resolved against the model, the norm and the class count."""
+
+    def __init__(self, e: Mapping[str, Any], norm: str, seed: int, k: int) -> None:
+        self.e = dict(e)
+        self.key: str = e["key"]
+        self.role: str = e["role"]
+        self.mode: str = e["eps"]
+        self.on: str = e["on"]
+        self.through: str | None = e.get("through")
+        self.norm = norm
+        self.seed = seed
+        name = e["attack"]["name"]
+        self.unavailable: str | None = None
+        if name not in ATTACKS:
+            self.unavailable = f"attack {name!r} is not available in this robustact"
+        elif "norms" in e and norm not in e["norms"]:
+            self.unavailable = f"{name} exists for {'/'.join(e['norms'])} only, not {norm}"
+        elif "min_classes" in e and k < e["min_classes"]:
+            self.unavailable = f"needs >= {e['min_classes']} classes, the model has {k} (C23)"
+        elif "max_classes" in e and k > e["max_classes"]:
+            self.unavailable = f"only for <= {e['max_classes']} classes"
+
+    def build(self, eps: float | None) -> Attack:
+        spec = dict(self.e["attack"])
+        params = attack_parameters(spec["name"])
+        if "norm" in params:
+            spec.setdefault("norm", self.norm)
+        if "seed" in params:
+            spec.setdefault("seed", self.seed)
+        if eps is not None and "eps" in params:
+            spec["eps"] = eps
+        attack = create_attack(**spec)
+        if attack.norm != self.norm:
+            raise ValueError(f"protocol entry {self.key!r}: the attack measures {attack.norm}, "
+                             f"the evaluation {self.norm}")
+        return attack
+
+
+def _empty_rows(n: int) -> dict[str, np.ndarray]:
+    rows = {c: np.zeros(n, dtype=t) for c, t in COLUMNS.items() if t is not object}
+    for c in ("loss_first", "loss_best", "stall"):
+        rows[c][:] = np.nan
+    return rows
+
+
+def _spread(total: int, n: int) -> np.ndarray:
+    out = np.full(n, total // n if n else 0, dtype=np.int64)
+    out[: total - int(out.sum())] += 1
+    return out
+
+
+def _result_rows(res: AttackResult, success: torch.Tensor, rows: dict[str, np.ndarray],
+                 where: np.ndarray, seconds: float) -> None:
+    """Fill ``rows`` at positions ``where`` from one attacked batch."""
+    n = len(where)
+    info = res.info
+    if "forward" in info:
+        rows["forward"][where] = info["forward"].cpu().numpy()
+        rows["backward"][where] = info["backward"].cpu().numpy()
+    elif res.queries is not None:
+        rows["forward"][where] = res.queries.cpu().numpy()
+        rows["backward"][where] = 0
+    else:
+        rows["forward"][where] = _spread(int(info.get("forward_total", 0)), n)
+        rows["backward"][where] = _spread(int(info.get("backward_total", 0)), n)
+    for c in ("loss_first", "loss_best", "stall"):
+        if c in info:
+            rows[c][where] = info[c].float().cpu().numpy()
+    if "ever_adversarial" in info:
+        rows["silent"][where] = (info["ever_adversarial"] & ~success).cpu().numpy()
+    if "grad_zero" in info:
+        rows["grad_zero"][where] = info["grad_zero"].cpu().numpy()
+    rows["seconds"][where] = seconds / max(n, 1)
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             protocol: str | Mapping[str, Any] = "standard", *, eps: float,
+             norm: str = "linf", eps_grid: Sequence[float] | None = None,
+             out: str | None = None, batch_size: int = 256,
+             device: str | torch.device | None = None, seed: int = 0,
+             progress: bool = True, sample_ids: torch.Tensor | None = None,
+             adaptive: bool = True, overrides: Mapping[str, Any] | None = None,
+             meta: Mapping[str, Any] | None = None) -> ResultsTable:
+    """Run ``protocol`` on ``(x, y)`` and return the per-sample results table.
+
+    Args:
+        model: classifier in eval mode; inputs in [0, 1], logits out.
+        x, y: the evaluation data (all of it: the table has one row per sample per cell).
+        protocol: ``"quick"``, ``"standard"``, ``"thorough"`` (optionally ``"name@version"``)
+            or a custom ``{"name", "version", "entries"}`` (see :mod:`.protocols`).
+        eps: the main budget ε (pixel units); ``eps_grid`` default 0, ε/4, ε/2, ε, 2ε.
+        norm: "linf" or "l2".
+        out: results folder; finished cells are written there and skipped on a rerun.
+        batch_size: samples per attack call (results do not depend on it).
+        device: where to run (default: the model's device; the model is not moved).
+        seed: every attack's seed; with the sample ids it keys all randomness.
+        progress: tqdm bars with ETA (cells, and batches within a cell).
+        sample_ids: the samples' ids (default 0..N-1): the keys of their randomness and the
+            table's ``sample`` column; give a shard its global ids.
+        adaptive: add :func:`~.protocols.adaptive_attacks` entries for the model's defenses.
+        overrides: attack parameters set in every entry taking them (e.g. ``{"steps": 5}``).
+        meta: extra table metadata (dataset, split, model description).
+    """
+    check_eval_mode(model, "evaluating it")
+    check_images(x)
+    check_labels(y, x.shape[0])
+    batch_size = check_positive_int(batch_size, "batch_size")
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"unknown norm {norm!r}; choose from ('linf', 'l2')")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (
+            math.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps must be a positive finite number, got {eps!r}")
+    grid = [float(e) for e in (eps_grid if eps_grid is not None else default_eps_grid(eps))]
+    if any(not math.isfinite(e) or e < 0 for e in grid):
+        raise ValueError(f"eps_grid must hold finite budgets >= 0, got {grid}")
+    if norm == "linf":
+        grid = sorted({min(e, 1.0) for e in grid})
+    else:
+        grid = sorted(set(grid))
+    eps = float(eps)
+    if eps not in grid:
+        grid = sorted({*grid, eps})
+    n = x.shape[0]
+    ids = torch.arange(n) if sample_ids is None else sample_ids
+    if not isinstance(ids, torch.Tensor) or ids.shape != (n,) or ids.dtype.is_floating_point:
+        raise ValueError(f"sample_ids must be an integer tensor of shape ({n},)")
+    if len(torch.unique(ids)) != n:
+        raise ValueError("sample_ids must be unique")
+    dev = torch.device(device) if device is not None else next(
+        (p.device for p in model.parameters()), x.device)
+    x, y, ids = x.to(dev), y.to(dev), ids.to(dev).to(torch.int64)
+
+    proto = get_protocol(protocol, overrides)
+    pred, correct, k = clean_predictions(model, x, y, batch_size)
+    entries_raw = list(proto["entries"]) + (adaptive_attacks(model) if adaptive else [])
+    entries = [_Entry(e, norm, seed, k) for e in entries_raw]
+    if len({e.key for e in entries}) != len(entries):
+        raise ValueError("an adaptive attack's key collides with a protocol entry's key")
+    notes = {e.key: e.unavailable for e in entries if e.unavailable}
+    entries = [e for e in entries if not e.unavailable]
+
+    flat = x.flatten(1)
+    clean = {"sample": ids.cpu().numpy(), "label": y.cpu().numpy().astype(np.int64),
+             "clean_pred": pred.cpu().numpy().astype(np.int64),
+             "clean_correct": correct.cpu().numpy(),
+             "x_linf": flat.abs().amax(1).float().cpu().numpy(),
+             "x_l2": flat.norm(dim=1).float().cpu().numpy()}
+    table_meta: dict[str, Any] = {
+        "protocol": proto["id"], "protocol_overrides": proto["overrides"],
+        "eps": eps, "eps_grid": grid, "norm": norm, "seed": seed, "num_classes": k,
+        "n": n, "model": {"class": type(model).__name__, "defenses": describe_defenses(model),
+                          "fingerprint": model_fingerprint(model)},
+        "data_fingerprint": _data_fingerprint(x, y, ids),
+        "attacks": {}, "unavailable": notes, "environment": environment_info(),
+        "device": str(dev), **dict(meta or {}),
+    }
+    for e in entries:
+        spec = e.build(None if e.mode == "none" else eps).spec()  # ε: the main budget
+        table_meta["attacks"][e.key] = {**spec, "role": e.role, "eps_mode": e.mode, "on": e.on,
+                                        **({"through": e.through} if e.through else {})}
+    fingerprint = {"protocol": proto["id"], "entries": protocol_fingerprint(
+        [e.e for e in entries]), "model": table_meta["model"]["fingerprint"],
+        "data": table_meta["data_fingerprint"], "norm": norm, "eps_grid": grid, "seed": seed}
+
+    with ExitStack() as stack:
+        folder = None
+        if out is not None:
+            stack.enter_context(RunLock(out, "evaluation"))
+            folder = RunFolder(out, table_meta, fingerprint)
+            folder.write_clean(clean)
+            folder.save_manifest()
+        table = _run_cells(model, x, y, ids, pred, correct, entries, grid, eps, norm,
+                           batch_size, folder, table_meta, progress)
+    table.meta = {**table.meta, "clean": clean}  # as load_table gives it (not in the JSON)
+    return table
+
+
+def _cells(entries: list[_Entry], grid: list[float], eps: float, norm: str, x: torch.Tensor
+           ) -> list[tuple[_Entry, float, float | None]]:
+    """(entry, ε of the rows, ε the attack gets or None) in run order."""
+    out: list[tuple[_Entry, float, float | None]] = []
+    for e_val in grid:
+        for e in entries:
+            if e.mode == "grid" or (e.mode == "main" and e_val == eps):
+                out.append((e, e_val, e_val))
+    big = 1.0 if norm == "linf" else float(math.sqrt(x[0].numel()))
+    for e in entries:
+        if e.mode == "none":
+            out.append((e, math.inf, None))
+        elif e.mode == "max":
+            out.append((e, math.inf, big))
+    return out
+
+
+def _target_model(model: nn.Module, e: _Entry) -> nn.Module:
+    if e.through in ("bpda", "bpda_smooth"):
+        subs = None
+        if e.through == "bpda_smooth":
+            kappas = [d["kappa"] for d in describe_defenses(model) if d["type"] == "jumprelu"]
+            subs = {"JumpReLU": _smooth_jump(float(kappas[0]))} if kappas else None
+        return with_bpda(model, subs)
+    return model
+
+
+def _run_cells(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
+               pred: torch.Tensor, correct: torch.Tensor, entries: list[_Entry],
+               grid: list[float], eps: float, norm: str, batch_size: int,
+               folder: RunFolder | None, meta: dict[str, Any], progress: bool) -> ResultsTable:
+    done = folder.finished() if folder is not None else {}
+    twin: nn.Module | None = None
+    cells = _cells(entries, grid, eps, norm, x)
+    broken = {e_val: ~correct.cpu().numpy() for e_val in grid}  # not robust at ε (so far)
+    tables: list[ResultsTable] = []
+    correct_np = correct.cpu().numpy()
+    bar = tqdm(cells, desc="evaluate", unit="cell", disable=not progress)
+    for e, e_val, attack_eps in bar:
+        bar.set_postfix_str(f"{e.key} eps={e_val:.4g}")
+        cached = done.get((e.key, float(e_val)))
+        if cached is not None and folder is not None:
+            t = folder.read(cached)
+        else:
+            if e.through == "twin" and twin is None:
+                twin = strip_defenses(model).eval()
+            t, mismatch, secs = _run_cell(model, x, y, ids, pred, correct_np, e, e_val,
+                                          attack_eps, broken.get(e_val), batch_size, progress,
+                                          twin)
+            if folder is not None:
+                folder.add(t, attack=e.key, eps=e_val, norm=norm, seconds=secs,
+                           mismatch=mismatch)
+        if e_val in broken:
+            broken[e_val] |= t["success"]
+        tables.append(t)
+    return ResultsTable.concat(tables, meta)
+
+
+def _run_cell(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
+              pred: torch.Tensor, correct: np.ndarray, e: _Entry, e_val: float,
+              attack_eps: float | None, broken: np.ndarray | None, batch_size: int,
+              progress: bool, twin: nn.Module | None) -> tuple[ResultsTable, int, float]:
+    n = x.shape[0]
+    rows = _empty_rows(n)
+    rows["sample"][:] = ids.cpu().numpy()
+    rows["label"][:] = y.cpu().numpy()
+    rows["eps"][:] = e_val
+    rows["clean_correct"][:] = correct
+    rows["pred"][:] = pred.cpu().numpy()
+    rows["success"][:] = ~correct  # misclassified clean: not robust, not attacked
+    todo = correct.copy()
+    if e.on == "survivors" and broken is not None:
+        todo &= ~broken
+    rows["skipped"][:] = ~todo
+    rows["success"][correct & ~todo] = False  # broken earlier in the cascade: not attacked
+    idx = np.nonzero(todo)[0]
+    mismatch, start = 0, time.perf_counter()
+    if idx.size and attack_eps == 0.0:
+        rows["success"][idx] = False  # x_adv = x: the clean prediction, already correct
+    elif idx.size:
+        attack = e.build(attack_eps)
+        if e.through == "twin":
+            assert twin is not None
+            attack = TransferAttack(twin, attack)
+        target_model = _target_model(model, e)
+        idx_t = torch.from_numpy(idx).to(x.device)
+        for s in tqdm(_batches(idx.size, batch_size), desc=e.key, leave=False,
+                      disable=not progress):
+            b = idx_t[s]
+            xb, yb = x[b], y[b]
+            t0 = time.perf_counter()
+            res = attack(target_model, xb, yb, keys=ids[b], record=True)
+            v = verify(model, xb, yb, res, eps=attack_eps, norm=e.norm)
+            tie = _top_tie(res.logits)
+            success = v.success | (tie & v.in_budget & v.in_box)
+            mismatch += int((res.success != success).sum())
+            where = idx[s]
+            rows["success"][where] = success.cpu().numpy()
+            rows["pred"][where] = res.logits.argmax(1).cpu().numpy()
+            delta = (res.x_adv - match_model_dtype(model, xb)).flatten(1)
+            rows["linf"][where] = delta.abs().amax(1).float().cpu().numpy()
+            rows["l2"][where] = delta.norm(dim=1).float().cpu().numpy()
+            _result_rows(res, success, rows, where, time.perf_counter() - t0)
+    secs = time.perf_counter() - start
+    cols: dict[str, np.ndarray] = dict(rows)
+    cols["attack"] = np.full(n, e.key, dtype=object)
+    cols["norm"] = np.full(n, e.norm, dtype=object)
+    return ResultsTable(cols), mismatch, secs
+

@@ -1,0 +1,169 @@
+"""The results table on disk: a run folder, appendable cell by cell, loadable with one call.
+
+Format (``format_version`` 1), chosen so a killed evaluation resumes where it stopped and so the
+files are readable without robustact (safetensors + JSON; never pickle)::
+
+    out/
+      table.json              manifest: format, meta (protocol, model, data, attacks, seed,
+                              versions, ...), fingerprint, and the list of finished cells
+      clean.safetensors       per evaluated sample: sample, label, clean_pred, clean_correct,
+                              x_linf, x_l2 (‖x‖ in each norm, for the relative norm ρ)
+      cells/0000.safetensors  one file per finished (attack, ε) cell: every numeric column of
+      cells/0001.safetensors  robustact.evaluate.table.COLUMNS as a 1-D tensor (bool, int64,
+      ...                     float32/float64); the string columns ``attack`` and ``norm`` are
+                              constant per cell and stored in the manifest's cell entry
+
+A cell entry is ``{"attack", "eps", "norm", "file", "rows", "seconds", "mismatch"}`` (``eps`` may
+be ``Infinity`` in the JSON for minimum-norm and unbounded cells). Every file is written
+atomically (:mod:`robustact.core.storage`): first the cell's file, then the manifest naming it,
+so a cell is finished exactly when the manifest lists it; a cell file the manifest does not list
+(killed in between) is ignored and rewritten. Resuming a folder made with a different protocol,
+model, data, norm, ε grid or seed is refused with one line (:class:`ResultsFolderMismatch`).
+
+Loading for analysis: ``load_table(out)`` returns the :class:`~robustact.evaluate.table.
+ResultsTable` (``meta["clean"]`` holds the per-sample clean arrays). Without robustact::
+
+    import json, safetensors.numpy as st
+    man = json.load(open("out/table.json"))
+    cells = [st.load_file("out/" + c["file"]) | {"attack": c["attack"]} for c in man["cells"]]
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from robustact.core.storage import atomic_write_json, load_tensors, read_json, save_tensors
+from robustact.evaluate.table import COLUMNS, ResultsTable
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "ResultsFolderMismatch", "RunFolder", "load_table"]
+
+FORMAT = "robustact-results"
+FORMAT_VERSION = 1
+MANIFEST = "table.json"
+CLEAN = "clean.safetensors"
+_STRING_COLUMNS = ("attack", "norm")
+CLEAN_FIELDS = ("sample", "label", "clean_pred", "clean_correct", "x_linf", "x_l2")
+
+
+class ResultsFolderMismatch(ValueError):
+    """The folder holds results of a different evaluation (protocol, model, data, ...)."""
+
+
+def _to_tensor(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    file = path / MANIFEST
+    try:
+        man = read_json(file)
+    except FileNotFoundError:
+        raise ValueError(f"{path} is not a results folder (no {MANIFEST})") from None
+    except ValueError as e:
+        raise ValueError(f"{file} is not valid JSON ({e})") from None
+    if not isinstance(man, dict) or man.get("format") != FORMAT:
+        raise ValueError(f"{file} is not a robustact results manifest")
+    if man.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{file} has format version {man.get('format_version')}; this robustact "
+                         f"reads version {FORMAT_VERSION}")
+    return man
+
+
+def _read_cell(path: Path, cell: Mapping[str, Any]) -> ResultsTable:
+    file = path / cell["file"]
+    try:
+        t = load_tensors(file)
+    except (OSError, Exception) as e:  # safetensors raises its own error types
+        raise ValueError(f"cannot read results cell {file}: {e}") from None
+    n = int(cell["rows"])
+    cols: dict[str, np.ndarray] = {}
+    for c in COLUMNS:
+        if c in _STRING_COLUMNS:
+            cols[c] = np.full(n, cell[c], dtype=object)
+        elif c not in t:
+            raise ValueError(f"results cell {file} lacks column {c!r}")
+        else:
+            cols[c] = t[c].numpy()
+    return ResultsTable(cols)
+
+
+def load_table(path: str | os.PathLike[str]) -> ResultsTable:
+    """Every finished cell of the results folder ``path`` as one table (meta from the manifest).
+
+    ``meta["clean"]`` is a dict of per-sample numpy arrays (:data:`CLEAN_FIELDS`).
+    """
+    path = Path(path)
+    man = _read_manifest(path)
+    meta = dict(man["meta"])
+    if (path / CLEAN).exists():
+        meta["clean"] = {k: v.numpy() for k, v in load_tensors(path / CLEAN).items()}
+    return ResultsTable.concat([_read_cell(path, c) for c in man["cells"]], meta)
+
+
+class RunFolder:
+    """Writer side of a results folder: open (or create) it, list finished cells, add cells.
+
+    ``fingerprint`` identifies the evaluation (protocol, model, data, norm, grid, seed): an
+    existing folder with another fingerprint is refused, naming the first field that differs.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], meta: Mapping[str, Any],
+                 fingerprint: Mapping[str, Any]) -> None:
+        self.path = Path(path)
+        if self.path.exists() and not self.path.is_dir():
+            raise ValueError(f"results folder {self.path} is a file")
+        if (self.path / MANIFEST).exists():
+            man = _read_manifest(self.path)
+            old = man.get("fingerprint", {})
+            for k, v in fingerprint.items():
+                if old.get(k) != _jsonable(v):
+                    raise ResultsFolderMismatch(
+                        f"{self.path} holds results of a different evaluation ({k}: "
+                        f"{old.get(k)!r} there, {_jsonable(v)!r} now); choose another output "
+                        "folder or delete it to start over")
+            self.manifest = man
+        else:
+            self.manifest = {"format": FORMAT, "format_version": FORMAT_VERSION,
+                             "fingerprint": _jsonable(dict(fingerprint)), "meta": dict(meta),
+                             "cells": []}
+        self.manifest["meta"] = {**self.manifest["meta"], **dict(meta)}
+
+    def finished(self) -> dict[tuple[str, float], dict[str, Any]]:
+        return {(c["attack"], float(c["eps"])): c for c in self.manifest["cells"]}
+
+    def read(self, cell: Mapping[str, Any]) -> ResultsTable:
+        return _read_cell(self.path, cell)
+
+    def write_clean(self, clean: Mapping[str, np.ndarray]) -> None:
+        save_tensors(self.path / CLEAN, {k: _to_tensor(np.asarray(v)) for k, v in clean.items()})
+
+    def add(self, table: ResultsTable, *, attack: str, eps: float, norm: str,
+            seconds: float, mismatch: int) -> None:
+        """Write one finished cell, then the manifest that lists it (both atomic)."""
+        i = len(self.manifest["cells"])
+        file = f"cells/{i:04d}.safetensors"
+        save_tensors(self.path / file, {c: _to_tensor(table[c]) for c in COLUMNS
+                                        if c not in _STRING_COLUMNS})
+        self.manifest["cells"].append({"attack": attack, "eps": float(eps), "norm": norm,
+                                       "file": file, "rows": len(table),
+                                       "seconds": float(seconds), "mismatch": int(mismatch)})
+        self.save_manifest()
+
+    def save_manifest(self) -> None:
+        atomic_write_json(self.path / MANIFEST, self.manifest)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, list):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    return v
