@@ -22,6 +22,7 @@ __all__ = [
     "check_positive_int",
     "check_model_output",
     "match_model_dtype",
+    "top_ties",
 ]
 
 
@@ -150,3 +151,20 @@ def check_eval_mode(model: nn.Module, what: str = "this operation") -> None:
             f"the model is in train mode; call model.eval() before {what} "
             "(dropout and batch-norm updates would make results wrong and non-reproducible)"
         )
+
+
+def top_ties(outputs: torch.Tensor) -> torch.Tensor:
+    """Per row of ``outputs`` (N, K): True where the largest value occurs more than once.
+
+    Why here, in the lowest layer: a saturated bounded output (sigmoid(T·z) at high T) makes
+    several outputs exactly 1.0 in float32, and ``argmax`` then breaks the tie by index, so a
+    model's decision silently becomes "the lowest tied class". The defenses (which warn when they
+    create ties) and the evaluation (which counts a tied prediction as not correct) both need
+    this one count, and neither may import the other. Ties are judged in the outputs' own dtype:
+    that is what ``argmax`` sees.
+    """
+    z = check_model_output(outputs).detach()
+    if z.ndim != 2:
+        raise ValueError(f"outputs must have shape (N, num_classes), got {tuple(z.shape)}")
+    top = z.amax(dim=1, keepdim=True)
+    return (z == top).sum(dim=1) > 1
