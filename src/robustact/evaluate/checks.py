@@ -198,7 +198,8 @@ def check_randomness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
               f"{_pct(changed)} of the samples and outputs by up to {max_diff:.3g} (relative); "
               "the model is randomized, so attack it with EOT.")
     else:
-        ev = f"{passes} forward passes of the same batch agree (max relative difference {max_diff:.2g})."
+        ev = (f"{passes} forward passes of the same batch agree (max relative difference "
+              f"{max_diff:.2g}).")
     return CheckResult("C1", "randomness", fired, numbers, ev)
 
 
