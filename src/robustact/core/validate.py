@@ -23,6 +23,7 @@ __all__ = [
     "check_model_output",
     "match_model_dtype",
     "resolve_device",
+    "top_ties",
 ]
 
 
@@ -179,3 +180,19 @@ def resolve_device(spec: str | torch.device, name: str = "device") -> torch.devi
             raise ValueError(f"{name} is {str(spec)!r} but only {torch.cuda.device_count()} CUDA "
                              "device(s) exist")
     return dev
+
+def top_ties(outputs: torch.Tensor) -> torch.Tensor:
+    """Per row of ``outputs`` (N, K): True where the largest value occurs more than once.
+
+    Why here, in the lowest layer: a saturated bounded output (sigmoid(T·z) at high T) makes
+    several outputs exactly 1.0 in float32, and ``argmax`` then breaks the tie by index, so a
+    model's decision silently becomes "the lowest tied class". The defenses (which warn when they
+    create ties) and the evaluation (which counts a tied prediction as not correct) both need
+    this one count, and neither may import the other. Ties are judged in the outputs' own dtype:
+    that is what ``argmax`` sees.
+    """
+    z = check_model_output(outputs).detach()
+    if z.ndim != 2:
+        raise ValueError(f"outputs must have shape (N, num_classes), got {tuple(z.shape)}")
+    top = z.amax(dim=1, keepdim=True)
+    return (z == top).sum(dim=1) > 1

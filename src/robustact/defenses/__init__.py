@@ -21,6 +21,7 @@ from robustact.defenses.output_activation import (
     OutputActivationModel,
     add_output_activation,
     remove_output_activation,
+    tie_rate,
 )
 from robustact.defenses.registry import apply_defenses, describe_defenses, strip_defenses
 
@@ -39,6 +40,7 @@ __all__ = [
     "OutputActivationModel",
     "add_output_activation",
     "remove_output_activation",
+    "tie_rate",
     "apply_defenses",
     "describe_defenses",
     "strip_defenses",

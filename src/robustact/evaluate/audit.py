@@ -1,0 +1,523 @@
+"""The gradient-masking audit: table-level checks, the verdict, and :func:`run_audit`.
+
+Table-level checks read a :class:`~robustact.evaluate.table.ResultsTable` whose
+``meta["attacks"][key]["role"]`` says what each attack is for (``ROLES``): the *standard* attacks
+give the reported figure; every other role is a second opinion on the same points. Everything is
+judged **per sample** (AUDIT.md): "extra broken" means a sample that is clean-correct, that no
+standard attack broke at ε, and that the compared attack broke. "Beyond noise" is more than
+max(1 sample, 0.5 pp) of the evaluated points (:func:`~robustact.evaluate.checks.beyond_noise`).
+
+The verdict follows AUDIT.md exactly:
+
+- **masking confirmed**: some attack broke extra points beyond noise (a check with
+  ``breaks_points``);
+- **masking suspected**: otherwise, some diagnostic or attack check fired;
+- **no evidence of masking found**: nothing fired. Never "robust": passing is necessary, not
+  sufficient (Popovic et al., CVPR-W 2022).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from robustact.attacks.base import Attack
+from robustact.evaluate.checks import (
+    MODEL_CHECKS,
+    CheckResult,
+    beyond_noise,
+    check_binarization,
+    check_random_search,
+    check_transfer_mismatch,
+)
+from robustact.evaluate.table import ResultsTable
+
+__all__ = [
+    "AuditReport",
+    "Verdict",
+    "VERDICTS",
+    "TABLE_CHECKS",
+    "run_audit",
+    "verdict",
+    "check_silent_success",
+    "check_incomplete_optimization",
+    "check_convergence",
+    "check_transfer",
+    "check_unbounded",
+    "check_monotone_eps",
+    "check_single_step",
+    "check_black_box",
+    "check_random_search_table",
+    "check_loss_choice",
+    "check_adaptive",
+    "check_worst_case",
+    "check_label_only",
+]
+
+VERDICTS = ("masking confirmed", "masking suspected", "no evidence of masking found")
+
+#: C10's threshold on the stall statistic (IoAF I4).
+STALL_THRESHOLD = 0.05
+#: An L∞ budget this large lets every image become uniform grey: accuracy must be at chance.
+LINF_CHANCE_EPS = 0.5
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.1f} %"
+
+
+# -- per-sample bookkeeping ---------------------------------------------------------------------
+
+def _main_eps(table: ResultsTable, eps: float | None) -> float:
+    """The budget the checks compare at: ``eps``, or the standard attacks' only finite ε."""
+    if eps is not None:
+        return float(eps)
+    std = table.attacks("standard")
+    mask = np.isin(table["attack"], std) & np.isfinite(table["eps"])
+    grid = np.unique(table["eps"][mask])
+    if len(grid) == 1:
+        return float(grid[0])
+    if len(grid) == 0:
+        raise ValueError("the results table has no fixed-budget standard attack; pass eps")
+    raise ValueError(f"the results table has several ε for its standard attacks "
+                     f"({', '.join(f'{e:g}' for e in grid)}); pass eps to choose one")
+
+
+def _rows(table: ResultsTable, keys: Sequence[str], eps: float | None) -> ResultsTable:
+    mask = np.isin(table["attack"], list(keys))
+    if eps is not None:
+        e = table["eps"]
+        mask &= (np.isinf(e) & math.isinf(eps)) | np.isclose(e, eps, rtol=0, atol=1e-12)
+    return table.where(mask)
+
+
+@dataclass
+class _Samples:
+    """The evaluated points of a table: sorted sample ids and their clean correctness."""
+
+    ids: np.ndarray
+    clean_correct: np.ndarray
+
+    @classmethod
+    def of(cls, table: ResultsTable) -> _Samples:
+        ids, first = np.unique(table["sample"], return_index=True)
+        return cls(ids, table["clean_correct"][first])
+
+    def broken(self, rows: ResultsTable) -> tuple[np.ndarray, np.ndarray]:
+        """Per sample of ``ids``: broken by any row (success), and attacked (a non-skipped row)."""
+        pos = np.searchsorted(self.ids, rows["sample"])
+        broken = np.zeros(len(self.ids), dtype=bool)
+        attacked = np.zeros(len(self.ids), dtype=bool)
+        np.logical_or.at(broken, pos, rows["success"])
+        np.logical_or.at(attacked, pos, ~rows["skipped"])
+        return broken, attacked
+
+    def present(self, rows: ResultsTable) -> np.ndarray:
+        out = np.zeros(len(self.ids), dtype=bool)
+        out[np.searchsorted(self.ids, rows["sample"])] = True
+        return out
+
+
+def _standard_robust(table: ResultsTable, s: _Samples, eps: float) -> np.ndarray | None:
+    """Clean-correct samples no standard attack broke at ε (None: no standard rows at ε)."""
+    rows = _rows(table, table.attacks("standard"), eps)
+    if len(rows) == 0:
+        return None
+    broken, _ = s.broken(rows)
+    return s.clean_correct & ~broken & s.present(rows)
+
+
+def _na(cid: str, name: str, why: str, kind: str = "attack") -> CheckResult:
+    return CheckResult(cid, name, None, {}, f"not applicable: {why}.", kind=kind)
+
+
+def _extra_break(table: ResultsTable, role: str, cid: str, name: str, eps: float | None, *,
+                 what: str, fire_on_any: bool = False) -> CheckResult:
+    """Shared shape of C11/C15–C20/C25: does ``role`` break points the standard attacks left
+    robust at ε? Fires beyond noise (or on any such point, with ``fire_on_any``); the points
+    count toward "masking confirmed" only beyond noise."""
+    keys = table.attacks(role)
+    if not keys:
+        return _na(cid, name, f"the table has no {role.replace('_', '-')} attack")
+    e = _main_eps(table, eps)
+    s = _Samples.of(table)
+    robust = _standard_robust(table, s, e)
+    if robust is None:
+        return _na(cid, name, f"no standard attack at ε = {e:g} to compare with")
+    rows = _rows(table, keys, e)
+    if len(rows) == 0:
+        return _na(cid, name, f"the {role.replace('_', '-')} attack has no rows at ε = {e:g}")
+    broken, attacked = s.broken(rows)
+    extra = broken & robust
+    n, k = len(s.ids), int(extra.sum())
+    noisy = beyond_noise(k, n)
+    fired = noisy or (fire_on_any and k > 0)
+    acc_std = float(robust.sum()) / n
+    acc_with = float((robust & ~broken).sum()) / n
+    numbers = {"eps": e, "attacks": keys, "n": n, "standard_robust": int(robust.sum()),
+               "attacked": int(attacked.sum()), "extra_broken": k,
+               "extra_samples": s.ids[extra][:20].tolist(),
+               "robust_accuracy_standard": acc_std, "robust_accuracy_with": acc_with,
+               "noise_threshold": max(1.0, 0.005 * n)}
+    label = ", ".join(keys)
+    ev = (f"{label} ({what}) broke {k} of the {int(robust.sum())} points the standard attacks "
+          f"left robust at ε = {e:g} (robust accuracy {_pct(acc_std)} → {_pct(acc_with)}, "
+          f"n = {n})")
+    if noisy:
+        ev += ": beyond noise, the standard evaluation overstated robustness."
+    elif fired:
+        ev += ": within noise, but a per-sample win: investigate."
+    else:
+        ev += "."
+    return CheckResult(cid, name, fired, numbers, ev, kind="attack", breaks_points=noisy)
+
+
+# -- the table-level checks ---------------------------------------------------------------------
+
+def check_silent_success(table: ResultsTable, *, eps: float | None = None) -> CheckResult:
+    """C9: some iterate was adversarial but the returned point is not → return the best iterate."""
+    rows = table.where(table["silent"] & ~table["success"])
+    per = {a: int((rows["attack"] == a).sum()) for a in table.attacks()}
+    per = {a: c for a, c in per.items() if c}
+    k = len(rows)
+    ev = (f"{k} rows ({', '.join(f'{a}: {c}' for a, c in per.items())}) had an adversarial "
+          "iterate but returned a non-adversarial point: return the best iterate."
+          if k else "no attack lost an adversarial iterate.")
+    return CheckResult("C9", "silent success", k > 0, {"silent_rows": k, "per_attack": per}, ev)
+
+
+def check_incomplete_optimization(table: ResultsTable, *, eps: float | None = None,
+                                  threshold: float = STALL_THRESHOLD) -> CheckResult:
+    """C10: on failed, attacked rows with a loss trace, the stall statistic > ``threshold``
+    means the loss was still improving when the attack stopped; fires beyond noise."""
+    st = table["stall"]
+    rows = table.where(np.isfinite(st) & ~table["skipped"] & ~table["success"])
+    if len(rows) == 0:
+        return _na("C10", "incomplete optimization", "no failed attack has a loss trace",
+                   kind="diagnostic")
+    over = rows["stall"] > threshold
+    n = len(table.samples())
+    k = len(np.unique(rows["sample"][over]))
+    per = {a: int(over[rows["attack"] == a].sum()) for a in rows.attacks()}
+    fired = beyond_noise(k, n)
+    ev = (f"{k} of {n} points had a failed attack whose loss was still improving (stall > "
+          f"{threshold:g}; {', '.join(f'{a}: {c}' for a, c in per.items() if c) or 'none'})"
+          + (": give the attacks more steps or larger steps." if fired else "."))
+    return CheckResult("C10", "incomplete optimization", fired,
+                       {"samples_stalled": k, "n": n, "per_attack": per,
+                        "max_stall": float(rows["stall"].max())}, ev)
+
+
+def check_convergence(table: ResultsTable, *, eps: float | None = None) -> CheckResult:
+    """C11: the standard attack with more steps and restarts, on survivors."""
+    return _extra_break(table, "convergence", "C11", "convergence", eps,
+                        what="more steps and restarts")
+
+
+def check_transfer(table: ResultsTable, *, eps: float | None = None) -> CheckResult:
+    """C18: adversarials crafted on the undefended twin break points the white-box attacks
+    did not (per sample: transfer robust accuracy below white-box)."""
+    return _extra_break(table, "transfer", "C18", "transfer from the base model", eps,
+                        what="transfer from the undefended twin")
+
+
+def check_unbounded(table: ResultsTable, *, eps: float | None = None) -> CheckResult:
+    """C13: an unbounded attack must break every clean-correct point; fires below 100 %."""
+    keys = table.attacks("unbounded")
+    if not keys:
+        return _na("C13", "unbounded attack", "the table has no unbounded attack",
+                   kind="diagnostic")
+    rows = _rows(table, keys, None)
+    rows = rows.where(rows["clean_correct"] & ~rows["skipped"])
+    s = _Samples.of(rows) if len(rows) else None
+    if s is None:
+        return _na("C13", "unbounded attack", "the unbounded attack ran on no clean-correct point",
+                   kind="diagnostic")
+    broken, _ = s.broken(rows)
+    n, k = len(s.ids), int(broken.sum())
+    fired = k < n
+    ev = (f"the unbounded attack ({', '.join(keys)}) broke {k} of {n} correctly classified "
+          f"points ({_pct(k / n)})" +
+          (": below 100 %, so the loss or the attack is broken." if fired else "."))
+    return CheckResult("C13", "unbounded attack", fired,
+                       {"success_rate": k / n, "failed": n - k, "n": n}, ev)
+
+
+def check_monotone_eps(table: ResultsTable, *, eps: float | None = None,
+                       num_classes: int | None = None) -> CheckResult:
+    """C14: robust accuracy of the standard attacks over the table's ε grid must not rise with ε
+    (aggregate: any rise; per sample: broken at a smaller ε yet robust at a larger one, beyond
+    noise), and must fall to chance at a very large ε (L∞ ≥ 0.5: every image can become grey)."""
+    std = table.attacks("standard")
+    rows = _rows(table, std, None)
+    rows = rows.where(np.isfinite(rows["eps"]))
+    grid = np.unique(rows["eps"])
+    if len(grid) < 2:
+        return _na("C14", "monotone in ε", "the standard attacks ran at fewer than two ε",
+                   kind="diagnostic")
+    s = _Samples.of(table)
+    n = len(s.ids)
+    robust, present, accs = [], [], []
+    for e in grid:
+        r = _rows(rows, std, float(e))
+        b, _ = s.broken(r)
+        p = s.present(r)
+        robust.append(s.clean_correct & ~b & p)
+        present.append(p)
+        accs.append(float(robust[-1].sum()) / max(1, int(p.sum())))
+    rises = [(float(grid[i]), float(grid[i + 1])) for i in range(len(grid) - 1)
+             if accs[i + 1] > accs[i]]
+    # per sample: broken (not robust, clean-correct) at ε_i, robust at some ε_j > ε_i
+    nonmono = np.zeros(n, dtype=bool)
+    for i in range(len(grid)):
+        broken_i = s.clean_correct & present[i] & ~robust[i]
+        for j in range(i + 1, len(grid)):
+            nonmono |= broken_i & robust[j]
+    k = int(nonmono.sum())
+    e_main = float(eps) if eps is not None else float(grid[-1])
+    main_i = int(np.argmin(np.abs(grid - e_main)))
+    smaller_broke = np.zeros(n, dtype=bool)
+    for i in range(main_i):
+        smaller_broke |= s.clean_correct & present[i] & ~robust[i]
+    missed_at_main = int((smaller_broke & robust[main_i]).sum())
+    labels = table["label"]
+    kk = num_classes or int(table.meta.get("num_classes", 0)) or int(labels.max()) + 1
+    majority = float(np.bincount(labels, minlength=kk).max()) / len(labels)
+    norms = set(rows["norm"].tolist())
+    above_chance = bool(norms == {"linf"} and grid[-1] >= LINF_CHANCE_EPS
+                        and accs[-1] - majority > max(1.0 / n, 0.005))
+    fired = bool(rises) or beyond_noise(k, n) or above_chance
+    numbers = {"eps_grid": grid.tolist(), "robust_accuracy": accs, "rises": rises,
+               "samples_non_monotone": k, "missed_at_eps": missed_at_main,
+               "chance": majority, "above_chance_at_large_eps": above_chance}
+    parts = [f"robust accuracy over ε {', '.join(f'{e:g}' for e in grid)}: "
+             f"{', '.join(_pct(a) for a in accs)}"]
+    if rises:
+        parts.append(f"it rises with ε ({'; '.join(f'{a:g} → {b:g}' for a, b in rises)})")
+    if k:
+        parts.append(f"{k} points broken at a smaller ε survive a larger one")
+    if above_chance:
+        parts.append(f"at ε = {grid[-1]:g} it stays above chance ({_pct(majority)})")
+    ev = "; ".join(parts) + (": the attack is not finding what exists." if fired else ".")
+    breaks = beyond_noise(missed_at_main, n)
+    return CheckResult("C14", "monotone in ε, chance at large ε", fired, numbers, ev,
+                       breaks_points=breaks)
+
+
+def check_single_step(table: ResultsTable, *, eps: float | None = None) -> CheckResult:
+    """C15: FGSM breaks points the iterative standard attacks did not (any per-sample win)."""
+    return _extra_break(table, "single_step", "C15", "single-step beats iterative", eps,
+                        what="single-step", fire_on_any=True)
+
+
+def check_black_box(table: ResultsTable, *, eps: float | None = None) -> CheckResult:
+    """C16: a black-box attack on the survivors; any per-sample win → investigate."""
+    return _extra_break(table, "black_box", "C16", "black-box beats white-box", eps,
+                        what="black-box", fire_on_any=True)
+
+
+def check_random_search_table(table: ResultsTable, *, eps: float | None = None) -> CheckResult:
+    """C17 from the table, when the protocol ran random search itself."""
+    return _extra_break(table, "random_search", "C17", "random search", eps,
+                        what="random search")
+
+
+def check_loss_choice(table: ResultsTable, *, eps: float | None = None) -> CheckResult:
+    """C19: a margin/DLR/targeted variant breaks clearly more than CE → CE is masked."""
+    return _extra_break(table, "loss_variant", "C19", "loss choice", eps,
+                        what="another loss")
+
+
+def check_adaptive(table: ResultsTable, *, eps: float | None = None) -> CheckResult:
+    """C20: the defense-specific adaptive attack (BPDA, loss on pre-activation logits)."""
+    return _extra_break(table, "adaptive", "C20", "defense-specific adaptive attack", eps,
+                        what="adaptive", fire_on_any=True)
+
+
+def check_label_only(table: ResultsTable, *, eps: float | None = None) -> CheckResult:
+    """C25: a decision-based attack on the predicted labels alone, on the survivors."""
+    return _extra_break(table, "label_only", "C25", "label-only attack", eps,
+                        what="label-only")
+
+
+def check_worst_case(table: ResultsTable, *, eps: float | None = None) -> CheckResult:
+    """C22: robust = no attack at ε succeeded on that sample (AND over attacks), always
+    reported; never an average over attacks."""
+    e = _main_eps(table, eps)
+    keys = [a for a in table.attacks()
+            if table.meta.get("attacks", {}).get(a, {}).get("role") not in ("unbounded",
+                                                                             "min_norm")]
+    rows = _rows(table, keys, e)
+    if len(rows) == 0:
+        return _na("C22", "per-sample worst case", f"no fixed-budget attack at ε = {e:g}",
+                   kind="info")
+    s = _Samples.of(table)
+    n = len(s.ids)
+    broken, _ = s.broken(rows)
+    acc = float((s.clean_correct & ~broken).sum()) / n
+    single = {}
+    for a in rows.attacks():
+        b, _ = s.broken(_rows(rows, [a], e))
+        single[a] = float((s.clean_correct & ~b).sum()) / n
+    best = min(single, key=single.__getitem__)
+    robust_std = _standard_robust(table, s, e)
+    numbers = {"eps": e, "n": n, "robust_accuracy": acc, "per_attack": single,
+               "strongest_single": best, "clean_accuracy": float(s.clean_correct.mean())}
+    if robust_std is not None:
+        numbers["robust_accuracy_standard"] = float(robust_std.sum()) / n
+    ev = (f"per-sample worst case over {len(single)} attacks at ε = {e:g}: robust accuracy "
+          f"{_pct(acc)} (strongest single attack {best}: {_pct(single[best])}).")
+    return CheckResult("C22", "per-sample worst case", False, numbers, ev, kind="info")
+
+
+#: The table-level checks, in AUDIT.md order.
+TABLE_CHECKS: tuple[Callable[..., CheckResult], ...] = (
+    check_silent_success, check_incomplete_optimization, check_convergence, check_transfer,
+    check_unbounded, check_monotone_eps, check_single_step, check_black_box,
+    check_loss_choice, check_adaptive, check_worst_case, check_label_only,
+)
+
+
+# -- the verdict --------------------------------------------------------------------------------
+
+@dataclass
+class Verdict:
+    """``label`` in :data:`VERDICTS`, the sentences behind it, and the checks it read."""
+
+    label: str
+    evidence: list[str]
+    checks: list[CheckResult]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "evidence": list(self.evidence),
+                "checks": [c.as_dict() for c in self.checks]}
+
+
+def _sentence(c: CheckResult) -> str:
+    return f"{c.id} {c.name}: {c.evidence}"
+
+
+def verdict(checks: Sequence[CheckResult]) -> Verdict:
+    """AUDIT.md's rules: confirmed if some check broke extra points beyond noise; suspected if
+    some non-informational check fired; otherwise no evidence of masking found."""
+    checks = list(checks)
+    confirming = [c for c in checks if c.fired and c.breaks_points]
+    firing = [c for c in checks if c.fired and c.kind != "info" and not c.breaks_points]
+    notes = [c for c in checks if c.fired and c.kind == "info"]
+    if confirming:
+        label = VERDICTS[0]
+        evidence = [_sentence(c) for c in confirming + firing]
+    elif firing:
+        label = VERDICTS[1]
+        evidence = [_sentence(c) for c in firing]
+        evidence.append("no attack has yet broken extra points beyond noise: run the adaptive "
+                        "attacks the fired checks point to.")
+    else:
+        label = VERDICTS[2]
+        ran = sum(c.fired is not None for c in checks)
+        evidence = [f"all {ran} applicable checks passed; this is necessary, not sufficient, for "
+                    "a sound evaluation (Popovic et al., CVPR-W 2022)."]
+    evidence += [_sentence(c) for c in notes]
+    return Verdict(label, evidence, checks)
+
+
+# -- the whole audit ----------------------------------------------------------------------------
+
+@dataclass
+class AuditReport:
+    """Every check's result, the verdict, and what the audit itself cost."""
+
+    checks: list[CheckResult]
+    verdict: Verdict
+    seconds: float
+    model_forward_rows: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def check(self, cid: str) -> CheckResult:
+        for c in self.checks:
+            if c.id == cid:
+                return c
+        raise KeyError(f"no check {cid!r} in this audit")
+
+    def fired(self) -> list[str]:
+        return [c.id for c in self.checks if c.fired]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"verdict": self.verdict.label, "evidence": list(self.verdict.evidence),
+                "checks": [c.as_dict() for c in self.checks], "seconds": self.seconds,
+                "model_forward_rows": self.model_forward_rows, **self.meta}
+
+    def lines(self) -> list[str]:
+        """Plain text: the verdict, its evidence, then one line per check."""
+        out = [f"verdict: {self.verdict.label}"]
+        out += [f"  - {s}" for s in self.verdict.evidence]
+        for c in self.checks:
+            state = "n/a" if c.fired is None else ("FIRED" if c.fired else "pass")
+            out.append(f"{c.id:>5} {state:<5} {c.name}: {c.evidence}")
+        out.append(f"audit cost: {self.seconds:.2f} s, {self.model_forward_rows} model "
+                   "forward rows")
+        return out
+
+
+def _robust_mask(table: ResultsTable, eps: float, samples: torch.Tensor) -> torch.Tensor | None:
+    s = _Samples.of(table)
+    robust = _standard_robust(table, s, eps)
+    if robust is None:
+        return None
+    ids = samples.cpu().numpy()
+    pos = np.searchsorted(s.ids, ids).clip(0, max(0, len(s.ids) - 1))
+    found = (len(s.ids) > 0) & (s.ids[pos] == ids)
+    return torch.from_numpy(found & robust[pos])
+
+
+def run_audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+              table: ResultsTable | None = None, *, eps: float, norm: str = "linf",
+              samples: torch.Tensor | None = None, surrogate: nn.Module | None = None,
+              random_points: int = 10_000, random_samples: int = 100,
+              binarization_samples: int = 20, binarization_attack: Attack | None = None,
+              max_samples: int = 100, seed: int = 0) -> AuditReport:
+    """Run the model-level checks on ``x[:max_samples]`` and the table-level checks on
+    ``table``, then the verdict; records the audit's own wall time and model forward rows.
+
+    ``samples``: the table's sample ids of the rows of ``x`` (default 0…N−1), so random search
+    (C17) can be compared with what the standard attacks left robust. ``surrogate`` enables C12.
+    """
+    start = time.perf_counter()
+    rows = [0]
+
+    def count(_m: nn.Module, args: tuple[Any, ...]) -> None:
+        if args and isinstance(args[0], torch.Tensor):
+            rows[0] += int(args[0].shape[0])
+
+    handle = model.register_forward_pre_hook(count)
+    try:
+        xs, ys = x[:max_samples], y[:max_samples]
+        kw = {"eps": eps, "norm": norm}
+        results = [fn(model, xs, ys, **kw) for fn in MODEL_CHECKS]
+        results.append(check_transfer_mismatch(model, xs, ys, surrogate=surrogate, seed=seed,
+                                               **kw))
+        results.append(check_binarization(model, xs, ys, max_samples=binarization_samples,
+                                          attack=binarization_attack, seed=seed, **kw))
+        ids = samples if samples is not None else torch.arange(x.shape[0])
+        if table is not None and table.attacks("random_search"):
+            results.append(check_random_search_table(table, eps=eps))
+        else:
+            robust = _robust_mask(table, eps, ids) if table is not None else None
+            results.append(check_random_search(model, x, y, points=random_points,
+                                               max_samples=random_samples, robust=robust,
+                                               seed=seed, **kw))
+        if table is not None:
+            results += [fn(table, eps=eps) for fn in TABLE_CHECKS]
+    finally:
+        handle.remove()
+    order = {f"C{i}": i for i in range(1, 26)}
+    results.sort(key=lambda c: order.get(c.id, 99))
+    return AuditReport(results, verdict(results), time.perf_counter() - start, rows[0],
+                       {"eps": eps, "norm": norm})

@@ -1,0 +1,436 @@
+"""The gradient-masking audit: every check fires on a case built to fire and stays quiet on one
+built not to, the verdict follows AUDIT.md's rules, and the self-test (C24) catches every
+deliberately broken model while passing the healthy one.
+
+Model-level checks run on a tiny MLP fitted to noisy 8×8 prototypes (seconds on one thread);
+table-level checks run on ResultsTables built row by row, so each case says exactly what the
+attacks did per sample.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+import torch
+from _helpers import fit_full_batch, predict, prototype_data
+from torch import nn
+
+from robustact.core.validate import top_ties
+from robustact.defenses import OutputActivationModel, add_output_activation, tie_rate
+from robustact.evaluate.audit import (
+    VERDICTS,
+    check_adaptive,
+    check_black_box,
+    check_convergence,
+    check_incomplete_optimization,
+    check_label_only,
+    check_loss_choice,
+    check_monotone_eps,
+    check_random_search_table,
+    check_silent_success,
+    check_single_step,
+    check_transfer,
+    check_unbounded,
+    check_worst_case,
+    run_audit,
+    verdict,
+)
+from robustact.evaluate.checks import (
+    CheckResult,
+    check_binarization,
+    check_broken_graph,
+    check_few_classes,
+    check_forward_optimization,
+    check_gradient_mismatch,
+    check_probabilities,
+    check_random_search,
+    check_randomness,
+    check_saturation,
+    check_ties,
+    check_transfer_mismatch,
+    check_unstable_predictions,
+    check_zero_gradients,
+    correct_untied,
+)
+from robustact.evaluate.selftest import broken_models, self_test
+from robustact.evaluate.table import ResultsTable
+from robustact.models import create_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+EPS = 0.1
+
+
+@pytest.fixture(scope="module")
+def healthy() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A small MLP (with features/head) fitted to 4 prototype classes, and 32 test points."""
+    x, y = prototype_data(0, n=160, k=4)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = create_model("mlp", num_classes=4, in_channels=1, input_size=8, hidden=(32,))
+    fit_full_batch(model, x, y, steps=150, lr=0.01)
+    xt, yt = prototype_data(0, n=32, noise_seed=1)
+    assert (predict(model, xt) == yt).float().mean() > 0.9
+    return model, xt, yt
+
+
+@pytest.fixture(scope="module")
+def broken(healthy: tuple[nn.Module, torch.Tensor, torch.Tensor]) -> dict[str, nn.Module]:
+    return broken_models(healthy[0])
+
+
+# -- model-level checks: fire on the broken case, quiet on the healthy model ---------------------
+
+CASES = [
+    (check_randomness, "randomized", {}),
+    (check_probabilities, "saturated_softmax", {}),
+    (check_broken_graph, "input_thresholding", {}),
+    (check_zero_gradients, "gradient_killing", {}),
+    (check_saturation, "sigmoid_T100", {}),
+    (check_gradient_mismatch, "input_quantization", {}),
+    (check_unstable_predictions, "randomized", {"draws": 20}),
+    (check_binarization, "gradient_killing", {"max_samples": 4}),
+]
+
+
+@pytest.mark.parametrize(("check", "kind", "kw"), CASES,
+                         ids=[c[0].__name__ for c in CASES])
+def test_model_check_fires_on_broken_and_not_on_healthy(healthy, broken, check, kind, kw):
+    model, x, y = healthy
+    bad = check(broken[kind], x, y, eps=EPS, **kw)
+    good = check(model, x, y, eps=EPS, **kw)
+    assert isinstance(bad, CheckResult) and bad.fired is True, bad
+    assert good.fired is False, good
+    assert bad.evidence and bad.numbers and bad.id == good.id
+
+
+def test_zero_gradients_reports_the_fraction_per_loss_and_start(healthy, broken):
+    model, x, y = healthy
+    res = check_zero_gradients(broken["gradient_killing"], x, y, eps=EPS)
+    assert res.numbers["max_fraction"] == 1.0
+    assert res.numbers["zero_or_nonfinite[margin at random start]"] == 1.0
+    assert "100.0 %" in res.evidence
+    assert set(res.numbers) >= {"zero_or_nonfinite[dlr at x]", "zero_or_nonfinite[ce at x]"}
+
+
+def test_checks_leave_the_model_as_they_found_it(healthy, broken):
+    model, x, y = healthy
+    grads = [p.requires_grad for p in model.parameters()]
+    check_zero_gradients(model, x, y, eps=EPS)
+    assert [p.requires_grad for p in model.parameters()] == grads and not model.training
+    model.train()
+    try:
+        with pytest.raises(ValueError, match="train mode"):
+            check_zero_gradients(model, x, y, eps=EPS)
+    finally:
+        model.eval()
+
+
+class _Purifier(nn.Module):
+    """Takes one gradient step on its input inside forward (an optimization in the model)."""
+
+    def __init__(self, base: nn.Module) -> None:
+        super().__init__()
+        self.base = base
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            xr = x.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(self.base(xr).logsumexp(1).sum(), xr)
+        return self.base((x - 0.01 * g.sign()).clamp(0, 1))
+
+
+def test_forward_optimization_is_traced_and_the_tracer_removed(healthy):
+    model, x, y = healthy
+    original = (torch.autograd.grad, torch.autograd.backward, torch.Tensor.backward)
+    bad = check_forward_optimization(_Purifier(model).eval(), x, y)
+    good = check_forward_optimization(model, x, y)
+    assert bad.fired and bad.numbers["backward_calls"] == 1
+    assert good.fired is False
+    assert (torch.autograd.grad, torch.autograd.backward, torch.Tensor.backward) == original
+
+
+def test_random_search_compares_with_what_the_attacks_left_robust(healthy):
+    model, x, y = healthy
+    everything_robust = torch.ones(len(y), dtype=torch.bool)
+    big = check_random_search(model, x, y, eps=0.5, points=200, robust=everything_robust)
+    tiny = check_random_search(model, x, y, eps=0.01, points=200, robust=everything_robust)
+    unknown = check_random_search(model, x, y, eps=0.5, points=50)
+    assert big.fired and big.breaks_points and big.numbers["extra_broken"] > 1
+    assert tiny.fired is False and tiny.numbers["extra_broken"] == 0
+    assert unknown.fired is None and "not applicable" in unknown.evidence
+    # what the standard attacks already broke is not "extra"
+    none_robust = check_random_search(model, x, y, eps=0.5, points=200,
+                                      robust=torch.zeros(len(y), dtype=torch.bool))
+    assert none_robust.fired is False
+
+
+def test_transfer_mismatch_fires_for_a_misleading_surrogate(healthy):
+    model, x, y = healthy
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        stranger = create_model("mlp", num_classes=4, in_channels=1, input_size=8,
+                                hidden=(32,)).eval()
+    bad = check_transfer_mismatch(model, x, y, eps=0.3, surrogate=stranger, steps=10)
+    same = check_transfer_mismatch(model, x, y, eps=0.3, surrogate=model, steps=10)
+    assert bad.fired and bad.numbers["mismatch"] > 1
+    assert same.fired is False and same.numbers["mismatch"] == 0
+    assert check_transfer_mismatch(model, x, y, eps=0.3).fired is None
+
+
+def test_few_classes():
+    two = nn.Sequential(nn.Flatten(), nn.Linear(64, 2)).eval()
+    ten = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+    x, y = torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)
+    res2 = check_few_classes(two, x, y)
+    assert res2.fired and res2.numbers["num_classes"] == 2 and "DLR" in res2.evidence
+    assert check_few_classes(ten, x, y).fired is False
+
+
+# -- tied top outputs -----------------------------------------------------------------------------
+
+def _positive_logits_model() -> nn.Module:
+    """Logits ≈ (1, 2, −1, 0.5) for every input: at T = 100 classes 0, 1 and 3 saturate to 1.0."""
+    lin = nn.Linear(64, 4)
+    with torch.no_grad():
+        lin.weight.fill_(1e-3)
+        lin.bias.copy_(torch.tensor([1.0, 2.0, -1.0, 0.5]))
+    return nn.Sequential(nn.Flatten(), lin).eval()
+
+
+def test_top_ties_counts_exact_ties_only():
+    z = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.999, 0.0], [0.0, 0.0, 0.0], [2.0, 1.0, 2.0]])
+    assert top_ties(z).tolist() == [True, False, True, True]
+    assert correct_untied(z, torch.tensor([0, 0, 1, 2])).tolist() == [False, True, False, False]
+
+
+def test_tie_rate_at_high_temperature_and_the_warning():
+    base = _positive_logits_model()
+    x, y = torch.rand(20, 1, 8, 8, generator=torch.Generator().manual_seed(0)), None
+    hot = OutputActivationModel(base, "sigmoid", 100.0).eval()
+    cold = OutputActivationModel(base, "sigmoid", 1.0).eval()
+    assert tie_rate(hot, x) == 1.0 and tie_rate(cold, x) == 0.0
+    with pytest.warns(UserWarning, match=r"at T=100 .*100\.0 % of these 20 inputs have tied"):
+        add_output_activation(base, "sigmoid", 100.0, x=x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        add_output_activation(base, "sigmoid", 1.0, x=x)
+        add_output_activation(base, "sigmoid", 100.0)  # no data, no measurement, no warning
+    # the audit reports it and counts a tie as not correct: the label is class 1, argmax says 0
+    y = torch.ones(20, dtype=torch.long)
+    res = check_ties(hot, x, y)
+    assert res.fired and res.kind == "info" and res.numbers["tie_rate"] == 1.0
+    assert res.numbers["clean_accuracy"] == 0.0 and res.numbers["clean_accuracy_argmax"] == 0.0
+    ok = check_ties(cold, x, y)
+    assert ok.fired is False and ok.numbers["clean_accuracy"] == 1.0
+    # label 0, the lowest tied index: argmax calls it right, the audit does not
+    y0 = torch.zeros(20, dtype=torch.long)
+    assert check_ties(hot, x, y0).numbers["clean_accuracy_argmax"] == 1.0
+    assert check_ties(hot, x, y0).numbers["clean_accuracy"] == 0.0
+
+
+# -- table-level checks ---------------------------------------------------------------------------
+
+N = 100  # evaluated points: noise is max(1 sample, 0.5 pp) = 1 sample, so 2 extra are beyond it
+
+
+def _rows(attack: str, eps: float, success: Sequence[bool], clean: Sequence[bool], *,
+          skipped: Sequence[bool] | None = None, **cols: Sequence[Any]) -> list[dict[str, Any]]:
+    out = []
+    for i, (s, c) in enumerate(zip(success, clean, strict=True)):
+        out.append({"sample": i, "label": i % 4, "attack": attack, "eps": eps, "norm": "linf",
+                    "clean_correct": c, "success": bool(s) or not c, "pred": 0, "linf": eps,
+                    "l2": eps, "forward": 1, "backward": 1, "loss_first": float("nan"),
+                    "loss_best": float("nan"), "stall": float("nan"), "silent": False,
+                    "grad_zero": False, "skipped": not c if skipped is None else skipped[i],
+                    "seconds": 0.0, **{k: v[i] for k, v in cols.items()}})
+    return out
+
+
+def _table(attacks: dict[str, tuple[str, float, Sequence[bool]]],
+           clean: Sequence[bool] | None = None, **cols: Sequence[Any]) -> ResultsTable:
+    """One row per (sample, attack): ``attacks`` maps key → (role, ε, success per sample)."""
+    clean = [i >= 10 for i in range(N)] if clean is None else clean  # 90 % clean accuracy
+    rows = []
+    for key, (_role, eps, succ) in attacks.items():
+        rows += _rows(key, eps, succ, clean, **cols)
+    meta = {"attacks": {k: {"name": k, "role": r} for k, (r, _, _) in attacks.items()}}
+    return ResultsTable.from_rows(rows, meta)
+
+
+def _broke(*idx: int) -> list[bool]:
+    return [i in idx for i in range(N)]
+
+
+PGD_BROKE = _broke(*range(10, 50))  # the standard attack breaks 40 of the 90 clean-correct
+
+
+@pytest.mark.parametrize(("check", "role", "any_fires"), [
+    (check_convergence, "convergence", False), (check_transfer, "transfer", False),
+    (check_single_step, "single_step", True), (check_black_box, "black_box", True),
+    (check_random_search_table, "random_search", False), (check_loss_choice, "loss_variant", False),
+    (check_adaptive, "adaptive", True), (check_label_only, "label_only", False)])
+def test_extra_broken_points_fire_per_sample_beyond_noise(check, role, any_fires):
+    def run(other):
+        return check(_table({"pgd": ("standard", EPS, PGD_BROKE), "x": (role, EPS, other)}))
+
+    beyond = run(_broke(*range(10, 50), 60, 61))  # 2 points PGD left robust
+    one = run(_broke(60))
+    same = run(PGD_BROKE)  # breaks exactly what PGD broke: nothing extra
+    assert beyond.fired and beyond.breaks_points and beyond.numbers["extra_broken"] == 2
+    assert beyond.numbers["extra_samples"] == [60, 61]
+    assert "2 of the 50 points" in beyond.evidence
+    assert one.fired is any_fires and not one.breaks_points  # within noise
+    assert same.fired is False and same.numbers["extra_broken"] == 0
+    # points misclassified clean are never "extra", whoever breaks them
+    assert run(_broke(0, 1, 2, 3)).numbers["extra_broken"] == 0
+    absent = check(_table({"pgd": ("standard", EPS, PGD_BROKE)}))
+    assert absent.fired is None and "not applicable" in absent.evidence
+
+
+def test_single_step_beats_iterative_quotes_the_numbers():
+    res = check_single_step(_table({"pgd": ("standard", EPS, PGD_BROKE),
+                                    "fgsm": ("single_step", EPS, _broke(70, 71, 72))}))
+    assert res.fired and res.breaks_points
+    assert res.numbers["robust_accuracy_standard"] == 0.5
+    assert res.numbers["robust_accuracy_with"] == 0.47
+    assert "50.0 % → 47.0 %" in res.evidence
+
+
+def test_silent_success():
+    silent = [i == 30 for i in range(N)]
+    fired = check_silent_success(_table({"pgd": ("standard", EPS, _broke())}, silent=silent))
+    quiet = check_silent_success(_table({"pgd": ("standard", EPS, _broke())}))
+    assert fired.fired and fired.numbers["silent_rows"] == 1 and "pgd: 1" in fired.evidence
+    assert quiet.fired is False
+
+
+def test_incomplete_optimization():
+    def stall(v: float, k: int) -> list[float]:
+        return [v if 50 <= i < 50 + k else 0.0 for i in range(N)]
+
+    table = lambda s: _table({"pgd": ("standard", EPS, PGD_BROKE)}, stall=s)  # noqa: E731
+    assert check_incomplete_optimization(table(stall(0.2, 3))).fired
+    assert check_incomplete_optimization(table(stall(0.2, 1))).fired is False  # within noise
+    assert check_incomplete_optimization(table(stall(0.01, 30))).fired is False
+    # a stalled trace on a sample the attack broke is not incomplete optimization
+    assert check_incomplete_optimization(
+        _table({"pgd": ("standard", EPS, _broke(*range(50, 53)))}, stall=stall(0.2, 3))
+    ).fired is False
+
+
+def test_unbounded_attack_must_break_every_clean_point():
+    full = _broke(*range(10, N))
+    assert check_unbounded(_table({"pgd": ("standard", EPS, PGD_BROKE),
+                                   "inf": ("unbounded", float("inf"), full)})).fired is False
+    res = check_unbounded(_table({"pgd": ("standard", EPS, PGD_BROKE),
+                                  "inf": ("unbounded", float("inf"), full[:-1] + [False])}))
+    assert res.fired and res.numbers["failed"] == 1
+
+
+def _grid_table(broken_by_eps: dict[float, list[bool]]) -> ResultsTable:
+    rows = []
+    clean = [i >= 10 for i in range(N)]
+    for e, succ in broken_by_eps.items():
+        rows += _rows("pgd", e, succ, clean)
+    return ResultsTable.from_rows(rows, {"attacks": {"pgd": {"role": "standard"}},
+                                         "num_classes": 4})
+
+
+def test_monotone_in_eps():
+    mono = _grid_table({0.05: _broke(*range(10, 30)), 0.1: _broke(*range(10, 50)),
+                        0.2: _broke(*range(10, 90))})
+    res = check_monotone_eps(mono, eps=0.1)
+    assert res.fired is False and res.numbers["robust_accuracy"] == [0.7, 0.5, 0.1]
+    # at ε = 0.1 the attack misses 10 points it broke at ε = 0.05: accuracy rises with ε
+    rising = _grid_table({0.05: _broke(*range(10, 60)), 0.1: _broke(*range(10, 50))})
+    res = check_monotone_eps(rising, eps=0.1)
+    assert res.fired and res.numbers["rises"] == [(0.05, 0.1)]
+    assert res.numbers["samples_non_monotone"] == 10 and res.breaks_points
+    assert "rises with ε" in res.evidence
+    # at ε = 0.5 (L∞) every image can become grey: 60 % robust accuracy is above chance
+    chance = _grid_table({0.1: _broke(*range(10, 30)), 0.5: _broke(*range(10, 40))})
+    res = check_monotone_eps(chance, eps=0.1)
+    assert res.fired and res.numbers["above_chance_at_large_eps"] and not res.breaks_points
+    at_chance = _grid_table({0.1: _broke(*range(10, 30)), 0.5: _broke(*range(10, 80))})
+    assert check_monotone_eps(at_chance, eps=0.1).fired is False
+
+
+def test_worst_case_is_an_and_over_attacks_per_sample():
+    res = check_worst_case(_table({"pgd": ("standard", EPS, _broke(*range(10, 50))),
+                                   "apgd": ("standard", EPS, _broke(*range(40, 70))),
+                                   "inf": ("unbounded", float("inf"), [True] * N)}))
+    assert res.fired is False and res.kind == "info"
+    assert res.numbers["robust_accuracy"] == pytest.approx(0.30)  # 90 clean − 60 broken
+    assert res.numbers["per_attack"] == {"pgd": 0.5, "apgd": 0.6}
+    assert res.numbers["strongest_single"] == "pgd"
+
+
+# -- verdict --------------------------------------------------------------------------------------
+
+def _check(cid: str, fired: bool | None, kind: str = "diagnostic",
+           breaks: bool = False) -> CheckResult:
+    return CheckResult(cid, cid, fired, {"x": 1}, f"{cid} evidence with numbers 3 %", kind, breaks)
+
+
+def test_verdict_rules():
+    ok = [_check("C1", False), _check("C13", None), _check("C22", False, "info")]
+    v = verdict(ok)
+    assert v.label == "no evidence of masking found"
+    assert "necessary, not sufficient" in v.evidence[0] and "2 applicable" in v.evidence[0]
+    v = verdict(ok + [_check("C4", True)])
+    assert v.label == "masking suspected" and any("C4 evidence" in s for s in v.evidence)
+    # an attack that broke extra points, but within noise, is a suspicion, not a confirmation
+    v = verdict(ok + [_check("C15", True, "attack", False)])
+    assert v.label == "masking suspected"
+    v = verdict(ok + [_check("C4", True), _check("C20", True, "attack", True)])
+    assert v.label == "masking confirmed"
+    assert v.evidence[0].startswith("C20") and any(s.startswith("C4") for s in v.evidence)
+    # informational checks are reported but change nothing
+    v = verdict(ok + [_check("ties", True, "info")])
+    assert v.label == "no evidence of masking found" and any("ties" in s for s in v.evidence)
+    assert all(label in VERDICTS for label in (verdict([]).label,))
+
+
+def test_run_audit_confirms_with_a_table_and_reports_its_cost(healthy):
+    model, x, y = healthy
+    n = len(y)
+    clean = (predict(model, x) == y).tolist()
+    std = [False] * n
+    extra = [i < 3 for i in range(n)]
+    rows = _rows("pgd", EPS, std, clean) + _rows("bpda", EPS, extra, clean)
+    table = ResultsTable.from_rows(rows, {"attacks": {"pgd": {"role": "standard"},
+                                                      "bpda": {"role": "adaptive"}}})
+    rep = run_audit(model, x, y, table, eps=EPS, random_points=50, binarization_samples=2)
+    assert rep.verdict.label == "masking confirmed"
+    assert rep.check("C20").breaks_points
+    assert rep.seconds > 0 and rep.model_forward_rows > 50 * n
+    ids = [c.id for c in rep.checks]
+    assert {"C1", "C4", "C7", "C9", "C14", "C17", "C21", "C22", "ties"} <= set(ids)
+    assert rep.check("C17").fired is False  # random search compared with the table's survivors
+    assert rep.lines()[0] == "verdict: masking confirmed"
+    assert rep.as_dict()["verdict"] == "masking confirmed"
+
+
+# -- C24: the self-test ---------------------------------------------------------------------------
+
+def test_self_test_flags_every_broken_model_and_not_the_healthy_one(healthy):
+    model, x, y = healthy
+    rep = self_test(model, x, y, eps=EPS, random_points=100, binarization_samples=3)
+    caught = {r.name: r.caught_by for r in rep.rows}
+    assert all(caught.values()), "\n".join(rep.lines())
+    assert set(caught) == {"gradient_killing", "input_quantization", "input_thresholding",
+                           "saturated_softmax", "randomized", "sigmoid_T100"}
+    assert rep.healthy_verdict == "no evidence of masking found" and rep.healthy_fired == []
+    assert rep.passed and rep.lines()[-1] == "self-test passed"
+
+
+def test_self_test_can_fail(healthy):
+    model, x, y = healthy
+    # the healthy model posing as a broken one must be reported as missed
+    rep = self_test(model, x, y, eps=EPS, models={"gradient_killing": model},
+                    random_points=20, binarization_samples=2)
+    assert not rep.rows[0].caught and not rep.passed and "MISSED" in rep.lines()[1]
