@@ -78,6 +78,14 @@ def check_positive(value: float, name: str) -> float:
     return float(value)
 
 
+def check_nonnegative(value: float, name: str) -> float:
+    """Overshoots and confidence margins: finite and >= 0 (0 is the published default)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            0.0 <= value < float("inf")):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
 def check_int(value: int, name: str, minimum: int = 1) -> int:
     """Step and restart counts: integers >= ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int):

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from robustact.attacks._utils import check_int, check_positive
+from robustact.attacks._utils import check_int, check_nonnegative, check_positive
 from robustact.attacks.base import Attack, LogitsView
 
 __all__ = ["CarliniWagnerL2"]
@@ -83,10 +83,7 @@ class CarliniWagnerL2(Attack):
         self.binary_search_steps = check_int(binary_search_steps, "binary_search_steps")
         self.steps = check_int(steps, "steps")
         self.lr = check_positive(lr, "lr")
-        if isinstance(kappa, bool) or not isinstance(kappa, (int, float)) or not (
-                0.0 <= kappa < float("inf")):
-            raise ValueError(f"kappa must be a finite number >= 0, got {kappa!r}")
-        self.kappa = float(kappa)
+        self.kappa = check_nonnegative(kappa, "kappa")
         self.abort_early = abort_early
         self.warm_start = warm_start
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from robustact.attacks._utils import check_int, check_norm
+from robustact.attacks._utils import check_int, check_nonnegative, check_norm
 from robustact.attacks.base import Attack, LogitsView, lp_norms
 from robustact.losses.attack import margin_loss
 
@@ -126,10 +126,7 @@ class DeepFool(Attack):
         super().__init__(loss="margin", logits_from=logits_from, force_eval=force_eval)
         self.norm = check_norm(norm)
         self.steps = check_int(steps, "steps")
-        if isinstance(overshoot, bool) or not isinstance(overshoot, (int, float)) or not (
-                0.0 <= overshoot < float("inf")):
-            raise ValueError(f"overshoot must be a finite number >= 0, got {overshoot!r}")
-        self.overshoot = float(overshoot)
+        self.overshoot = check_nonnegative(overshoot, "overshoot")
         self.candidates = check_int(candidates, "candidates", minimum=2)
         self.box_aware = box_aware
         self.refine = check_int(refine, "refine", minimum=0)

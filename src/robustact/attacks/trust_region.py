@@ -36,7 +36,13 @@ from typing import Any
 
 import torch
 
-from robustact.attacks._utils import check_int, check_norm, check_positive, normalize_direction
+from robustact.attacks._utils import (
+    check_int,
+    check_nonnegative,
+    check_norm,
+    check_positive,
+    normalize_direction,
+)
 from robustact.attacks.base import Attack, LogitsView
 from robustact.attacks.deepfool import _NUDGE, candidate_classes, dual_norm, margin_jacobian
 
@@ -71,10 +77,7 @@ class TrustRegion(Attack):
         self.norm = check_norm(norm)
         self.radius = check_positive(radius, "radius")
         self.steps = check_int(steps, "steps")
-        if isinstance(overshoot, bool) or not isinstance(overshoot, (int, float)) or not (
-                0.0 <= overshoot < float("inf")):
-            raise ValueError(f"overshoot must be a finite number >= 0, got {overshoot!r}")
-        self.overshoot = float(overshoot)
+        self.overshoot = check_nonnegative(overshoot, "overshoot")
         self.candidates = check_int(candidates, "candidates", minimum=2)
         self.grow = check_positive(grow, "grow")
         self.shrink = check_positive(shrink, "shrink")
