@@ -1,55 +1,151 @@
-"""Shared plumbing for the real-data experiment scripts (zoo, JumpReLU κ, differential training).
+"""Shared plumbing for the scripts in ``benchmarks/`` and ``experiments/`` (not the library).
 
-Why a helper module: the three scripts must agree on where the data lives, how the device and
-CPU threads are chosen, what a results file records (config, exact command line, environment,
-wall time) and how a table is printed; repeating that in each script would let them drift.
-This module is for the scripts in ``benchmarks/`` only, not part of the library.
+Why a helper module: every script must agree on where the data lives (the library's rule:
+``--data-root``, else ``$ROBUSTACT_DATA``, else ``~/.cache/robustact/data``), what ``--quick``
+means (a few seconds on a stand-in for the real data, results never written to ``results/``),
+how the device and CPU threads are chosen, what a results file records (config, exact command
+line, environment, wall time) and how a table is printed; repeating that in each script would
+let them drift.
+
+Scripts import it by path (``scripts/`` is put on ``sys.path`` by each of them), so it works
+from any working directory without installing anything beyond ``robustact``.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from robustact.attacks.base import Attack
+from robustact.data import (
+    DatasetNotFoundError,
+    ImageDataset,
+    load_dataset,
+    load_digits,
+    resolve_data_root,
+)
+from robustact.data.root import DEFAULT_ROOT, ENV_VAR
 from robustact.io import atomic_write_json, environment_info
+from robustact.models.registry import DATASET_SHAPES
 
 __all__ = [
-    "DEFAULT_DATA_ROOT",
+    "REPO_ROOT",
+    "QUICK_HELP",
+    "RESULTS_DIR",
+    "CIFAR10_CLASSES",
     "base_parser",
-    "resolve_data_root",
+    "add_data_root_arg",
+    "quick_output",
+    "load_data",
+    "data_source",
+    "standin_dataset",
+    "run_script",
     "resolve_device",
     "setup_threads",
     "format_table",
+    "command_line",
     "write_results",
     "attack_metrics",
 ]
 
-#: Where the real datasets live on the project machines when neither ``--data-root`` nor
-#: ``$ROBUSTACT_DATA`` says otherwise.
-DEFAULT_DATA_ROOT = "/work/data"
+#: The repository checkout this file belongs to, and its committed results folder.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO_ROOT / "results"
+
+#: CIFAR-10's class names in label order (what ``batches.meta`` holds), for the stand-in data.
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                   "ship", "truck")
+
+DATA_ROOT_HELP = (f"dataset root (default: ${ENV_VAR}, else {DEFAULT_ROOT}); layouts MNIST/raw/, "
+                  "cifar-10-batches-py/")
+QUICK_HELP = ("smoke run in seconds: a stand-in for the real data (sklearn's digits resized), "
+              "tiny budgets; writes runs/quick/<script>.json unless --out says otherwise, and "
+              "never into results/")
 
 
-def resolve_data_root(arg: str | None) -> Path:
-    """``--data-root`` if given, else ``$ROBUSTACT_DATA``, else :data:`DEFAULT_DATA_ROOT`.
+def add_data_root_arg(p: argparse.ArgumentParser) -> None:
+    """``--data-root``, resolved by the library's rule (``robustact.data.resolve_data_root``)."""
+    p.add_argument("--data-root", default=None, help=DATA_ROOT_HELP)
 
-    Unlike the library default (a cache directory), the scripts point at the shared data
-    directory, because they never download anything.
+
+def quick_output(out: str | Path | None, *, default: str | Path | None, quick: bool,
+                 script: str) -> Path | None:
+    """Where a script writes its JSON: ``out``, or under ``--quick`` ``runs/quick/<script>.json``.
+
+    Why: a smoke run must never replace a committed measurement. Under ``--quick`` an ``out``
+    left at the script's ``default`` (or unset) becomes ``runs/quick/<script>.json`` (git-ignored),
+    and an explicit path inside ``results/`` is refused.
     """
-    root = arg or os.environ.get("ROBUSTACT_DATA") or DEFAULT_DATA_ROOT
-    path = Path(root).expanduser()
-    if not path.is_dir():
-        raise ValueError(f"data root {str(path)!r} is not a directory (set --data-root or "
-                         "$ROBUSTACT_DATA)")
+    if not quick:
+        return None if out is None else Path(out)
+    if out is None or (default is not None and str(out) == str(default)):
+        return Path("runs") / "quick" / f"{script}.json"
+    path = Path(out)
+    if path.resolve().is_relative_to(RESULTS_DIR):
+        raise ValueError(f"--quick results are smoke runs and never go to results/ (got --out "
+                         f"{out}); leave --out unset or point it elsewhere")
     return path
+
+
+def standin_dataset(like: str, split: str) -> ImageDataset:
+    """sklearn's bundled digits, resized (bilinear) and channel-repeated to ``like``'s shape.
+
+    Why digits rather than noise: they are real, learnable images that ship with scikit-learn,
+    so a ``--quick`` run trains to a meaningful accuracy and exercises the same code as the real
+    experiment, offline, in seconds. Labels keep their digit; for ``cifar10`` the class names
+    are CIFAR-10's (so ``binary_task(.., ("cat", "dog"))`` picks the digits 3 and 5).
+    """
+    if like not in ("mnist", "cifar10"):
+        raise ValueError(f"no stand-in for dataset {like!r}; --quick supports mnist and cifar10")
+    c, h, w, _ = DATASET_SHAPES[like]
+    digits = load_digits(split)
+    x = F.interpolate(digits.images.float(), size=(h, w), mode="bilinear", align_corners=False)
+    images = x.round().clamp(0, 255).to(torch.uint8).expand(-1, c, -1, -1).contiguous()
+    classes = list(CIFAR10_CLASSES) if like == "cifar10" else digits.classes
+    return ImageDataset(images, digits.labels.clone(), classes, f"digits-as-{like}")
+
+
+def load_data(name: str, split: str, root: str | Path | None, *, quick: bool) -> ImageDataset:
+    """The real dataset (root by the library's rule), or under ``quick`` its digits stand-in."""
+    if quick:
+        return standin_dataset(name, split)
+    return load_dataset(name, split, root=root)
+
+
+def data_source(root: str | Path | None, *, quick: bool) -> str:
+    """What a results file records as the data's origin: the resolved root, or the stand-in."""
+    if quick:
+        return "sklearn digits resized (--quick stand-in, not the real data)"
+    return str(resolve_data_root(root))
+
+
+def run_script(main: Callable[[], Any]) -> None:
+    """Run a script's ``main``: bad input or missing data end in one ``error:`` line, exit 2.
+
+    The same contract as the CLI: a user sees what to fix, not a stack trace. Missing real data
+    is the common case on a new machine, so its message names the two ways to point at the data
+    and the way to run without it.
+    """
+    try:
+        main()
+    except DatasetNotFoundError as e:
+        first = str(e).splitlines()[0]
+        message = (f"{first}; pass --data-root DIR or set ${ENV_VAR} "
+                   "(or try --quick, which needs no data)")
+    except ValueError as e:
+        message = str(e)
+    else:
+        return
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -81,16 +177,14 @@ def base_parser(description: str, *, default_out: str,
     """The options every experiment script shares."""
     p = argparse.ArgumentParser(description=description,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data-root", default=None,
-                   help=f"dataset root (default: $ROBUSTACT_DATA, else {DEFAULT_DATA_ROOT})")
+    add_data_root_arg(p)
     p.add_argument("--epochs", type=int, default=default_epochs, help="training epochs")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (see setup_threads)")
     p.add_argument("--seed", type=int, default=1, help="seed for splits, init and batches")
     p.add_argument("--out", default=default_out, help="results JSON (written atomically)")
     p.add_argument("--runs-dir", default="runs", help="where checkpoints go (git-ignored)")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: tiny subsets, 1 epoch, few attack samples (< 30 s)")
+    p.add_argument("--quick", action="store_true", help=QUICK_HELP)
     p.add_argument("--progress", action="store_true", help="show per-epoch progress bars")
     return p
 
@@ -117,15 +211,27 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, st
     return "\n".join(out)
 
 
+def command_line() -> list[str]:
+    """The command as run, with ``python`` for the interpreter.
+
+    Why not ``sys.executable``: it is a path on one machine (a venv under someone's home) and
+    says nothing the recorded environment (versions) does not; ``python`` keeps the command
+    copy-pasteable from the repository root.
+    """
+    return ["python", *sys.argv]
+
+
 def write_results(path: str | Path, *, script: str, args: argparse.Namespace, started: float,
                   results: dict[str, Any]) -> Path:
     """Write one results file: config, exact command, environment, wall time, then results.
 
-    ``started`` is the ``time.perf_counter()`` value taken when the script began.
+    ``started`` is the ``time.perf_counter()`` value taken when the script began. ``quick``
+    is recorded at the top so a smoke run can never pass for a measurement.
     """
     payload = {
         "script": script,
-        "command": [sys.executable, *sys.argv],
+        "command": command_line(),
+        "quick": bool(getattr(args, "quick", False)),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "environment": environment_info(),
         "wall_seconds": time.perf_counter() - started,

@@ -1,0 +1,128 @@
+"""Every script in ``benchmarks/`` and ``experiments/`` runs with ``--quick``, so none can rot.
+
+Why subprocesses: a script is a program (argument parsing, imports by path, exit codes), and
+that is what rots when the library changes underneath it. The scripts are found by globbing, so
+a new script without a working ``--quick`` fails here. Each run gets its own empty working
+directory and a ``$ROBUSTACT_DATA`` that does not exist, which proves that ``--quick`` needs no
+real data, writes its JSON under ``runs/quick/`` and nothing to ``results/``.
+
+The runs are started together at module set-up on a small process pool (one torch thread each),
+since most of a quick run is interpreter and torch start-up, which parallelises well.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted(p for folder in ("benchmarks", "experiments")
+                 for p in (REPO / folder).glob("*.py") if not p.name.startswith("_"))
+#: Scripts that read the real datasets (through the shared harness's ``load_data``).
+NEEDS_DATA = [p for p in SCRIPTS if "load_data(" in p.read_text(encoding="utf-8")]
+
+sys.path.insert(0, str(REPO / "scripts"))
+import harness  # noqa: E402
+
+
+def _id(p: Path) -> str:
+    return f"{p.parent.name}/{p.name}"
+
+
+def _run(script: Path, args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"),
+                                                       os.environ.get("PYTHONPATH")])),
+           "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg",
+           "ROBUSTACT_DATA": str(cwd / "no-data-here")}
+    return subprocess.run([sys.executable, str(script), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+         ) -> dict[tuple[str, Path], Future]:
+    """(kind, script) -> future of (process, working dir), for the tests selected here."""
+    wanted = []
+    for item in request.session.items:
+        spec = getattr(item, "callspec", None)
+        if item.module is request.module and spec is not None and "script" in spec.params:
+            wanted.append(("quick" if "quick" in item.name else "nodata", spec.params["script"]))
+    pool = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)))
+    futures = {}
+    for kind, script in dict.fromkeys(wanted):
+        cwd = tmp_path_factory.mktemp(f"{kind}-{script.stem}")
+        args = ["--quick"] if kind == "quick" else []
+        futures[(kind, script)] = pool.submit(lambda s=script, a=args, c=cwd: (_run(s, a, c), c))
+    yield futures
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _tail(proc: subprocess.CompletedProcess[str]) -> str:
+    return f"rc={proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+
+
+def test_scripts_are_found() -> None:
+    names = {p.name for p in SCRIPTS}
+    assert {"bench_attack_step.py", "bench_splash.py", "activation_zoo_mnist.py"} <= names
+    assert len(NEEDS_DATA) >= 5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", SCRIPTS, ids=_id)
+def test_quick_run_writes_its_json(script: Path, runs: dict) -> None:
+    proc, cwd = runs[("quick", script)].result()
+    assert proc.returncode == 0, _tail(proc)
+    outs = sorted((cwd / "runs" / "quick").glob("*.json"))
+    assert len(outs) == 1, f"expected one JSON in runs/quick, got {outs}\n{_tail(proc)}"
+    data = json.loads(outs[0].read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    assert data["quick"] is True  # a smoke run can never pass for a measurement
+    assert data["command"] and data["environment"]["torch"]
+    assert not (cwd / "results").exists()
+    assert not (cwd / "no-data-here").exists()  # nothing was downloaded
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", NEEDS_DATA, ids=_id)
+def test_missing_real_data_is_one_line(script: Path, runs: dict) -> None:
+    proc, _ = runs[("nodata", script)].result()
+    assert proc.returncode == 2, _tail(proc)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, _tail(proc)
+    assert lines[0].startswith("error: ") and "not found" in lines[0]
+    assert "--data-root" in lines[0] and "$ROBUSTACT_DATA" in lines[0]
+
+
+def test_quick_output_never_goes_to_results(tmp_path: Path) -> None:
+    default = "results/x.json"
+    assert harness.quick_output(default, default=default, quick=True, script="x") == \
+        Path("runs/quick/x.json")
+    assert harness.quick_output(None, default=None, quick=True, script="y") == \
+        Path("runs/quick/y.json")
+    assert harness.quick_output(tmp_path / "a.json", default=default, quick=True,
+                                script="x") == tmp_path / "a.json"
+    with pytest.raises(ValueError, match="never go to results/"):
+        harness.quick_output(harness.RESULTS_DIR / "x.json", default=default, quick=True,
+                             script="x")
+    # without --quick the path is the caller's
+    assert harness.quick_output(default, default=default, quick=False, script="x") == \
+        Path(default)
+    assert harness.quick_output(None, default=None, quick=False, script="x") is None
+
+
+def test_standin_dataset_has_the_real_shape() -> None:
+    mnist = harness.standin_dataset("mnist", "train")
+    assert mnist.images.shape[1:] == (1, 28, 28) and mnist.classes == [str(d) for d in range(10)]
+    cifar = harness.standin_dataset("cifar10", "test")
+    assert cifar.images.shape[1:] == (3, 32, 32) and cifar.classes[3] == "cat"
+    assert bool((cifar.images[:, 0] == cifar.images[:, 2]).all())  # gray, channels repeated
+    assert int(mnist.images.max()) > 200  # bright strokes survive the resize
+    with pytest.raises(ValueError, match="no stand-in"):
+        harness.standin_dataset("cifar100", "train")
