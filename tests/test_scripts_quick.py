@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -126,3 +127,18 @@ def test_standin_dataset_has_the_real_shape() -> None:
     assert int(mnist.images.max()) > 200  # bright strokes survive the resize
     with pytest.raises(ValueError, match="no stand-in"):
         harness.standin_dataset("cifar100", "train")
+
+
+def test_every_results_file_is_documented_with_a_runnable_command() -> None:
+    """results/README.md has a section per results file, and its commands name real scripts."""
+    readme = (REPO / "results" / "README.md").read_text(encoding="utf-8")
+    headings = [line for line in readme.splitlines() if line.startswith("## ")]
+    for f in sorted((REPO / "results").glob("*.json")):
+        assert any(f"`{f.name}`" in h for h in headings), f"no section for results/{f.name}"
+    commands = re.findall(r"python (\S+\.py)", readme)
+    assert commands
+    for path in commands:
+        assert (REPO / path).is_file(), f"results/README.md runs {path}, which does not exist"
+    top = (REPO / "README.md").read_text(encoding="utf-8")
+    for path in re.findall(r"`((?:benchmarks|experiments|scripts)/\w+\.py)`", top):
+        assert (REPO / path).is_file(), f"README.md names {path}, which does not exist"
