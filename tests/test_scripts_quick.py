@@ -53,7 +53,8 @@ def runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     wanted = []
     for item in request.session.items:
         spec = getattr(item, "callspec", None)
-        if item.module is request.module and spec is not None and "script" in spec.params:
+        if (item.module is request.module and spec is not None
+                and isinstance(spec.params.get("script"), Path)):
             wanted.append(("quick" if "quick" in item.name else "nodata", spec.params["script"]))
     pool = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)))
     futures = {}
