@@ -9,7 +9,7 @@ Then a table of robustact / best-peer ratios and the issue's targets, met or not
     python benchmarks/bench_attacks_peers.py --model runs/mnist_lenet5/last
     python benchmarks/bench_attacks_peers.py --dataset cifar10 --model runs/cifar_resnet20/last \\
         --n 100 --out results/attacks_peers_cifar10.json
-    python benchmarks/bench_attacks_peers.py --quick   # smoke run on a digits stand-in, seconds
+    python benchmarks/bench_attacks_peers.py --quick   # smoke run on synthetic data, seconds
 
 MNIST without ``--model`` trains a LeNet-5 in-script (a few epochs, ≥ 98.5 % wanted). CIFAR-10
 without ``--model`` runs a randomly initialised ResNet-20 and reports timings only: success

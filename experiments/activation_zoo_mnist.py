@@ -18,7 +18,7 @@ training images (SPEC §2's option for layers without BatchNorm; ``--no-splash-c
 switch off).
 
     python experiments/activation_zoo_mnist.py            # full zoo, 6 epochs, ~15 min, 1 thread
-    python experiments/activation_zoo_mnist.py --quick    # smoke run on a digits stand-in, seconds
+    python experiments/activation_zoo_mnist.py --quick    # smoke run on synthetic data, seconds
 """
 
 from __future__ import annotations

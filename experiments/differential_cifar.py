@@ -21,7 +21,7 @@ parameters), SGD momentum 0.9, lr 0.01, weight decay 5e-4, cosine, batch 128, no
 (the metric is about the training set as well, so the training set is not perturbed).
 
     python experiments/differential_cifar.py                # both models + PGD, ~13 min CPU
-    python experiments/differential_cifar.py --quick        # smoke run on a digits stand-in
+    python experiments/differential_cifar.py --quick        # smoke run on synthetic data
 """
 
 from __future__ import annotations

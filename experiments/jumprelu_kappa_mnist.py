@@ -25,7 +25,7 @@ compressed from 90 epochs to ``--epochs`` (a short CPU run).
 
     python experiments/jumprelu_kappa_mnist.py                                # train + evaluate
     python experiments/jumprelu_kappa_mnist.py --model runs/zoo/relu/final    # reuse a model
-    python experiments/jumprelu_kappa_mnist.py --quick             # smoke run on a digits stand-in
+    python experiments/jumprelu_kappa_mnist.py --quick             # smoke run on synthetic data
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--quick", action="store_true", help=QUICK_HELP)
     a = p.parse_args(argv)
     a.out = quick_output(a.out, default=p.get_default("out"), quick=a.quick, script=SCRIPT)
-    if a.quick:  # one epoch on the digits stand-in; its checkpoint stays out of the real one's way
+    if a.quick:  # one epoch on synthetic data; the checkpoint stays out of the real one's way
         a.epochs = 1
         if a.ckpt_dir == p.get_default("ckpt_dir"):
             a.ckpt_dir = Path("runs/quick") / SCRIPT
