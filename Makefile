@@ -13,8 +13,8 @@ demo: $(VENV)/.ready
 	$(VENV)/bin/robustact demo --out runs/demo
 
 test: $(VENV)/.ready
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks experiments scripts
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.ready
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks experiments scripts

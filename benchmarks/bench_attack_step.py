@@ -15,6 +15,9 @@ wall clock mostly measures the other processes; on CUDA it is the synchronised w
     python benchmarks/bench_attack_step.py                       # CPU, LeNet-5 + ResNet-20
     python benchmarks/bench_attack_step.py --models lenet5 --steps 20 --repeats 5
     python benchmarks/bench_attack_step.py --device cuda --out results/bench_attack_step.json
+    python benchmarks/bench_attack_step.py --quick   # smoke run: LeNet-5, batch 16 (runs/quick/)
+
+torchattacks is optional here: without it the comparison rows are skipped, with a message.
 """
 
 from __future__ import annotations
@@ -31,9 +34,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import format_table, resolve_device, setup_threads, write_results  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from harness import (  # noqa: E402
+    QUICK_HELP,
+    format_table,
+    quick_output,
+    resolve_device,
+    run_script,
+    setup_threads,
+    write_results,
+)
 
 from robustact.attacks import APGD, BIM, FGSM, MIM, PGD  # noqa: E402
 from robustact.attacks.base import prepared_model  # noqa: E402
@@ -82,9 +92,9 @@ def timed(fn: Callable[[], Any], device: torch.device, clock: str) -> float:
     return now() - t0
 
 
-def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
-    import torchattacks
-
+def bench_model(name: str, args: argparse.Namespace, device: torch.device,
+                ta_module: Any | None) -> list[dict[str, Any]]:
+    """Rows for one model; ``ta_module`` is torchattacks, or None to skip the comparison."""
     dataset, eps = CONFIGS[name]
     torch.manual_seed(args.seed)
     model = build(name, dataset, device)
@@ -103,11 +113,11 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> li
         "APGD": (lambda: APGD(eps, steps=s, early_stop=False)(model, x, y), s),
         "FGSM": (lambda: FGSM(eps)(model, x, y), 1),
     }
-    ta = {
-        "FGSM": torchattacks.FGSM(model, eps=eps),
-        "PGD": torchattacks.PGD(model, eps=eps, alpha=alpha, steps=s, random_start=True),
-        "APGD": torchattacks.APGD(model, norm="Linf", eps=eps, steps=s, n_restarts=1,
-                                  loss="ce", seed=args.seed),
+    ta = {} if ta_module is None else {
+        "FGSM": ta_module.FGSM(model, eps=eps),
+        "PGD": ta_module.PGD(model, eps=eps, alpha=alpha, steps=s, random_start=True),
+        "APGD": ta_module.APGD(model, norm="Linf", eps=eps, steps=s, n_restarts=1,
+                               loss="ce", seed=args.seed),
     }
     theirs = {f"ta-{k}": (lambda a=a: a(x, y), 1) for k, a in ta.items()}
 
@@ -144,7 +154,7 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> li
         step = med[k] / s
         rows.append({"model": name, "what": k, "ms_per_step": 1e3 * step,
                      "raw_ms_per_step": 1e3 * raw_step, "ratio_vs_raw": step / raw_step})
-    for k in ("FGSM", "PGD", "APGD"):
+    for k in ta:
         rows.append({"model": name, "what": f"{k} vs torchattacks", "ms": 1e3 * med[k],
                      "ta_ms": 1e3 * med[f"ta-{k}"], "ratio_vs_ta": med[k] / med[f"ta-{k}"],
                      "ta_judged_ms": 1e3 * med[f"ta+judge-{k}"],
@@ -153,7 +163,7 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> li
     return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -168,7 +178,11 @@ def main() -> None:
                    help="auto: CPU time of this process on CPU (robust to other processes "
                         "competing for the cores), synchronised wall clock on CUDA")
     p.add_argument("--out", default=None, help="optional results JSON")
-    args = p.parse_args()
+    p.add_argument("--quick", action="store_true", help=QUICK_HELP)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.models, args.batch, args.steps, args.repeats = "lenet5", 16, 2, 1
+    args.out = quick_output(args.out, default=None, quick=args.quick, script="bench_attack_step")
     device = resolve_device(args.device)
     setup_threads(args.threads)
     if args.clock == "auto":
@@ -176,10 +190,15 @@ def main() -> None:
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
-        raise SystemExit(f"unknown model(s) {unknown}; choose from {list(CONFIGS)}")
+        raise ValueError(f"unknown model(s) {unknown}; choose from {list(CONFIGS)}")
+    try:
+        import torchattacks as ta_module
+    except ImportError as e:
+        ta_module = None
+        print(f"skipping the torchattacks comparison: not installed ({e})", flush=True)
     rows: list[dict[str, Any]] = []
     for n in names:
-        rows += bench_model(n, args, device)
+        rows += bench_model(n, args, device, ta_module)
     print(f"device={device} threads={args.threads} batch={args.batch} steps={args.steps} "
           f"repeats={args.repeats} clock={args.clock} (median)")
     print(format_table([r for r in rows if "ratio_vs_raw" in r], [
@@ -196,8 +215,9 @@ def main() -> None:
     print(f"\nworst attack-step / raw-step ratio: {worst:.3f} (target <= 1.10)")
     if args.out:
         write_results(args.out, script="bench_attack_step", args=args, started=started,
-                      results={"rows": rows, "worst_ratio_vs_raw": worst})
+                      results={"rows": rows, "worst_ratio_vs_raw": worst,
+                               "torchattacks": getattr(ta_module, "__version__", None)})
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

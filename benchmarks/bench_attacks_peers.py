@@ -9,11 +9,12 @@ Then a table of robustact / best-peer ratios and the issue's targets, met or not
     python benchmarks/bench_attacks_peers.py --model runs/mnist_lenet5/last
     python benchmarks/bench_attacks_peers.py --dataset cifar10 --model runs/cifar_resnet20/last \\
         --n 100 --out results/attacks_peers_cifar10.json
+    python benchmarks/bench_attacks_peers.py --quick   # smoke run on synthetic data, seconds
 
 MNIST without ``--model`` trains a LeNet-5 in-script (a few epochs, ≥ 98.5 % wanted). CIFAR-10
 without ``--model`` runs a randomly initialised ResNet-20 and reports timings only: success
 rates on an untrained model mean nothing. Peers that are not installed are skipped and say so.
-CPU threads default to 1 (see ``benchmarks/_common.setup_threads``); every library gets the
+CPU threads default to 1 (see ``scripts/harness.setup_threads``); every library gets the
 same threads and one untimed warm-up call on two images.
 
 Timing rules. Libraries run in interleaved rounds whose order alternates, at least two
@@ -52,21 +53,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import format_table, resolve_data_root, setup_threads, write_results  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from harness import (  # noqa: E402
+    QUICK_HELP,
+    add_data_root_arg,
+    data_source,
+    format_table,
+    load_data,
+    quick_output,
+    run_script,
+    setup_threads,
+    write_results,
+)
 
 from robustact import attacks as ra  # noqa: E402
-from robustact.data import load_dataset  # noqa: E402
+from robustact.data import ImageDataset  # noqa: E402
 from robustact.models import create_model  # noqa: E402
 
 AttackFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 #: Budgets and PGD settings per dataset (MNIST: Madry et al.; CIFAR-10: the usual 8/255).
 SETTINGS: dict[str, dict[str, float | int]] = {
-    "mnist": {"eps": 0.3, "alpha": 0.01, "pgd_steps": 40},
-    "cifar10": {"eps": 8 / 255, "alpha": 2 / 255, "pgd_steps": 20},
+    "mnist": {"eps": 0.3, "alpha": 0.01, "pgd_steps": 40, "apgd_steps": 100},
+    "cifar10": {"eps": 8 / 255, "alpha": 2 / 255, "pgd_steps": 20, "apgd_steps": 100},
 }
+#: What ``--quick`` changes: few steps, so that every attack of every library runs in seconds.
+QUICK_SETTINGS: dict[str, int] = {"pgd_steps": 5, "apgd_steps": 5}
 
 
 # --- the attacks, library by library -----------------------------------------------------------
@@ -83,8 +95,8 @@ def robustact_attacks(s: dict[str, Any], square_queries: int, cw_steps: int, see
         "pgd": run(ra.PGD(eps, alpha=s["alpha"], steps=s["pgd_steps"], random_start=True)),
         "pgd_final": run(ra.PGD(eps, alpha=s["alpha"], steps=s["pgd_steps"], random_start=True,
                                 early_stop=False)),
-        "apgd_ce": run(ra.APGD(eps, steps=100)),
-        "apgd_ce_final": run(ra.APGD(eps, steps=100, early_stop=False)),
+        "apgd_ce": run(ra.APGD(eps, steps=s["apgd_steps"])),
+        "apgd_ce_final": run(ra.APGD(eps, steps=s["apgd_steps"], early_stop=False)),
         "cw_l2": run(ra.CarliniWagnerL2(steps=cw_steps, binary_search_steps=9, lr=0.01,
                                         c_init=1e-2)),
         # torchattacks' budget: one round at c = 1, no binary search
@@ -108,7 +120,7 @@ def torchattacks_attacks(s: dict[str, Any], square_queries: int, cw_steps: int, 
         "fgsm": lambda m, x, y: ta.FGSM(m, eps=eps)(x, y),
         "pgd": lambda m, x, y: ta.PGD(m, eps=eps, alpha=s["alpha"], steps=s["pgd_steps"],
                                       random_start=True)(x, y),
-        "apgd_ce": lambda m, x, y: ta.APGD(m, eps=eps, steps=100, loss="ce")(x, y),
+        "apgd_ce": lambda m, x, y: ta.APGD(m, eps=eps, steps=s["apgd_steps"], loss="ce")(x, y),
         # torchattacks' C&W has no binary search on c; c = 1 is its recommended setting. It is
         # listed under both C&W rows: against the full search and against one round at c = 1.
         "cw_l2": lambda m, x, y: ta.CW(m, c=1.0, kappa=0, steps=cw_steps, lr=0.01)(x, y),
@@ -148,7 +160,8 @@ def art_attacks(s: dict[str, Any], square_queries: int, cw_steps: int, batch: in
             c, eps=eps, eps_step=s["alpha"], max_iter=s["pgd_steps"], num_random_init=1,
             batch_size=batch, verbose=False)),
         "apgd_ce": wrap(lambda c: AutoProjectedGradientDescent(
-            c, eps=eps, eps_step=2 * eps, max_iter=100, nb_random_init=1, batch_size=batch,
+            c, eps=eps, eps_step=2 * eps, max_iter=s["apgd_steps"], nb_random_init=1,
+            batch_size=batch,
             loss_type="cross_entropy", verbose=False)),
         "cw_l2": wrap(lambda c: CarliniL2Method(
             c, confidence=0.0, learning_rate=0.01, binary_search_steps=9, max_iter=cw_steps,
@@ -220,9 +233,8 @@ def summarize(times: list[float], checks: list[float], adv: torch.Tensor, pred: 
 
 # --- model and data ------------------------------------------------------------------------------
 
-def train_lenet_quickly(root: Path, seed: int, epochs: int) -> nn.Module:
+def train_lenet_quickly(ds: ImageDataset, seed: int, epochs: int) -> nn.Module:
     """A LeNet-5 in a few epochs (SGD, momentum 0.9, lr 0.05 then ×0.1 for the last epoch)."""
-    ds = load_dataset("mnist", split="train", root=root)
     x, y = ds.x(), ds.y()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -243,7 +255,7 @@ def train_lenet_quickly(root: Path, seed: int, epochs: int) -> nn.Module:
     return model.eval()
 
 
-def load_model(args: argparse.Namespace, root: Path) -> tuple[nn.Module, dict[str, Any]]:
+def load_model(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
     if args.model:
         from robustact.train import load_checkpoint
 
@@ -252,7 +264,8 @@ def load_model(args: argparse.Namespace, root: Path) -> tuple[nn.Module, dict[st
                               "trained": True}
     if args.dataset == "mnist":
         print(f"no --model: training a LeNet-5 for {args.train_epochs} epochs", flush=True)
-        model = train_lenet_quickly(root, args.seed, args.train_epochs)
+        train = load_data("mnist", "train", args.data_root, quick=args.quick)
+        model = train_lenet_quickly(train, args.seed, args.train_epochs)
         return model, {"source": f"trained in-script ({args.train_epochs} epochs)",
                        "config": model.robustact_config, "trained": True}
     with torch.random.fork_rng(devices=[]):
@@ -269,7 +282,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--dataset", choices=sorted(SETTINGS), default="mnist")
     p.add_argument("--model", default=None, help="robustact checkpoint (train.load_checkpoint)")
-    p.add_argument("--data-root", default=None)
+    add_data_root_arg(p)
     p.add_argument("--n", type=int, default=500, help="first n test images")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--threads", type=int, default=1)
@@ -295,7 +308,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "whose numpy C&W takes ~20 min on 500 MNIST images)")
     p.add_argument("--out", default=None,
                    help="results JSON (default results/attacks_peers_<dataset>.json)")
-    return p.parse_args(argv)
+    p.add_argument("--quick", action="store_true", help=QUICK_HELP)
+    args = p.parse_args(argv)
+    if args.quick:  # every attack and library once more than a warm-up, on 32 images
+        args.n, args.batch_size, args.train_epochs = 32, 32, 3
+        args.square_queries, args.cw_steps, args.square_seeds = 50, 5, 1
+        args.repeats = args.quick_repeats = 1
+    args.out = quick_output(args.out, default=None, quick=args.quick,
+                            script=f"bench_attacks_peers_{args.dataset}")
+    return args
 
 
 def ratios(rows: list[dict[str, Any]], samples: dict[tuple[str, str], dict[str, torch.Tensor]]
@@ -406,23 +427,22 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     args = parse_args(argv)
     setup_threads(args.threads)
-    root = resolve_data_root(args.data_root)
     out = Path(args.out or f"results/attacks_peers_{args.dataset}.json")
-    model, model_info = load_model(args, root)
+    model, model_info = load_model(args)
     for p in model.parameters():
         p.requires_grad_(False)  # the same for every library: no weight gradients
-    test = load_dataset(args.dataset, split="test", root=root)
+    test = load_data(args.dataset, "test", args.data_root, quick=args.quick)
     x, y = test.x(slice(0, args.n)), test.y(slice(0, args.n))
     with torch.no_grad():
         correct = model(x).argmax(1) == y
-    s = SETTINGS[args.dataset]
+    s = {**SETTINGS[args.dataset], **(QUICK_SETTINGS if args.quick else {})}
     print(f"{args.dataset}: {model_info['source']}; clean accuracy on the first {args.n} test "
           f"images {float(correct.float().mean()):.4f}", flush=True)
 
     wanted = [a.strip() for a in args.attacks.split(",") if a.strip()]
     unknown = sorted(set(wanted) - set(KIND))
     if unknown:
-        raise SystemExit(f"unknown attacks {unknown}; choose from {list(KIND)}")
+        raise ValueError(f"unknown attacks {unknown}; choose from {list(KIND)}")
     libs: dict[str, dict[str, AttackFn]] = {}
     seed_box = [0]  # the seed of randomised attacks (Square) for the current round
     skipped: dict[str, str] = {}
@@ -436,7 +456,7 @@ def main(argv: list[str] | None = None) -> None:
             elif lib == "art":
                 libs[lib] = art_attacks(s, args.square_queries, args.cw_steps, args.batch_size)
             else:
-                raise SystemExit(f"unknown library {lib!r}")
+                raise ValueError(f"unknown library {lib!r}")
         except ImportError as e:
             skipped[lib] = f"not installed ({e})"
             print(f"skipping {lib}: {skipped[lib]}", flush=True)
@@ -510,6 +530,7 @@ def main(argv: list[str] | None = None) -> None:
     print("\ntargets:", goal)
     path = write_results(out, script="bench_attacks_peers", args=args, started=started, results={
         "dataset": args.dataset,
+        "data_source": data_source(args.data_root, quick=args.quick),
         "model": model_info,
         "n": args.n,
         "clean_accuracy": float(correct.float().mean()),
@@ -536,4 +557,4 @@ def peer_versions() -> dict[str, str | None]:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

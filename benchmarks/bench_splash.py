@@ -17,6 +17,7 @@ once).
     python benchmarks/bench_splash.py                       # CPU, 128 × 3 × 32 × 32
     python benchmarks/bench_splash.py --threads 1 --clock process   # steadier on a busy box
     python benchmarks/bench_splash.py --device cuda --out results/bench_splash.json
+    python benchmarks/bench_splash.py --quick     # smoke run: batch 8, 2 steps (runs/quick/)
 """
 
 from __future__ import annotations
@@ -26,15 +27,19 @@ import shlex
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustact.core.storage import atomic_write_json, environment_info
-from robustact.models import create_model
-from robustact.nn.splash import splash_implementation
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from harness import QUICK_HELP, command_line, quick_output, run_script  # noqa: E402
+
+from robustact.core.storage import atomic_write_json, environment_info  # noqa: E402
+from robustact.models import create_model  # noqa: E402
+from robustact.nn.splash import splash_implementation  # noqa: E402
 
 
 def saved_activation_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, int]:
@@ -72,7 +77,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default="resnet20")
     p.add_argument("--S", type=int, default=7)
@@ -86,7 +91,11 @@ def main() -> None:
                    help="wall time, or this process's CPU time (steadier on a shared machine)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the results as JSON here")
-    args = p.parse_args()
+    p.add_argument("--quick", action="store_true", help=QUICK_HELP)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.batch_size, args.iters, args.warmup = min(args.batch_size, 8), 2, 1
+    args.out = quick_output(args.out, default=None, quick=args.quick, script="bench_splash")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -154,11 +163,12 @@ def main() -> None:
     print(f"targets (time <= 1.3x, memory <= 1.5x) for fused SPLASH (kernel {kernel}): "
           f"{'met' if ok else 'NOT met'}")
     if args.out:
-        command = "python " + shlex.join(sys.argv)
-        atomic_write_json(args.out, {"command": command, "config": vars(args), "specs": specs,
+        atomic_write_json(args.out, {"command": shlex.join(command_line()), "quick": args.quick,
+                                     "config": {**vars(args), "out": str(args.out)},
+                                     "specs": specs,
                                      "results": results, "targets_met": ok,
                                      "environment": environment_info()})
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

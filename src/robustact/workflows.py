@@ -60,7 +60,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Largest output-activation temperature :func:`train_classifier` trains at without ``force``.
-#: Measured by benchmarks/outact_train_temperature.py (digits, SmallCNN, 3 epochs, SGD lr 0.05
+#: Measured by experiments/outact_train_temperature.py (digits, SmallCNN, 3 epochs, SGD lr 0.05
 #: and Adam lr 2e-3, four f): test accuracy > 50 % in 8/8 (f, optimizer) cells at T ≤ 2, 4/8 at
 #: T = 20 (Adam only), 3/8 at T = 50 and 0/8 at T = 100, where the loss stays at ≈ 2.4. The
 #: outputs saturate at initialisation and the gradient vanishes; the working protocol is train at

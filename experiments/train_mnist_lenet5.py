@@ -4,7 +4,7 @@ Target: >= 99.0 % test accuracy with a short schedule that fits in minutes on a 
 (SGD, momentum 0.9, lr 0.05, cosine, 10 epochs, batch 128). No model selection on the test set:
 the run trains for a fixed number of epochs and the test set is evaluated once, at the end.
 
-    python benchmarks/train_mnist_lenet5.py [--data-root DIR] [--epochs 10] [--out FILE]
+    python experiments/train_mnist_lenet5.py [--data-root DIR] [--epochs 10] [--out FILE]
 
 Writes ``results/mnist_lenet5.json`` (atomically) with the config, environment, command line,
 per-epoch history, wall time and test accuracy; the checkpoint goes to ``--ckpt-dir``.
@@ -14,24 +14,35 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from robustact.core.storage import atomic_write_json, environment_info
-from robustact.data import load_dataset, train_val_split
-from robustact.models import create_model
-from robustact.train import TrainConfig, Trainer
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from harness import (  # noqa: E402
+    QUICK_HELP,
+    add_data_root_arg,
+    command_line,
+    data_source,
+    load_data,
+    quick_output,
+    run_script,
+)
 
+from robustact.core.storage import atomic_write_json, environment_info  # noqa: E402
+from robustact.data import train_val_split  # noqa: E402
+from robustact.models import create_model  # noqa: E402
+from robustact.train import TrainConfig, Trainer  # noqa: E402
+
+SCRIPT = "train_mnist_lenet5"
 TARGET = 0.99
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-root", default=os.environ.get("ROBUSTACT_DATA", "/work/data"))
+    add_data_root_arg(p)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--batch-size", type=int, default=128)
@@ -47,17 +58,25 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--ckpt-dir", type=Path, default=Path("runs/mnist_lenet5"))
     p.add_argument("--out", type=Path, default=Path("results/mnist_lenet5.json"))
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--quick", action="store_true", help=QUICK_HELP)
     a = p.parse_args(argv)
+    if a.threads is not None:  # the script is the entry point: threads are its choice
+        torch.set_num_threads(a.threads)
+    a.out = quick_output(a.out, default=p.get_default("out"), quick=a.quick, script=SCRIPT)
+    if a.quick:  # one epoch on synthetic data; the checkpoint stays out of the real one's way
+        a.epochs = 1
+        if a.ckpt_dir == p.get_default("ckpt_dir"):
+            a.ckpt_dir = Path("runs/quick") / SCRIPT
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
-    train = load_dataset("mnist", "train", root=a.data_root)
-    test = load_dataset("mnist", "test", root=a.data_root)
+    train = load_data("mnist", "train", a.data_root, quick=a.quick)
+    test = load_data("mnist", "test", a.data_root, quick=a.quick)
     val = None
     if a.val_size > 0:
         train, val = train_val_split(train, val_size=a.val_size, seed=a.seed)
     config = TrainConfig(
         epochs=a.epochs, batch_size=a.batch_size, optimizer=a.optimizer, lr=a.lr,
-        schedule=a.schedule, seed=a.seed, device=a.device, num_threads=a.threads,
+        schedule=a.schedule, seed=a.seed, device=a.device,
         momentum=0.9, weight_decay=5e-4, augment=a.augment,
     )
     with torch.random.fork_rng(devices=[]):
@@ -70,11 +89,12 @@ def main(argv: list[str] | None = None) -> dict:
     test_metrics = trainer.evaluate(test)
     result = {
         "benchmark": "train_mnist_lenet5",
-        "command": " ".join([sys.executable, *sys.argv]),
+        "command": " ".join(command_line()),
+        "quick": a.quick,
         "model": model.robustact_config,
         "train_config": config.to_dict(),
-        "data": {"root": str(a.data_root), "n_train": len(train), "n_val": len(val) if val else 0,
-                 "n_test": len(test)},
+        "data": {"root": data_source(a.data_root, quick=a.quick), "n_train": len(train),
+                 "n_val": len(val) if val else 0, "n_test": len(test)},
         "epochs": a.epochs,
         "train_wall_seconds": round(train_seconds, 1),
         "test_accuracy": test_metrics["acc"],
@@ -92,4 +112,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

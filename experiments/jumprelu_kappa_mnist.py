@@ -23,37 +23,50 @@ Training schedule when training here: the paper's optimizer (SGD, momentum 0.9, 
 5e-4, lr 0.02, batch 128) with its step schedule (×0.2 at 1/3, 2/3 and 8/9 of the run)
 compressed from 90 epochs to ``--epochs`` (a short CPU run).
 
-    python benchmarks/jumprelu_kappa_mnist.py                                # train + evaluate
-    python benchmarks/jumprelu_kappa_mnist.py --model runs/zoo/relu/final    # reuse a model
-    python benchmarks/jumprelu_kappa_mnist.py --quick                        # smoke run, < 30 s
+    python experiments/jumprelu_kappa_mnist.py                                # train + evaluate
+    python experiments/jumprelu_kappa_mnist.py --model runs/zoo/relu/final    # reuse a model
+    python experiments/jumprelu_kappa_mnist.py --quick             # smoke run on synthetic data
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from _common import (
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from harness import (  # noqa: E402
     attack_metrics,
     base_parser,
+    data_source,
     format_table,
-    resolve_data_root,
+    load_data,
+    quick_output,
     resolve_device,
+    run_script,
     setup_threads,
     write_results,
 )
-from torch import nn
 
-from robustact.attacks import IFGSM, PGD, TransferAttack, with_bpda
-from robustact.attacks.base import Attack
-from robustact.data import dataset_info, load_dataset, train_val_split
-from robustact.defenses.jumprelu_retrofit import MNIST_KAPPA_GRID, retrofit_jumprelu, tune_jumprelu
-from robustact.models import create_model
-from robustact.train import TrainConfig, Trainer, load_checkpoint, save_checkpoint
-from robustact.workflows import accuracy
+from robustact.attacks import IFGSM, PGD, TransferAttack, with_bpda  # noqa: E402
+from robustact.attacks.base import Attack  # noqa: E402
+from robustact.data import (
+    dataset_info,  # noqa: E402
+    train_val_split,  # noqa: E402
+)
+from robustact.defenses.jumprelu_retrofit import (  # noqa: E402
+    MNIST_KAPPA_GRID,
+    retrofit_jumprelu,
+    tune_jumprelu,
+)
+from robustact.models import create_model  # noqa: E402
+from robustact.train import TrainConfig, Trainer, load_checkpoint, save_checkpoint  # noqa: E402
+from robustact.workflows import accuracy  # noqa: E402
 
 MAX_DROPS = (0.5, 1.0)  # percentage points
 
@@ -94,11 +107,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--attack-n must be >= 1")
     if args.quick:
         args.epochs = 1
-        args.attack_n = min(args.attack_n, 100)
+        args.attack_n = min(args.attack_n, 32)
         # a 1-epoch model tunes to κ = 0; attack one κ > 0 anyway so every code path runs
         args.attack_kappas = tuple(args.attack_kappas) or (0.5,)
-        if args.out == p.get_default("out"):
-            args.out = str(Path(args.runs_dir) / "quick" / "jumprelu_kappa_mnist.json")
+    args.out = str(quick_output(args.out, default=p.get_default("out"), quick=args.quick,
+                                script="jumprelu_kappa_mnist"))
     return args
 
 
@@ -108,15 +121,13 @@ def compressed_milestones(epochs: int) -> tuple[int, ...]:
     return tuple(m for m in ms if 0 < m < epochs)
 
 
-def get_model(args: argparse.Namespace, root: Path, device: torch.device
+def get_model(args: argparse.Namespace, device: torch.device
               ) -> tuple[nn.Module, Any, Any, Any, dict[str, Any]]:
     """(ReLU model in eval mode, train, val, test, description) — loaded or trained here."""
-    full = load_dataset("mnist", "train", root=root)
-    test = load_dataset("mnist", "test", root=root)
-    if args.quick:
-        full, test = full.subset(slice(0, 2500)), test.subset(slice(0, 1000))
-    val_size, split_seed = (500 if args.quick else args.val_size), args.seed
-    info: dict[str, Any] = {}
+    full = load_data("mnist", "train", args.data_root, quick=args.quick)
+    test = load_data("mnist", "test", args.data_root, quick=args.quick)
+    val_size, split_seed = (300 if args.quick else args.val_size), args.seed
+    info: dict[str, Any] = {"data_source": data_source(args.data_root, quick=args.quick)}
     if args.model is not None:
         model, card = load_checkpoint(args.model, device=device)
         data = card.get("data") or {}
@@ -140,7 +151,7 @@ def get_model(args: argparse.Namespace, root: Path, device: torch.device
         cfg = TrainConfig(epochs=args.epochs, batch_size=128, optimizer="sgd", lr=args.lr,
                           momentum=0.9, weight_decay=5e-4, schedule="step",
                           milestones=compressed_milestones(args.epochs), gamma=0.2,
-                          seed=args.seed, device=str(device), num_threads=args.threads)
+                          seed=args.seed, device=str(device))
         t0 = time.perf_counter()
         history = Trainer(model, train, val, cfg, progress=args.progress).fit()
         seconds = time.perf_counter() - t0
@@ -186,8 +197,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     setup_threads(args.threads)
     device = resolve_device(args.device)
-    root = resolve_data_root(args.data_root)
-    model, _, val, test, model_info = get_model(args, root, device)
+    model, _, val, test, model_info = get_model(args, device)
     x_val, y_val = val.x().to(device), val.y().to(device)
     print(f"model: {model_info['source']} {model_info.get('arch')} "
           f"({model_info['checkpoint']}); val {len(val)}, test {len(test)}; device {device}")
@@ -253,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"\naccuracy under attack (first {attack_rows[0]['n']} test images)\n"
               + attack_table)
 
-    out = write_results(args.out, script="benchmarks/jumprelu_kappa_mnist.py", args=args,
+    out = write_results(args.out, script="experiments/jumprelu_kappa_mnist.py", args=args,
                         started=started,
                         results={"model": model_info, "curve": curve, "tuning": tuning,
                                  "attacks": attack_rows,
@@ -264,4 +274,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

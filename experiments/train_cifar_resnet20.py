@@ -6,7 +6,7 @@ On a CPU that takes days, so the default there is a short cosine schedule (2 epo
 on a stratified ``--subset`` of the training images) and the result is labelled
 ``"schedule": "short-cpu"`` so nobody mistakes it for the paper's number.
 
-    python benchmarks/train_cifar_resnet20.py [--data-root DIR] [--epochs N] [--subset N]
+    python experiments/train_cifar_resnet20.py [--data-root DIR] [--epochs N] [--subset N]
 
 Writes ``results/cifar_resnet20.json`` (atomically) with the config, environment, command line,
 per-epoch history, wall time and test accuracy; the checkpoint goes to ``--ckpt-dir``.
@@ -16,24 +16,35 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from robustact.core.storage import atomic_write_json, environment_info
-from robustact.data import load_dataset, train_val_split
-from robustact.models import create_model
-from robustact.train import TrainConfig, Trainer, jumprelu_resnet_config
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from harness import (  # noqa: E402
+    QUICK_HELP,
+    add_data_root_arg,
+    command_line,
+    data_source,
+    load_data,
+    quick_output,
+    run_script,
+)
 
+from robustact.core.storage import atomic_write_json, environment_info  # noqa: E402
+from robustact.data import train_val_split  # noqa: E402
+from robustact.models import create_model  # noqa: E402
+from robustact.train import TrainConfig, Trainer, jumprelu_resnet_config  # noqa: E402
+
+SCRIPT = "train_cifar_resnet20"
 PAPER_EPOCHS = 120
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-root", default=os.environ.get("ROBUSTACT_DATA", "/work/data"))
+    add_data_root_arg(p)
     p.add_argument("--epochs", type=int, default=None,
                    help=f"default: {PAPER_EPOCHS} (paper schedule) on CUDA, 2 on CPU")
     p.add_argument("--subset", type=int, default=None,
@@ -49,21 +60,30 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--resume", action="store_true", help="continue from --ckpt-dir/last")
     p.add_argument("--out", type=Path, default=Path("results/cifar_resnet20.json"))
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--quick", action="store_true", help=QUICK_HELP)
     a = p.parse_args(argv)
+    if a.threads is not None:  # the script is the entry point: threads are its choice
+        torch.set_num_threads(a.threads)
+    a.out = quick_output(a.out, default=p.get_default("out"), quick=a.quick, script=SCRIPT)
+    if a.quick:  # one epoch on 256 stand-in images; the checkpoint stays out of the real one's way
+        a.epochs, a.subset = 1, min(a.subset or 256, 256)
+        a.test_subset = min(a.test_subset or 128, 128)
+        if a.ckpt_dir == p.get_default("ckpt_dir"):
+            a.ckpt_dir = Path("runs/quick") / SCRIPT
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
     cuda = a.device.startswith("cuda") or (a.device == "auto" and torch.cuda.is_available())
     epochs = a.epochs if a.epochs is not None else (PAPER_EPOCHS if cuda else 2)
     if epochs == PAPER_EPOCHS and a.subset is None:
         schedule = "paper"
-        config = jumprelu_resnet_config(seed=a.seed, device=a.device, num_threads=a.threads)
+        config = jumprelu_resnet_config(seed=a.seed, device=a.device)
     else:
         schedule = "short" if cuda else "short-cpu"
         config = TrainConfig(epochs=epochs, lr=0.1, schedule="cosine", augment="cifar",
-                             seed=a.seed, device=a.device, num_threads=a.threads)
+                             seed=a.seed, device=a.device)
 
-    train = load_dataset("cifar10", "train", root=a.data_root)
-    test = load_dataset("cifar10", "test", root=a.data_root)
+    train = load_data("cifar10", "train", a.data_root, quick=a.quick)
+    test = load_data("cifar10", "test", a.data_root, quick=a.quick)
     val = None
     if a.val_size > 0:
         train, val = train_val_split(train, val_size=a.val_size, seed=a.seed)
@@ -83,11 +103,13 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "benchmark": "train_cifar_resnet20",
         "schedule": schedule,
-        "command": " ".join([sys.executable, *sys.argv]),
+        "command": " ".join(command_line()),
+        "quick": a.quick,
         "model": model.robustact_config,
         "train_config": config.to_dict(),
-        "data": {"root": str(a.data_root), "n_train": len(train), "n_val": len(val) if val else 0,
-                 "n_test": len(test), "subset": a.subset, "test_subset": a.test_subset},
+        "data": {"root": data_source(a.data_root, quick=a.quick), "n_train": len(train),
+                 "n_val": len(val) if val else 0, "n_test": len(test), "subset": a.subset,
+                 "test_subset": a.test_subset},
         "epochs": epochs,
         "device": str(trainer.device),
         "train_wall_seconds": round(train_seconds, 1),
@@ -105,4 +127,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -20,35 +20,41 @@ Architecture choice for a 2-core CPU: ``smallcnn`` (conv 32 → conv 64 → fc 1
 parameters), SGD momentum 0.9, lr 0.01, weight decay 5e-4, cosine, batch 128, no augmentation
 (the metric is about the training set as well, so the training set is not perturbed).
 
-    python benchmarks/differential_cifar.py                # both models + PGD, ~13 min CPU
-    python benchmarks/differential_cifar.py --quick        # smoke run, < 30 s
+    python experiments/differential_cifar.py                # both models + PGD, ~13 min CPU
+    python experiments/differential_cifar.py --quick        # smoke run on synthetic data
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from _common import (
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from harness import (  # noqa: E402
     attack_metrics,
     base_parser,
+    data_source,
     format_table,
-    resolve_data_root,
+    load_data,
+    quick_output,
     resolve_device,
+    run_script,
     setup_threads,
     write_results,
 )
-from torch import nn
 
-from robustact.attacks import PGD
-from robustact.data import binary_task, load_dataset
-from robustact.models import create_model
-from robustact.train import TrainConfig, Trainer, save_checkpoint
-from robustact.train.recipes import differential_train
-from robustact.workflows import accuracy
+from robustact.attacks import PGD  # noqa: E402
+from robustact.data import binary_task  # noqa: E402
+from robustact.models import create_model  # noqa: E402
+from robustact.train import TrainConfig, Trainer, save_checkpoint  # noqa: E402
+from robustact.train.recipes import differential_train  # noqa: E402
+from robustact.workflows import accuracy  # noqa: E402
 
 EPS_255 = (1, 2, 4, 8)  # default L-inf budgets, units of 1/255
 LOSSES = ("ce", "margin")
@@ -82,11 +88,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--epochs, --attack-n and --steps must be >= 1")
     if args.quick:
         args.epochs = 1
-        args.attack_n = min(args.attack_n, 64)
+        args.attack_n = min(args.attack_n, 32)
         args.steps = min(args.steps, 5)
         args.eps = (args.eps[0], args.eps[-1])
-        if args.out == p.get_default("out"):
-            args.out = str(Path(args.runs_dir) / "quick" / "differential_cifar.json")
+    args.out = str(quick_output(args.out, default=p.get_default("out"), quick=args.quick,
+                                script="differential_cifar"))
     return args
 
 
@@ -99,7 +105,7 @@ def train_model(kind: str, train: Any, test: Any, args: argparse.Namespace,
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer="sgd",
                       lr=args.lr, momentum=0.9, weight_decay=5e-4, schedule="cosine",
                       augment=args.augment, seed=args.seed, device=str(device),
-                      num_threads=args.threads, balanced=(kind == "differential"))
+                      balanced=(kind == "differential"))
     t0 = time.perf_counter()
     extra: dict[str, Any] = {}
     if kind == "differential":
@@ -128,12 +134,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     setup_threads(args.threads)
     device = resolve_device(args.device)
-    root = resolve_data_root(args.data_root)
     t_load = time.perf_counter()
-    train = binary_task(load_dataset("cifar10", "train", root=root), args.classes)
-    test = binary_task(load_dataset("cifar10", "test", root=root), args.classes)
-    if args.quick:
-        train, test = train.subset(slice(0, 1000)), test.subset(slice(0, 400))
+    train = binary_task(load_data("cifar10", "train", args.data_root, quick=args.quick),
+                        args.classes)
+    test = binary_task(load_data("cifar10", "test", args.data_root, quick=args.quick),
+                       args.classes)
     print(f"CIFAR-10 {train.classes[0]} (0) vs {train.classes[1]} (1): {len(train)} train / "
           f"{len(test)} test; {args.arch}, {args.epochs} epoch(s), device {device}, "
           f"{args.threads} thread(s); data loaded in {time.perf_counter() - t_load:.1f} s")
@@ -180,10 +185,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print("\nfraction of images with an adversarial example found (PGD-"
               f"{args.steps}, L-inf)\n" + attack_table)
 
-    out = write_results(args.out, script="benchmarks/differential_cifar.py", args=args,
+    out = write_results(args.out, script="experiments/differential_cifar.py", args=args,
                         started=started,
                         results={"data": {"classes": list(train.classes), "n_train": len(train),
-                                          "n_test": len(test)},
+                                          "n_test": len(test),
+                                          "source": data_source(args.data_root,
+                                                                quick=args.quick)},
                                  "models": rows, "attacks": attack_rows,
                                  "tables": {"accuracy": acc_table, "attacks": attack_table}})
     print(f"wrote {out}")
@@ -191,4 +198,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

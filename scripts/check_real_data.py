@@ -5,20 +5,22 @@ CIFAR-10 (and CIFAR-100 / digits if available) through ``robustact.data`` and co
 finds with the known facts: 60000/10000 MNIST images with mean ≈ 0.1307, 50000/10000 CIFAR-10
 images whose per-channel mean matches the normalization constants the models use.
 
-    python benchmarks/check_real_data.py --data-root /work/data
+    python scripts/check_real_data.py [--data-root DIR]
 
-Exits with status 1 if any check fails.
+The data root follows the library's rule (``--data-root``, else ``$ROBUSTACT_DATA``, else
+``~/.cache/robustact/data``). Exits with status 1 if any check fails (MNIST and CIFAR-10 must be
+there; CIFAR-100 is optional).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import torch
 
 from robustact.data import ENV_VAR, DatasetNotFoundError, ImageDataset, dataset_info, load_dataset
+from robustact.data.root import DEFAULT_ROOT, describe_data_root, resolve_data_root
 
 EXPECTED_SIZES = {
     "mnist": {"train": 60000, "test": 10000},
@@ -72,15 +74,19 @@ def check(name: str, split: str, root: str) -> bool:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-root", default=os.environ.get(ENV_VAR) or "/work/data",
-                        help=f"data root (default: ${ENV_VAR}, else /work/data)")
+    parser.add_argument("--data-root", default=None,
+                        help=f"data root (default: ${ENV_VAR}, else {DEFAULT_ROOT})")
     args = parser.parse_args()
-    print(f"data root: {args.data_root}  torch {torch.__version__}")
-    results = [check(name, split, args.data_root)
+    root = resolve_data_root(args.data_root)
+    print(f"data root: {root} ({describe_data_root(args.data_root)})  torch {torch.__version__}")
+    results = [check(name, split, str(root))
                for name in ("mnist", "cifar10", "cifar100", "digits")
                for split in ("train", "test")]
-    print("all checks passed" if all(results) else "SOME CHECKS FAILED")
-    return 0 if all(results) else 1
+    if all(results):
+        print("all checks passed")
+        return 0
+    print(f"SOME CHECKS FAILED (data root {root}: pass --data-root DIR or set ${ENV_VAR})")
+    return 1
 
 
 if __name__ == "__main__":

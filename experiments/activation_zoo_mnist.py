@@ -17,32 +17,38 @@ are calibrated once, before training, to the spread of each layer's pre-activati
 training images (papers.md §2's option for layers without BatchNorm; ``--no-splash-calibration`` to
 switch off).
 
-    python benchmarks/activation_zoo_mnist.py            # full zoo, 6 epochs, ~15 min, 1 thread
-    python benchmarks/activation_zoo_mnist.py --quick    # smoke run, < 30 s
+    python experiments/activation_zoo_mnist.py            # full zoo, 6 epochs, ~15 min, 1 thread
+    python experiments/activation_zoo_mnist.py --quick    # smoke run on synthetic data, seconds
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from _common import (
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from harness import (  # noqa: E402
     base_parser,
+    data_source,
     format_table,
-    resolve_data_root,
+    load_data,
+    quick_output,
     resolve_device,
+    run_script,
     setup_threads,
     write_results,
 )
 
-from robustact.data import load_dataset, train_val_split
-from robustact.models import create_model
-from robustact.nn.splash import calibrate_splash
-from robustact.train import TrainConfig, Trainer, save_checkpoint
-from robustact.workflows import accuracy
+from robustact.data import train_val_split  # noqa: E402
+from robustact.models import create_model  # noqa: E402
+from robustact.nn.splash import calibrate_splash  # noqa: E402
+from robustact.train import TrainConfig, Trainer, save_checkpoint  # noqa: E402
+from robustact.workflows import accuracy  # noqa: E402
 
 #: The ten activations of the comparison, name -> factory spec.
 ACTIVATIONS: dict[str, str] = {
@@ -83,8 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--epochs must be >= 1")
     if args.quick:
         args.epochs = 1
-        if args.out == p.get_default("out"):  # never overwrite the real results with a smoke run
-            args.out = str(Path(args.runs_dir) / "quick" / "activation_zoo_mnist.json")
+    args.out = str(quick_output(args.out, default=p.get_default("out"), quick=args.quick,
+                                script="activation_zoo_mnist"))
     return args
 
 
@@ -102,7 +108,7 @@ def train_one(name: str, spec: str, data: dict[str, Any], args: argparse.Namespa
         calibrated = calibrate_splash(model, train.x(slice(0, 512)))
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
                       lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
-                      seed=args.seed, device=str(device), num_threads=args.threads)
+                      seed=args.seed, device=str(device))
     t0 = time.perf_counter()
     trainer = Trainer(model, train, val, cfg, progress=args.progress)
     history = trainer.fit()
@@ -137,18 +143,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     setup_threads(args.threads)
     device = resolve_device(args.device)
-    root = resolve_data_root(args.data_root)
-
-    full = load_dataset("mnist", "train", root=root)
-    test = load_dataset("mnist", "test", root=root)
-    if args.quick:
-        full = full.subset(slice(0, 2500))
-        test = test.subset(slice(0, 1000))
-        val_size = 500
-    else:
-        val_size = args.val_size
+    full = load_data("mnist", "train", args.data_root, quick=args.quick)
+    test = load_data("mnist", "test", args.data_root, quick=args.quick)
+    val_size = 300 if args.quick else args.val_size
     train, val = train_val_split(full, val_size=val_size, seed=args.seed)
-    desc = {"dataset": "mnist", "n_train": len(train), "n_val": len(val), "n_test": len(test),
+    desc = {"dataset": "mnist", "source": data_source(args.data_root, quick=args.quick),
+            "n_train": len(train), "n_val": len(val), "n_test": len(test),
             "val_size": val_size, "split_seed": args.seed, "quick": args.quick}
     data = {"train": train, "val": val, "test": test, "desc": desc}
     print(f"MNIST {args.model}: {len(train)} train / {len(val)} val / {len(test)} test, "
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print()
     print(table)
     print(f"best on validation: {summary['best_val']}; best on test: {summary['best_test']}")
-    out = write_results(args.out, script="benchmarks/activation_zoo_mnist.py", args=args,
+    out = write_results(args.out, script="experiments/activation_zoo_mnist.py", args=args,
                         started=started,
                         results={"data": desc, "train_config": {
                             "optimizer": args.optimizer, "lr": args.lr,
@@ -191,4 +191,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)
