@@ -204,6 +204,39 @@ def _result_rows(res: AttackResult, success: torch.Tensor, rows: dict[str, np.nd
     rows["seconds"][where] = seconds / max(n, 1)
 
 
+def _budgets(eps: float, eps_grid: Sequence[float] | None, norm: str
+             ) -> tuple[float, list[float]]:
+    """The checked main ε and the sorted ε grid (holding ε; L∞ budgets capped at 1)."""
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"unknown norm {norm!r}; choose from ('linf', 'l2')")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (
+            math.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps must be a positive finite number, got {eps!r}")
+    grid = [float(e) for e in (eps_grid if eps_grid is not None else default_eps_grid(eps))]
+    if any(not math.isfinite(e) or e < 0 for e in grid):
+        raise ValueError(f"eps_grid must hold finite budgets >= 0, got {grid}")
+    if norm == "linf":
+        grid = [min(e, 1.0) for e in grid]
+    return float(eps), sorted({*grid, float(eps)})
+
+
+def _sample_ids(sample_ids: torch.Tensor | None, n: int) -> torch.Tensor:
+    """The samples' ids (default 0..n-1), checked: integer, one per sample, unique."""
+    ids = torch.arange(n) if sample_ids is None else sample_ids
+    if not isinstance(ids, torch.Tensor) or ids.shape != (n,) or ids.dtype.is_floating_point:
+        raise ValueError(f"sample_ids must be an integer tensor of shape ({n},)")
+    if len(torch.unique(ids)) != n:
+        raise ValueError("sample_ids must be unique")
+    return ids
+
+
+def _attack_meta(entries: list[_Entry], eps: float) -> dict[str, Any]:
+    """Per attack key: its spec (built at the main ε), role, ε mode, cascade rule."""
+    return {e.key: {**e.build(None if e.mode == "none" else eps).spec(), "role": e.role,
+                    "eps_mode": e.mode, "on": e.on,
+                    **({"through": e.through} if e.through else {})} for e in entries}
+
+
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              protocol: str | Mapping[str, Any] = "standard", *, eps: float,
              norm: str = "linf", eps_grid: Sequence[float] | None = None,
@@ -236,27 +269,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     check_images(x)
     check_labels(y, x.shape[0])
     batch_size = check_positive_int(batch_size, "batch_size")
-    if norm not in ("linf", "l2"):
-        raise ValueError(f"unknown norm {norm!r}; choose from ('linf', 'l2')")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (
-            math.isfinite(eps) and eps > 0):
-        raise ValueError(f"eps must be a positive finite number, got {eps!r}")
-    grid = [float(e) for e in (eps_grid if eps_grid is not None else default_eps_grid(eps))]
-    if any(not math.isfinite(e) or e < 0 for e in grid):
-        raise ValueError(f"eps_grid must hold finite budgets >= 0, got {grid}")
-    if norm == "linf":
-        grid = sorted({min(e, 1.0) for e in grid})
-    else:
-        grid = sorted(set(grid))
-    eps = float(eps)
-    if eps not in grid:
-        grid = sorted({*grid, eps})
+    eps, grid = _budgets(eps, eps_grid, norm)
     n = x.shape[0]
-    ids = torch.arange(n) if sample_ids is None else sample_ids
-    if not isinstance(ids, torch.Tensor) or ids.shape != (n,) or ids.dtype.is_floating_point:
-        raise ValueError(f"sample_ids must be an integer tensor of shape ({n},)")
-    if len(torch.unique(ids)) != n:
-        raise ValueError("sample_ids must be unique")
+    ids = _sample_ids(sample_ids, n)
     dev = torch.device(device) if device is not None else next(
         (p.device for p in model.parameters()), x.device)
     x, y, ids = x.to(dev), y.to(dev), ids.to(dev).to(torch.int64)
@@ -282,13 +297,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         "n": n, "model": {"class": type(model).__name__, "defenses": describe_defenses(model),
                           "fingerprint": model_fingerprint(model)},
         "data_fingerprint": _data_fingerprint(x, y, ids),
-        "attacks": {}, "unavailable": notes, "environment": environment_info(),
-        "device": str(dev), **dict(meta or {}),
+        "attacks": _attack_meta(entries, eps), "unavailable": notes,
+        "environment": environment_info(), "device": str(dev), **dict(meta or {}),
     }
-    for e in entries:
-        spec = e.build(None if e.mode == "none" else eps).spec()  # ε: the main budget
-        table_meta["attacks"][e.key] = {**spec, "role": e.role, "eps_mode": e.mode, "on": e.on,
-                                        **({"through": e.through} if e.through else {})}
     fingerprint = {"protocol": proto["id"], "entries": protocol_fingerprint(
         [e.e for e in entries]), "model": table_meta["model"]["fingerprint"],
         "data": table_meta["data_fingerprint"], "norm": norm, "eps_grid": grid, "seed": seed}
