@@ -94,6 +94,8 @@ class APGD(Attack):
             raise ValueError(f"rho and momentum must lie in [0, 1], got {rho} and {momentum}")
         self.early_stop = bool(early_stop)
 
+    # Long by design: APGD's step, momentum and checkpoint rule (Croce & Hein 2020, Algorithm 1)
+    # share per-sample state at every iteration; kept as one loop so it reads against the paper.
     def _run(self, view: LogitsView, x: torch.Tensor, y: torch.Tensor,
              target: torch.Tensor | None, x0: torch.Tensor,
              rec: StepRecorder | None = None, rows: torch.Tensor | None = None,

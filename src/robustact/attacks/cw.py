@@ -94,6 +94,8 @@ class CarliniWagnerL2(Attack):
         other = z.scatter(1, label[:, None], float("-inf")).amax(1)
         return zl - other if targeted else other - zl
 
+    # Long by design: the binary search over c around the inner Adam loop (Carlini & Wagner 2017),
+    # one loop each: their per-sample bookkeeping (best norm, bounds on c) is shared.
     def perturb(self, view: LogitsView, x: torch.Tensor, y: torch.Tensor,
                 target: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, Any]]:
         n = x.shape[0]

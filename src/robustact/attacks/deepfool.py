@@ -178,6 +178,8 @@ class DeepFool(Attack):
             self._refine(view, x, y, x_adv, (steps_taken > 0) & ~active)
         return x_adv, {"mean_steps": float(steps_taken.float().mean())}
 
+    # Long by design: the bisection between x and x_adv and its early exit share the per-sample
+    # bounds; split, the loop would only pass them back and forth.
     def _refine(self, view: LogitsView, x: torch.Tensor, y: torch.Tensor,
                 x_adv: torch.Tensor, broken: torch.Tensor) -> None:
         """Pull each broken sample's perturbation closer to x while it stays adversarial.

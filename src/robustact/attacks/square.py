@@ -122,6 +122,9 @@ class Square(Attack):
             zl, z = view(x)
             return self.loss_fn(zl, label, target is not None), self.is_adversarial(z, y, target)
 
+    # Long by design: Square's iteration (window size schedule, vertex draw, accept/reject) as one
+    # loop, in the order of Algorithm 2 of Andriushchenko et al.: split up, its per-sample state
+    # would have to be threaded through every piece.
     def perturb(self, view: LogitsView, x: torch.Tensor, y: torch.Tensor,
                 target: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, Any]]:
         n, c, h, w = x.shape

@@ -93,6 +93,9 @@ class TrustRegion(Attack):
         if self.r_max is not None and self.r_max < self.radius:
             raise ValueError(f"r_max ({r_max}) must be >= radius ({radius})")
 
+    # Long by design: one trust-region iteration (linearize, pick the class, step, compare actual
+    # with predicted decrease, resize the radius) reads top to bottom as in Yao et al.; its pieces
+    # share per-sample radius and iterate.
     def perturb(self, view: LogitsView, x: torch.Tensor, y: torch.Tensor,
                 target: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, Any]]:
         if target is not None:
