@@ -28,6 +28,7 @@ from robustact import __version__
 from robustact.attacks.registry import available_attacks
 from robustact.core.spec import parse_number, parse_params
 from robustact.demo import run_demo
+from robustact.report.leaderboard import write_leaderboard
 from robustact.train import TrainConfig
 from robustact.workflows import (
     attack_checkpoint,
@@ -421,6 +422,19 @@ def attack(
                    err=True)
     _echo_json(summary)
     typer.echo(f"results written to {summary['out']}", err=True)
+
+
+@app.command()
+def leaderboard(
+    runs: Annotated[list[Path], typer.Argument(
+        help="Evaluated run folders (each with its report.json).")],
+    out: Annotated[Path, typer.Option(help="The page to write.")] = Path("leaderboard.html"),
+    allow_mixed: Annotated[bool, typer.Option(
+        help="Compare runs with different protocol, ε, norm or data (marked on the page).")
+    ] = False,
+) -> None:
+    """A sortable comparison page, one row per evaluated model (clean, robust, verdict)."""
+    typer.echo(f"leaderboard written to {write_leaderboard(out, runs, allow_mixed=allow_mixed)}")
 
 
 def main() -> None:

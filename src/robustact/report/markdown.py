@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from robustact.core.storage import atomic_write_bytes
+from robustact.report.figures import save_png
 
 __all__ = ["Report", "format_table"]
 
@@ -57,11 +58,7 @@ class Report:
         Figures are drawn on :class:`matplotlib.figure.Figure` objects, never through pyplot,
         so nothing here touches matplotlib's global backend or figure registry.
         """
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        path = self.out_dir / f"{name}.png"
-        tmp = self.out_dir / f".{name}.tmp.png"
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
+        path = save_png(fig, self.out_dir / f"{name}.png")
         link = f"![{caption or name}]({path.name})"
         self.blocks.append(link + (f"\n\n*{caption}*" if caption else ""))
         return path
