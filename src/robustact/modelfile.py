@@ -186,13 +186,14 @@ def _check_outputs(model: nn.Module, probe: torch.Tensor, source: str,
     xb = match_model_dtype(model, probe)
     try:
         with torch.no_grad():
-            z1 = check_model_output(model(xb), f"the output of {source}")
-            z2 = model(xb)
-    except (TypeError, ValueError) as e:
-        raise ModelFileError(str(e).splitlines()[0]) from None
+            z1, z2 = model(xb), model(xb)
     except Exception as e:
         raise ModelFileError(f"the model from {source} failed on a probe batch of shape "
                              f"{tuple(probe.shape)}: {_first_line(e)}") from None
+    try:
+        check_model_output(z1, f"the output of {source}")
+    except TypeError as e:
+        raise ModelFileError(str(e)) from None
     check_logits(z1, probe.shape[0], name=f"the outputs of {source}")
     if isinstance(z2, torch.Tensor) and z2.shape == z1.shape and not torch.allclose(
             z1, z2, rtol=1e-4, atol=1e-5):
