@@ -676,7 +676,8 @@ def evaluate_model(model: nn.Module, data: Any, *, dataset: str | None = None,
         if audit:
             dev = next((p.device for p in model.parameters()), x.device)
             report = run_audit(model, x.to(dev), y.to(dev), table, eps=eps, norm=norm,
-                               seed=seed, **{**EVALUATE_AUDIT_DEFAULTS, **(audit_options or {})})
+                               seed=seed, progress=progress,
+                               **{**EVALUATE_AUDIT_DEFAULTS, **(audit_options or {})})
         summary = evaluation_summary(table, report, wall_seconds=wall, command=command,
                                      info={"name": name, "dataset": dataset, **(info or {})})
         atomic_write_json(out / "summary.json", summary)
