@@ -156,6 +156,11 @@ def test_checkpoint_evaluates_end_to_end_and_resumes(ckpt: Path, tmp_path: Path,
     assert cells and all(after[k] == v for k, v in cells.items())
     again = read_json(out / "summary.json")
     assert again["robust_accuracy"] == summary["robust_accuracy"]
+    # a --no-audit rerun keeps the earlier audit's verdict instead of dropping it
+    res = _run("--model", str(ckpt), "--out", str(out), "--no-audit", *FAST)
+    assert res.exit_code == 0, res.output
+    kept = read_json(out / "summary.json")["verdict"]
+    assert kept["label"] == summary["verdict"]["label"] and kept["from_earlier_run"] is True
 
 
 def test_model_file_gives_the_checkpoint_numbers(ckpt: Path, files: dict[str, Path],

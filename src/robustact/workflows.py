@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from robustact.attacks import verify, with_bpda
 from robustact.attacks.registry import create_attack, default_budget, resolve_attack
 from robustact.core.runlock import RunLock, refuse_finished
-from robustact.core.storage import atomic_write_json, environment_info, save_tensors
+from robustact.core.storage import atomic_write_json, environment_info, read_json, save_tensors
 from robustact.core.validate import (
     check_eval_mode,
     check_model_output,
@@ -680,8 +680,31 @@ def evaluate_model(model: nn.Module, data: Any, *, dataset: str | None = None,
                                **{**EVALUATE_AUDIT_DEFAULTS, **(audit_options or {})})
         summary = evaluation_summary(table, report, wall_seconds=wall, command=command,
                                      info={"name": name, "dataset": dataset, **(info or {})})
+        if report is None:  # keep the verdict of an earlier audit of this very table
+            _keep_audit(out / "summary.json", summary)
         atomic_write_json(out / "summary.json", summary)
     return {**summary, "out": str(out)}
+
+
+def _table_key(table: Any) -> dict[str, Any]:
+    """What identifies a finished table: a rerun with the same key gives the same rows."""
+    m = table.meta
+    return {"protocol": m.get("protocol"), "eps_grid": m.get("eps_grid"), "norm": m.get("norm"),
+            "seed": m.get("seed"), "model": (m.get("model") or {}).get("fingerprint"),
+            "data": m.get("data_fingerprint")}
+
+
+def _keep_audit(path: Path, summary: dict[str, Any]) -> None:
+    """A ``--no-audit`` rerun over a finished, audited table keeps that audit's verdict."""
+    try:
+        old = read_json(path)
+    except (OSError, ValueError):
+        return
+    if (isinstance(old, dict) and old.get("table") == summary["table"]
+            and (old.get("verdict") or {}).get("label") not in (None, "not audited")):
+        summary["verdict"] = {**old["verdict"], "from_earlier_run": True}
+        for k in ("audit", "audit_model_forward_rows"):
+            summary["seconds"][k] = (old.get("seconds") or {}).get(k)
 
 
 def evaluation_summary(table: Any, report: Any, *, wall_seconds: float,
@@ -716,5 +739,5 @@ def evaluation_summary(table: Any, report: Any, *, wall_seconds: float,
                     "audit": report.seconds if report is not None else None,
                     "audit_model_forward_rows": (report.model_forward_rows
                                                  if report is not None else None)},
-        "command": command, "environment": environment_info(),
+        "command": command, "environment": environment_info(), "table": _table_key(table),
     }
