@@ -68,6 +68,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "load_weights",
+    "load_state",
     "load_training_state",
     "read_card",
     "resolve_checkpoint",
@@ -422,6 +423,14 @@ def _load_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str
     if problems:
         raise CheckpointError(f"weights in {source} do not fit the model ({' | '.join(problems)})")
     model.load_state_dict(dict(state), strict=strict)
+
+
+def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str, *,
+                strict: bool = True) -> nn.Module:
+    """Load ``state`` into ``model`` (in place); every mismatch in one :class:`CheckpointError`
+    line naming ``source`` (a few missing and unexpected keys, shape mismatches)."""
+    _load_state(unwrap_model(model), state, source, strict=strict)
+    return model
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike[str], *, strict: bool = True,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shlex
 import sys
 import traceback
 from enum import Enum
@@ -34,6 +35,8 @@ from robustact.workflows import (
     attack_checkpoint,
     defend_checkpoint,
     evaluate_checkpoint,
+    evaluate_model,
+    load_evaluation_target,
     retrofit_checkpoint,
     train_classifier,
     tune_jump_checkpoint,
@@ -46,6 +49,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
 _DEBUG_KEY = "robustact.debug"
+_ARGV_KEY = "robustact.argv"
 # Typer has vendored click since 0.20 and used the click package before; its BadParameter
 # derives from click's ClickException in both, so take that base class from it.
 _ClickException: type[Exception] = next(
@@ -82,10 +86,13 @@ class _App(TyperGroup):
                      **extra: Any) -> Any:
         if not args:  # no arguments shows the help (no_args_is_help), as usual
             return super().make_context(info_name, args, parent=parent, **extra)
+        argv = list(args)  # parsing consumes the list; results files record the command line
         try:
-            return super().make_context(info_name, args, parent=parent, **extra)
+            ctx = super().make_context(info_name, args, parent=parent, **extra)
         except _ClickException as e:  # e.g. an unknown command or global option
             _report(e, info_name or "robustact")
+        ctx.meta[_ARGV_KEY] = argv
+        return ctx
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -422,6 +429,102 @@ def attack(
                    err=True)
     _echo_json(summary)
     typer.echo(f"results written to {summary['out']}", err=True)
+
+
+class Protocol(str, Enum):
+    quick = "quick"
+    standard = "standard"
+    thorough = "thorough"
+
+
+class Norm(str, Enum):
+    linf = "linf"
+    l2 = "l2"
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    ctx: typer.Context,
+    model: Annotated[Path | None, typer.Option(
+        "--model", help="A robustact checkpoint folder (…/final).")] = None,
+    model_file: Annotated[str | None, typer.Option(
+        "--model-file", help="Any PyTorch model instead: path.py:Factory, where Factory(...) "
+                             "returns an nn.Module taking [0, 1] images and returning logits.")
+                          ] = None,
+    weights: Annotated[Path | None, typer.Option(
+        help="Weights for --model-file: .safetensors, or .pt/.pth/.bin holding "
+             "model.state_dict() (read with torch.load(weights_only=True), never unpickled).")
+                       ] = None,
+    normalize: Annotated[str | None, typer.Option(
+        help="For --model-file when the model expects normalized inputs: MEANS/STDS per "
+             "channel, e.g. 0.4914,0.4822,0.4465/0.2470,0.2435,0.2616.")] = None,
+    factory_arg: Annotated[list[str] | None, typer.Option(
+        "--factory-arg", help="Keyword argument for Factory as KEY=VALUE (repeatable).")] = None,
+    dataset: Annotated[str | None, typer.Option(
+        help="mnist | cifar10 | cifar100 | digits (needed with --model-file; a checkpoint's "
+             "card names its own).")] = None,
+    num_classes: Annotated[int | None, typer.Option(
+        "--num-classes", min=2, help="Logits the --model-file model must return (default: "
+                                     "the dataset's classes).")] = None,
+    protocol: Annotated[Protocol, typer.Option(
+        help="quick (FGSM, PGD-20, Square 500) | standard (FGSM, APGD-CE/DLR, Square 5000, "
+             "DeepFool) | thorough (standard + more restarts, random search, label-only, "
+             "unbounded, C&W).")] = Protocol.standard,
+    eps: Annotated[str | None, typer.Option(
+        help="Budget in [0, 1] pixel units, e.g. 0.3 or 8/255 (default: the dataset's, MNIST "
+             "0.3, CIFAR 8/255, digits 0.1 for linf).")] = None,
+    norm: Annotated[Norm, typer.Option(help="linf | l2")] = Norm.linf,
+    n: Annotated[int, typer.Option(min=1, help="Evaluate the first N test images.")] = 1000,
+    batch_size: Annotated[int, typer.Option(min=1)] = 256,
+    seed: int = 0,
+    out: Annotated[Path | None, typer.Option(
+        help="Results folder (default: a new runs/evaluate/<model>-<protocol>-<time>). "
+             "Rerunning with the same --out resumes where it stopped.")] = None,
+    force: Annotated[bool, typer.Option(
+        help="Start over: remove the evaluation already in OUT (even one made with another "
+             "protocol or ε).")] = False,
+    audit: Annotated[bool, typer.Option(
+        "--audit/--no-audit", help="Run the gradient-masking audit and give its verdict.")
+                     ] = True,
+    audit_samples: Annotated[int, typer.Option(
+        "--audit-samples", min=1, help="Samples the audit's model-level checks and its random "
+                                       "search use (binarization: at most 20 of them).")
+                             ] = 100,
+    data_root: DataRoot = None,
+    download: Download = False,
+    progress: bool = True,
+    device: Device = "auto",
+    threads: Threads = None,
+) -> None:
+    """Evaluate a model's robustness with a protocol of attacks, audit it for gradient masking,
+    and write the per-sample results table and summary.json to OUT."""
+    _set_threads(threads)
+    budget = None if eps is None else parse_number(eps, "--eps")
+    target = load_evaluation_target(
+        checkpoint=model, model_file=model_file, weights=weights, normalize=normalize,
+        factory_kwargs=parse_params(factory_arg or [], "--factory-arg") or None,
+        dataset=dataset, num_classes=num_classes, n=n, data_root=data_root,
+        download=download, device=device)
+    argv = ctx.meta.get(_ARGV_KEY)
+    summary = evaluate_model(
+        target.model, target.data, dataset=target.dataset, name=target.name,
+        protocol=protocol.value, eps=budget, norm=norm.value, batch_size=batch_size,
+        out=out, seed=seed, progress=progress, audit=audit, force=force, info=target.info,
+        audit_options={"max_samples": audit_samples, "random_samples": audit_samples,
+                       "binarization_samples": min(20, audit_samples)},
+        command=shlex.join(["robustact", *argv]) if argv else None)
+    typer.echo(f"clean accuracy {summary['clean_accuracy']:.1%} on {summary['n']} "
+               f"{target.dataset} test images")
+    typer.echo(f"robust accuracy {summary['robust_accuracy']:.1%} at eps={summary['eps']:.4g} "
+               f"({summary['norm']}, {summary['protocol']}, per-sample worst case over "
+               f"{len(summary['attacks_at_eps'])} attacks)")
+    typer.echo(f"verdict: {summary['verdict']['label']}")
+    for line in summary["verdict"]["evidence"]:
+        typer.echo(f"  - {line}")
+    secs = summary["seconds"]
+    audit_s = "skipped" if secs["audit"] is None else f"{secs['audit']:.1f} s"
+    typer.echo(f"time: attacks {secs['attacks']:.1f} s, audit {audit_s}")
+    typer.echo(f"results: {summary['out']} (report: {summary['reports']['html']})")
 
 
 @app.command()

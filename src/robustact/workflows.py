@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,9 +22,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from robustact.attacks import verify, with_bpda
-from robustact.attacks.registry import create_attack, resolve_attack
+from robustact.attacks.registry import create_attack, default_budget, resolve_attack
 from robustact.core.runlock import RunLock, refuse_finished
-from robustact.core.storage import atomic_write_json, environment_info, save_tensors
+from robustact.core.storage import atomic_write_json, environment_info, read_json, save_tensors
 from robustact.core.validate import (
     check_eval_mode,
     check_model_output,
@@ -33,8 +35,12 @@ from robustact.core.validate import (
 from robustact.data import binary_task, load_dataset, train_val_split
 from robustact.defenses import paper_kappa_grid, retrofit_jumprelu, tune_jumprelu
 from robustact.defenses.output_activation import OutputActivationModel, add_output_activation
+from robustact.evaluate import evaluate, get_protocol, summarize
+from robustact.evaluate.audit import run_audit
+from robustact.modelfile import load_model_file, parse_model_spec
 from robustact.models import create_model
 from robustact.nn.bounded import check_temperature
+from robustact.report import write_reports
 from robustact.train import (
     TrainConfig,
     Trainer,
@@ -54,6 +60,13 @@ __all__ = [
     "evaluate_checkpoint",
     "defend_checkpoint",
     "default_attack_out",
+    "default_run_out",
+    "checkpoint_run_name",
+    "EvaluationTarget",
+    "load_evaluation_target",
+    "evaluate_model",
+    "evaluation_summary",
+    "check_budget",
     "MAX_TRAIN_TEMPERATURE",
 ]
 
@@ -403,14 +416,18 @@ def tune_jump_checkpoint(path: str | Path, max_drop: float, *, grid: list[float]
     return result
 
 
-def default_attack_out(path: str | Path, attack: str, root: str | Path = "runs/attack") -> Path:
-    """A fresh folder ``root/<model>-<attack>-<YYYYmmdd-HHMMSS>`` (created; ``-2``, ``-3``, … if
-    taken), so successive attacks never overwrite each other. ``<model>`` is the checkpoint
-    folder's name, prefixed by its parent's when it is a generic ``final``/``last``/``best``."""
+def checkpoint_run_name(path: str | Path) -> str:
+    """A short name for the model at checkpoint ``path``: the folder's name, prefixed by its
+    parent's when it is a generic ``final``/``last``/``best``."""
     ckpt = Path(path).absolute()
     generic = ckpt.name in ("final", "last", "best")
-    name = f"{ckpt.parent.name}-{ckpt.name}" if generic else ckpt.name
-    stem = f"{name}-{attack}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return f"{ckpt.parent.name}-{ckpt.name}" if generic else ckpt.name
+
+
+def default_run_out(name: str, tag: str, root: str | Path) -> Path:
+    """A fresh folder ``root/<name>-<tag>-<YYYYmmdd-HHMMSS>`` (created; ``-2``, ``-3``, … if
+    taken), so successive runs never overwrite each other."""
+    stem = f"{name}-{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
     Path(root).mkdir(parents=True, exist_ok=True)
     for i in range(1, 1000):
         candidate = Path(root) / (stem if i == 1 else f"{stem}-{i}")
@@ -420,6 +437,11 @@ def default_attack_out(path: str | Path, attack: str, root: str | Path = "runs/a
         except FileExistsError:
             continue
     raise ValueError(f"cannot find a free output folder for {stem} in {root}; pass out=")
+
+
+def default_attack_out(path: str | Path, attack: str, root: str | Path = "runs/attack") -> Path:
+    """:func:`default_run_out` for an attack on the checkpoint at ``path``."""
+    return default_run_out(checkpoint_run_name(path), attack, root)
 
 
 def attack_checkpoint(path: str | Path, attack: str, params: dict[str, Any], *,
@@ -505,3 +527,222 @@ def _attack_checkpoint(path: str | Path, attack: str, params: dict[str, Any], *,
     }
     atomic_write_json(out / "summary.json", summary)
     return summary
+
+
+# --- evaluate: a protocol, the audit and a summary, for a checkpoint or any model -----------------
+
+#: The audit counts :func:`evaluate_model` uses (``run_audit``'s own defaults are for a study):
+#: the model-level checks on the first 100 samples, random search with 1000 points per sample on
+#: them (C17; 10⁴ cost as much as the whole quick protocol), binarization on 20.
+EVALUATE_AUDIT_DEFAULTS: dict[str, int] = {"max_samples": 100, "random_points": 1000,
+                                           "random_samples": 100, "binarization_samples": 20}
+#: What an evaluation writes into its folder; ``force`` removes exactly these.
+EVALUATION_FILES = ("table.json", "clean.safetensors", "cells", "summary.json")
+
+
+@dataclass
+class EvaluationTarget:
+    """A model ready to evaluate, its evaluation data and where both came from."""
+
+    model: nn.Module
+    data: Any  # ImageDataset: the first n test images
+    dataset: str
+    name: str  # short, for the default output folder
+    info: dict[str, Any]
+
+
+def load_evaluation_target(*, checkpoint: str | Path | None = None,
+                           model_file: str | None = None, weights: str | Path | None = None,
+                           normalize: str | tuple[Any, Any] | None = None,
+                           factory_kwargs: dict[str, Any] | None = None,
+                           dataset: str | None = None, num_classes: int | None = None,
+                           n: int | None = 1000, data_root: str | Path | None = None,
+                           download: bool = False, device: str | torch.device = "auto"
+                           ) -> EvaluationTarget:
+    """The model (a robustact ``checkpoint``, or ``model_file`` ``"path.py:Factory"`` with
+    ``weights``, see :func:`robustact.modelfile.load_model_file`) and the first ``n`` test
+    images of its dataset (the card's, or ``dataset``, which a model file needs)."""
+    if (checkpoint is None) == (model_file is None):
+        raise ValueError("give the model either as a robustact checkpoint (--model) or as "
+                         "--model-file path.py:Factory, not both")
+    if n is not None:
+        check_positive_int(n, "n")
+    dev = resolve_device(device)
+    if checkpoint is not None:
+        extra = [k for k, v in (("--weights", weights), ("--normalize", normalize),
+                                ("--factory-arg", factory_kwargs),
+                                ("--num-classes", num_classes)) if v]
+        if extra:
+            raise ValueError(f"{', '.join(extra)} only apply to --model-file; a checkpoint "
+                             "carries its weights and normalization")
+        card = read_card(checkpoint)
+        data = _load_eval_data(card, dataset, "test", data_root, limit=n, download=download)
+        model, card = load_checkpoint(checkpoint, device=dev)
+        name = dataset or (card.get("data") or {}).get("dataset")
+        return EvaluationTarget(model, data, str(name), checkpoint_run_name(checkpoint), {
+            "source": "checkpoint", "checkpoint": str(checkpoint), "model": card.get("model"),
+            "defenses": card.get("defenses")})
+    assert model_file is not None
+    if dataset is None:
+        raise ValueError("--model-file needs --dataset (mnist, cifar10, cifar100 or digits): "
+                         "the data the model was trained for")
+    path, factory = parse_model_spec(model_file)
+    data = load_dataset(dataset, "test", root=data_root, download=download)
+    if n is not None:
+        data = data.subset(torch.arange(min(n, len(data))))
+    model = load_model_file(model_file, weights, normalize, factory_kwargs,
+                            probe=data.x(slice(0, 8)), device=dev,
+                            num_classes=num_classes or data.num_classes)
+    return EvaluationTarget(model, data, dataset, f"{path.stem}-{factory}", {
+        "source": "model_file", "model_file": model_file,
+        "weights": None if weights is None else str(weights),
+        "normalize": normalize if normalize is None or isinstance(normalize, str)
+        else [list(normalize[0]), list(normalize[1])],
+        "factory_kwargs": factory_kwargs or {}})
+
+
+def check_budget(eps: float, norm: str, image_shape: tuple[int, ...]) -> float:
+    """``eps`` as a float inside the norm's range for [0, 1] images: (0, 1] for L∞ (a larger
+    one is a typo, e.g. 8 for 8/255), (0, √d] for L2 (the diameter of the box)."""
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"unknown norm {norm!r}; choose linf or l2")
+    top = 1.0 if norm == "linf" else math.sqrt(math.prod(image_shape))
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (
+            math.isfinite(eps) and 0 < eps <= top):
+        raise ValueError(f"eps must be in (0, {top:.4g}] for {norm} on [0, 1] images (pixel "
+                         f"units: write 8/255, not 8), got {eps!r}")
+    return float(eps)
+
+
+def _clear_evaluation(out: Path) -> None:
+    for name in EVALUATION_FILES:
+        p = out / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
+def evaluate_model(model: nn.Module, data: Any, *, dataset: str | None = None,
+                   name: str = "model", protocol: str = "standard", eps: float | None = None,
+                   norm: str = "linf", batch_size: int = 256,
+                   device: str | torch.device | None = None, out: str | Path | None = None,
+                   seed: int = 0, progress: bool = True, audit: bool = True,
+                   audit_options: dict[str, Any] | None = None, force: bool = False,
+                   info: dict[str, Any] | None = None, command: str | None = None
+                   ) -> dict[str, Any]:
+    """Run ``protocol`` on ``data`` into ``out``, audit it, write ``out/summary.json``.
+
+    ``model`` is any ``nn.Module`` taking [0, 1] images and returning logits (eval mode);
+    ``data`` an ImageDataset or ``(x, y)``. ``eps`` defaults to ``dataset``'s standard budget
+    (:data:`~robustact.attacks.registry.DEFAULT_BUDGETS`). ``out`` defaults to a fresh
+    ``runs/evaluate/<name>-<protocol>-<time>``; a rerun with the same ``out`` resumes (finished
+    cells are read, not re-attacked), one with another protocol, ε, model or data is refused by
+    the engine and leaves the folder as it was, unless ``force`` (start over: the folder's
+    evaluation files are removed first). ``device``: None keeps the model where it is; given,
+    the model is moved there. The audit uses :data:`EVALUATE_AUDIT_DEFAULTS` updated with
+    ``audit_options``. The reports (``report.json`` with every number, ``report.md``,
+    a self-contained ``report.html``) go to ``out`` too. Returns the summary plus ``"out"``.
+    """
+    check_eval_mode(model, "evaluating it")
+    protocol_id = get_protocol(protocol)["id"]  # a bad name fails before any folder is made
+    x, y = as_tensors(data, "data")
+    x = x.float() / 255 if x.dtype == torch.uint8 else x
+    if eps is None:
+        if dataset is None:
+            raise ValueError("no eps given and no dataset to take the standard budget from; "
+                             "pass eps")
+        eps = default_budget(dataset, norm)
+    eps = check_budget(eps, norm, tuple(x.shape[1:]))
+    if device is not None:
+        model = model.to(resolve_device(device))
+    made = out is None
+    out = Path(out) if out is not None else default_run_out(
+        name, protocol_id.split("@")[0], "runs/evaluate")
+    meta = {"dataset": dataset, "source": info or {}}
+    try:
+        if force:
+            with RunLock(out, "evaluation"):
+                _clear_evaluation(out)
+        t0 = time.perf_counter()
+        table = evaluate(model, x, y, protocol, eps=eps, norm=norm, out=str(out),
+                         batch_size=batch_size, seed=seed, progress=progress, meta=meta)
+    except BaseException:
+        if made:  # do not leave an empty default folder behind a failed start
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+    wall = time.perf_counter() - t0
+    report = None
+    with RunLock(out, "evaluation"):
+        if audit:
+            dev = next((p.device for p in model.parameters()), x.device)
+            report = run_audit(model, x.to(dev), y.to(dev), table, eps=eps, norm=norm,
+                               seed=seed, progress=progress,
+                               **{**EVALUATE_AUDIT_DEFAULTS, **(audit_options or {})})
+        summary = evaluation_summary(table, report, wall_seconds=wall, command=command,
+                                     info={"name": name, "dataset": dataset, **(info or {})})
+        if report is None:  # keep the verdict of an earlier audit of this very table
+            _keep_audit(out / "summary.json", summary)
+        reports = write_reports(out, table, report,
+                                info={"name": name, "dataset": dataset, **(info or {})})
+        summary["reports"] = {kind: str(path) for kind, path in reports.items()}
+        atomic_write_json(out / "summary.json", summary)
+    return {**summary, "out": str(out)}
+
+
+def _table_key(table: Any) -> dict[str, Any]:
+    """What identifies a finished table: a rerun with the same key gives the same rows."""
+    m = table.meta
+    return {"protocol": m.get("protocol"), "eps_grid": m.get("eps_grid"), "norm": m.get("norm"),
+            "seed": m.get("seed"), "model": (m.get("model") or {}).get("fingerprint"),
+            "data": m.get("data_fingerprint")}
+
+
+def _keep_audit(path: Path, summary: dict[str, Any]) -> None:
+    """A ``--no-audit`` rerun over a finished, audited table keeps that audit's verdict."""
+    try:
+        old = read_json(path)
+    except (OSError, ValueError):
+        return
+    if (isinstance(old, dict) and old.get("table") == summary["table"]
+            and (old.get("verdict") or {}).get("label") not in (None, "not audited")):
+        summary["verdict"] = {**old["verdict"], "from_earlier_run": True}
+        for k in ("audit", "audit_model_forward_rows"):
+            summary["seconds"][k] = (old.get("seconds") or {}).get(k)
+
+
+def evaluation_summary(table: Any, report: Any, *, wall_seconds: float,
+                       command: str | None = None, info: dict[str, Any] | None = None
+                       ) -> dict[str, Any]:
+    """The compact ``summary.json``: clean and robust accuracy, each attack's cell at ε, the
+    worst case per ε, the verdict with its evidence, and what the evaluation and the audit
+    cost (attack seconds over every run that filled the table; this run's wall time)."""
+    s = summarize(table)
+    eps = float(table.meta["eps"])
+    at_eps = s["per_eps"].get(repr(eps), {})
+    roles = table.meta.get("attacks", {})
+    attack_seconds = float(table["seconds"].sum()) if len(table) else 0.0
+    verdict_ = ({"label": report.verdict.label, "evidence": list(report.verdict.evidence),
+                 "fired": report.fired()} if report is not None else
+                {"label": "not audited", "evidence": ["the audit was skipped (--no-audit)"],
+                 "fired": []})
+    return {
+        "model": info or {}, "protocol": s["protocol"], "norm": s["norm"], "eps": eps,
+        "eps_grid": table.meta.get("eps_grid"), "n": s["n"], "seed": table.meta.get("seed"),
+        "clean_accuracy": s["clean_accuracy"],
+        "robust_accuracy": at_eps.get("worst_case"),
+        "attacks_at_eps": [{**c, "role": roles.get(c["attack"], {}).get("role")}
+                           for c in at_eps.get("attacks", [])],
+        "worst_case": {repr(float(e)): acc for e, acc in s["curve"]},
+        "min_norm": s["min_norm"], "unavailable": s["unavailable"],
+        "verdict": verdict_,
+        "cost": {"forward_per_image": s["cost"]["forward_per_image"],
+                 "backward_per_image": s["cost"]["backward_per_image"],
+                 "per_attack": s["cost"]["per_attack"]},
+        "seconds": {"attacks": attack_seconds, "evaluation_wall_this_run": wall_seconds,
+                    "audit": report.seconds if report is not None else None,
+                    "audit_model_forward_rows": (report.model_forward_rows
+                                                 if report is not None else None)},
+        "command": command, "environment": environment_info(), "table": _table_key(table),
+    }

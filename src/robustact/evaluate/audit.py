@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from robustact.attacks.base import Attack
 from robustact.evaluate.checks import (
@@ -484,12 +485,14 @@ def run_audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
               samples: torch.Tensor | None = None, surrogate: nn.Module | None = None,
               random_points: int = 10_000, random_samples: int = 100,
               binarization_samples: int = 20, binarization_attack: Attack | None = None,
-              max_samples: int = 100, seed: int = 0) -> AuditReport:
+              max_samples: int = 100, seed: int = 0, progress: bool = False) -> AuditReport:
     """Run the model-level checks on ``x[:max_samples]`` and the table-level checks on
     ``table``, then the verdict; records the audit's own wall time and model forward rows.
 
     ``samples``: the table's sample ids of the rows of ``x`` (default 0…N−1), so random search
     (C17) can be compared with what the standard attacks left robust. ``surrogate`` enables C12.
+    ``progress``: a tqdm bar over the model-level checks (random search and binarization can
+    take minutes on a large model).
     """
     start = time.perf_counter()
     rows = [0]
@@ -502,11 +505,18 @@ def run_audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     try:
         xs, ys = x[:max_samples], y[:max_samples]
         kw = {"eps": eps, "norm": norm}
-        results = [fn(model, xs, ys, **kw) for fn in MODEL_CHECKS]
+        bar = tqdm(total=len(MODEL_CHECKS) + 3, desc="audit", unit="check",
+                   disable=not progress)
+        results = []
+        for fn in MODEL_CHECKS:
+            results.append(fn(model, xs, ys, **kw))
+            bar.update()
         results.append(check_transfer_mismatch(model, xs, ys, surrogate=surrogate, seed=seed,
                                                **kw))
+        bar.update()
         results.append(check_binarization(model, xs, ys, max_samples=binarization_samples,
                                           attack=binarization_attack, seed=seed, **kw))
+        bar.update()
         ids = samples if samples is not None else torch.arange(x.shape[0])
         if table is not None and table.attacks("random_search"):
             results.append(check_random_search_table(table, eps=eps))
@@ -515,6 +525,8 @@ def run_audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
             results.append(check_random_search(model, x, y, points=random_points,
                                                max_samples=random_samples, robust=robust,
                                                seed=seed, **kw))
+        bar.update()
+        bar.close()
         if table is not None:
             results += [fn(table, eps=eps) for fn in TABLE_CHECKS]
     finally:
