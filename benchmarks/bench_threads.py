@@ -14,8 +14,12 @@ same training loop with the same thread setting: three users training at once). 
 load average before each measurement is recorded, because the machine may be shared.
 
     python benchmarks/bench_threads.py                 # all loads, 20 timed steps each
-    python benchmarks/bench_threads.py --quick         # spin load only, 5 steps (~1 min)
     python benchmarks/bench_threads.py --out results/bench_threads.json
+    python benchmarks/bench_threads.py --quick         # smoke run, seconds (runs/quick/)
+
+``--quick`` checks that the script works, not the effect: no added load, 2 threads vs 1, batch
+16, 2 timed steps, measured in this process (no subprocesses, whose torch start-up alone would
+take most of a minute on a busy machine).
 """
 
 from __future__ import annotations
@@ -29,14 +33,37 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 HERE = Path(__file__).resolve()
+SCRIPT = "bench_threads"
 N_LOAD = 2
+BATCH = 128
+#: ``--quick``: (threads, batch, timed steps, warm-up steps), in this process, no added load.
+QUICK = ((2, 1), 16, 2, 1)
 
 
-def _worker(threads: int, steps: int, warmup: int, forever: bool) -> None:
-    """Time LeNet-5 SGD steps in this process; print a JSON line (or loop forever as a load)."""
+def _harness() -> ModuleType:
+    """The shared script plumbing (``scripts/harness.py``), imported by the parent process only.
+
+    Why lazily: the measured workers and the ``train`` loads are this same file run again, and
+    they must start as they always did (torch and the model, nothing else), so that the loads are
+    as far into their loops when a measurement starts as in the committed results.
+    """
+    sys.path.insert(0, str(HERE.parents[1] / "scripts"))
+    import harness
+
+    return harness
+
+
+def time_steps(threads: int, steps: int, warmup: int, batch: int,
+               forever: bool = False) -> dict[str, Any]:
+    """Time LeNet-5 SGD steps in this process (or loop forever as a load).
+
+    Returns the thread count torch used, the wall time of each timed step in ms and the
+    process's CPU seconds per wall second over them.
+    """
     import torch
     import torch.nn.functional as F
 
@@ -45,8 +72,8 @@ def _worker(threads: int, steps: int, warmup: int, forever: bool) -> None:
     if threads > 0:
         torch.set_num_threads(threads)
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(128, 1, 28, 28, generator=g)
-    y = torch.randint(0, 10, (128,), generator=g)
+    x = torch.rand(batch, 1, 28, 28, generator=g)
+    y = torch.randint(0, 10, (batch,), generator=g)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = create_model("lenet5", dataset="mnist").train()
@@ -69,8 +96,8 @@ def _worker(threads: int, steps: int, warmup: int, forever: bool) -> None:
         step()
         times.append(time.perf_counter() - t0)
     cpu = time.process_time() - cpu0
-    print(json.dumps({"threads": torch.get_num_threads(), "step_ms": [1e3 * t for t in times],
-                      "cpu_per_wall": cpu / sum(times)}))
+    return {"threads": torch.get_num_threads(), "step_ms": [1e3 * t for t in times],
+            "cpu_per_wall": cpu / sum(times)}
 
 
 def _start_load(kind: str, threads: int) -> list[subprocess.Popen[bytes]]:
@@ -92,18 +119,26 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
         p.wait()
 
 
-def measure(kind: str, threads: int, steps: int, warmup: int) -> dict[str, Any]:
-    """One configuration: ``threads`` (0 = torch's default) under load ``kind``."""
+def measure(kind: str, threads: int, steps: int, warmup: int, *,
+            in_process: bool = False) -> dict[str, Any]:
+    """One configuration: ``threads`` (0 = torch's default) under load ``kind``.
+
+    Normally in a fresh subprocess, so that torch's thread pool is created with the setting
+    under test; ``in_process`` (``--quick`` only) times it here at batch 16 instead.
+    """
     load_before = os.getloadavg()[0]
-    procs = _start_load(kind, threads)
-    try:
-        out = subprocess.run(
-            [sys.executable, str(HERE), "--worker", "--threads", str(threads),
-             "--steps", str(steps), "--warmup", str(warmup)],
-            check=True, capture_output=True, text=True, timeout=1800).stdout
-    finally:
-        _stop(procs)
-    rec = json.loads(out.strip().splitlines()[-1])
+    if in_process:
+        rec = time_steps(threads, steps, warmup, QUICK[1])
+    else:
+        procs = _start_load(kind, threads)
+        try:
+            out = subprocess.run(
+                [sys.executable, str(HERE), "--worker", "--threads", str(threads),
+                 "--steps", str(steps), "--warmup", str(warmup)],
+                check=True, capture_output=True, text=True, timeout=1800).stdout
+        finally:
+            _stop(procs)
+        rec = json.loads(out.strip().splitlines()[-1])
     ms = rec.pop("step_ms")
     return {"load": kind, "threads_arg": threads or "default", **rec,
             "median_ms": statistics.median(ms), "mean_ms": statistics.fmean(ms),
@@ -114,25 +149,34 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=20, help="timed steps per configuration")
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--quick", action="store_true", help="spin load only, 5 steps")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run in seconds: no added load, 2 threads vs 1, batch 16, 2 steps, "
+                   "in this process; writes runs/quick/bench_threads.json unless --out says "
+                   "otherwise, never into results/")
     p.add_argument("--out", default=None, help="results JSON (default: print only)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--forever", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
-        _worker(a.threads, a.steps, a.warmup, a.forever)
+        print(json.dumps(time_steps(a.threads, a.steps, a.warmup, BATCH, a.forever)))
         return
     from robustact.core.storage import atomic_write_json, environment_info
 
+    harness = _harness()
     started = time.perf_counter()
-    steps = 5 if a.quick else a.steps
-    loads = ("none", "spin") if a.quick else ("none", "spin", "train")
+    out = harness.quick_output(a.out, default=None, quick=a.quick, script=SCRIPT)
+    steps, warmup, batch = a.steps, a.warmup, BATCH
+    loads: tuple[str, ...] = ("none", "spin", "train")
+    thread_counts: tuple[int, ...] = (0, 1)
+    if a.quick:
+        thread_counts, batch, steps, warmup = QUICK
+        loads = ("none",)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     rows = []
     for kind in loads:
-        for threads in (0, 1):
-            r = measure(kind, threads, steps, a.warmup)
+        for threads in thread_counts:
+            r = measure(kind, threads, steps, warmup, in_process=a.quick)
             rows.append(r)
             print(f"load {kind:5s} threads {r['threads']} ({r['threads_arg']}): "
                   f"median {r['median_ms']:8.1f} ms/batch  (min {r['min_ms']:.1f}, "
@@ -159,16 +203,21 @@ def main() -> None:
             other = max(by_t)
             print(f"load {kind:5s}: {other} threads take {by_t[other] / by_t[1]:.1f}x the "
                   "time of 1 thread per batch")
-    if a.out:
-        atomic_write_json(a.out, {
-            "script": "bench_threads.py", "command": shlex.join([sys.executable, *sys.argv]),
-            "config": {"steps": steps, "warmup": a.warmup, "quick": a.quick, "batch": 128,
-                       "model": "lenet5", "load_processes": N_LOAD, "cores": cores},
+    if out:
+        atomic_write_json(out, {
+            "script": "bench_threads.py", "command": shlex.join(harness.command_line()),
+            "quick": a.quick,
+            "config": {"steps": steps, "warmup": warmup, "quick": a.quick, "batch": batch,
+                       "model": "lenet5", "load_processes": 0 if a.quick else N_LOAD,
+                       "cores": cores},
             "environment": environment_info(), "rows": rows, "ratios": ratios,
             "wall_seconds": time.perf_counter() - started,
         })
-        print(f"wrote {a.out}")
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":
-    main()
+    if "--worker" in sys.argv[1:]:
+        main()
+    else:
+        _harness().run_script(main)

@@ -7,40 +7,65 @@ no data root), each f in {sigmoid, tanh, softsign, arctan} × T × optimizer (SG
 lr 2e-3, batch 64, the library's other defaults), same seed and split for every cell; reported:
 test accuracy (decisions do not depend on T) and the last epoch's training loss.
 
-    python benchmarks/outact_train_temperature.py                  # 3 epochs, ~1 min on 1 CPU
+    python experiments/outact_train_temperature.py                 # 3 epochs, ~1.5 min on 1 CPU
+    python experiments/outact_train_temperature.py --quick         # 1 epoch, T in {1, 100},
+                                                                   # one f per optimizer, seconds
 """
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 
 import torch
-from _common import base_parser, format_table, setup_threads, write_results
 
-from robustact.defenses import add_output_activation
-from robustact.models import create_model
-from robustact.nn.bounded import OUTPUT_FUNCTIONS
-from robustact.train import TrainConfig, Trainer
-from robustact.workflows import MAX_TRAIN_TEMPERATURE, accuracy, load_splits
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from harness import (  # noqa: E402
+    base_parser,
+    format_table,
+    quick_output,
+    run_script,
+    setup_threads,
+    write_results,
+)
+
+from robustact.defenses import add_output_activation  # noqa: E402
+from robustact.models import create_model  # noqa: E402
+from robustact.nn.bounded import OUTPUT_FUNCTIONS  # noqa: E402
+from robustact.train import TrainConfig, Trainer  # noqa: E402
+from robustact.workflows import MAX_TRAIN_TEMPERATURE, accuracy, load_splits  # noqa: E402
+
+SCRIPT = "outact_train_temperature"
+OPTIMIZERS = (("sgd", 0.05), ("adam", 2e-3))
 
 
 def main() -> None:
     started = time.perf_counter()
-    p = base_parser(__doc__.splitlines()[0], default_out="results/outact_train_temperature.json",
+    p = base_parser(__doc__.splitlines()[0], default_out=f"results/{SCRIPT}.json",
                     default_epochs=3)
     p.add_argument("--temperatures", default="1,2,5,10,20,50,100")
     args = p.parse_args()
     setup_threads(args.threads)
-    temps = [float(t) for t in args.temperatures.split(",")]
-    if args.quick:
+    args.out = str(quick_output(args.out, default=p.get_default("out"), quick=args.quick,
+                                script=SCRIPT))
+    try:
+        temps = [float(t) for t in args.temperatures.split(",")]
+    except ValueError:
+        raise ValueError(f"--temperatures must be comma-separated numbers, got "
+                         f"{args.temperatures!r}") from None
+    functions = {opt: list(OUTPUT_FUNCTIONS) for opt, _ in OPTIMIZERS}
+    if args.quick:  # the two ends of the sweep, a different f per optimizer: a few seconds
         temps, args.epochs = [1.0, 100.0], 1
+        functions = {opt: [list(OUTPUT_FUNCTIONS)[i % len(OUTPUT_FUNCTIONS)]]
+                     for i, (opt, _) in enumerate(OPTIMIZERS)}
     train, val, test = load_splits("digits", val_fraction=0.1, seed=args.seed)
     rows = []
-    for opt, lr in (("sgd", 0.05), ("adam", 2e-3)):
-        for f in OUTPUT_FUNCTIONS:
+    for opt, lr in OPTIMIZERS:
+        for f in functions[opt]:
             for t in temps:
                 with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(args.seed)
+                    torch.manual_seed(args.seed)  # the same initial weights for every cell
                     model = add_output_activation(create_model("smallcnn", dataset="digits"),
                                                   f, t)
                 cfg = TrainConfig(epochs=args.epochs, batch_size=64, optimizer=opt, lr=lr,
@@ -58,10 +83,12 @@ def main() -> None:
     learned = {t: sum(r["test_accuracy"] > 0.5 for r in rows if r["temperature"] == t)
                for t in temps}
     print("cells that learned (test accuracy > 50 %) per T:", learned)
-    write_results(args.out, script="outact_train_temperature.py", args=args, started=started,
-                  results={"rows": rows, "learned_per_temperature": learned,
-                           "max_train_temperature": MAX_TRAIN_TEMPERATURE})
+    out = write_results(args.out, script="outact_train_temperature.py", args=args,
+                        started=started,
+                        results={"rows": rows, "learned_per_temperature": learned,
+                                 "max_train_temperature": MAX_TRAIN_TEMPERATURE})
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)
