@@ -35,18 +35,10 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from harness import (  # noqa: E402
-    QUICK_HELP,
-    format_table,
-    quick_output,
-    resolve_device,
-    run_script,
-    setup_threads,
-    write_results,
-)
+import harness as H
 
-from robustact.attacks import APGD, BIM, FGSM, MIM, PGD  # noqa: E402
-from robustact.attacks.base import prepared_model  # noqa: E402
+from robustact.attacks import APGD, BIM, FGSM, MIM, PGD
+from robustact.attacks.base import prepared_model
 
 #: model name -> (dataset, ε for L∞)
 CONFIGS = {"lenet5": ("mnist", 0.3), "resnet20": ("cifar10", 8 / 255)}
@@ -178,13 +170,13 @@ def main(argv: list[str] | None = None) -> None:
                    help="auto: CPU time of this process on CPU (robust to other processes "
                         "competing for the cores), synchronised wall clock on CUDA")
     p.add_argument("--out", default=None, help="optional results JSON")
-    p.add_argument("--quick", action="store_true", help=QUICK_HELP)
+    p.add_argument("--quick", action="store_true", help=H.QUICK_HELP)
     args = p.parse_args(argv)
     if args.quick:
         args.models, args.batch, args.steps, args.repeats = "lenet5", 16, 2, 1
-    args.out = quick_output(args.out, default=None, quick=args.quick, script="bench_attack_step")
-    device = resolve_device(args.device)
-    setup_threads(args.threads)
+    args.out = H.quick_output(args.out, default=None, quick=args.quick, script="bench_attack_step")
+    device = H.resolve_device(args.device)
+    H.setup_threads(args.threads)
     if args.clock == "auto":
         args.clock = "wall" if device.type == "cuda" else "cpu"
     names = [n.strip() for n in args.models.split(",") if n.strip()]
@@ -201,11 +193,11 @@ def main(argv: list[str] | None = None) -> None:
         rows += bench_model(n, args, device, ta_module)
     print(f"device={device} threads={args.threads} batch={args.batch} steps={args.steps} "
           f"repeats={args.repeats} clock={args.clock} (median)")
-    print(format_table([r for r in rows if "ratio_vs_raw" in r], [
+    print(H.format_table([r for r in rows if "ratio_vs_raw" in r], [
         ("model", "model", ""), ("what", "attack", ""), ("ms_per_step", "ms/step", ".2f"),
         ("raw_ms_per_step", "raw ms/step", ".2f"), ("ratio_vs_raw", "ratio", ".3f")]))
     print()
-    print(format_table([r for r in rows if "ratio_vs_ta" in r], [
+    print(H.format_table([r for r in rows if "ratio_vs_ta" in r], [
         ("model", "model", ""), ("what", "attack", ""), ("ms", "ms", ".1f"),
         ("ta_ms", "torchattacks ms", ".1f"), ("ratio_vs_ta", "ratio", ".3f"),
         ("ta_judged_ms", "ta+judge ms", ".1f"), ("ratio_vs_ta_judged", "ratio (equal work)",
@@ -214,10 +206,10 @@ def main(argv: list[str] | None = None) -> None:
     worst = max(r["ratio_vs_raw"] for r in rows if "ratio_vs_raw" in r)
     print(f"\nworst attack-step / raw-step ratio: {worst:.3f} (target <= 1.10)")
     if args.out:
-        write_results(args.out, script="bench_attack_step", args=args, started=started,
+        H.write_results(args.out, script="bench_attack_step", args=args, started=started,
                       results={"rows": rows, "worst_ratio_vs_raw": worst,
                                "torchattacks": getattr(ta_module, "__version__", None)})
 
 
 if __name__ == "__main__":
-    run_script(main)
+    H.run_script(main)

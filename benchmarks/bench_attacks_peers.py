@@ -54,21 +54,11 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from harness import (  # noqa: E402
-    QUICK_HELP,
-    add_data_root_arg,
-    data_source,
-    format_table,
-    load_data,
-    quick_output,
-    run_script,
-    setup_threads,
-    write_results,
-)
+import harness as H
 
-from robustact import attacks as ra  # noqa: E402
-from robustact.data import ImageDataset  # noqa: E402
-from robustact.models import create_model  # noqa: E402
+from robustact import attacks as ra
+from robustact.data import ImageDataset
+from robustact.models import create_model
 
 AttackFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -264,7 +254,7 @@ def load_model(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
                               "trained": True}
     if args.dataset == "mnist":
         print(f"no --model: training a LeNet-5 for {args.train_epochs} epochs", flush=True)
-        train = load_data("mnist", "train", args.data_root, quick=args.quick)
+        train = H.load_data("mnist", "train", args.data_root, quick=args.quick)
         model = train_lenet_quickly(train, args.seed, args.train_epochs)
         return model, {"source": f"trained in-script ({args.train_epochs} epochs)",
                        "config": model.robustact_config, "trained": True}
@@ -282,7 +272,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--dataset", choices=sorted(SETTINGS), default="mnist")
     p.add_argument("--model", default=None, help="robustact checkpoint (train.load_checkpoint)")
-    add_data_root_arg(p)
+    H.add_data_root_arg(p)
     p.add_argument("--n", type=int, default=500, help="first n test images")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--threads", type=int, default=1)
@@ -308,13 +298,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "whose numpy C&W takes ~20 min on 500 MNIST images)")
     p.add_argument("--out", default=None,
                    help="results JSON (default results/attacks_peers_<dataset>.json)")
-    p.add_argument("--quick", action="store_true", help=QUICK_HELP)
+    p.add_argument("--quick", action="store_true", help=H.QUICK_HELP)
     args = p.parse_args(argv)
     if args.quick:  # every attack and library once more than a warm-up, on 32 images
         args.n, args.batch_size, args.train_epochs = 32, 32, 3
         args.square_queries, args.cw_steps, args.square_seeds = 50, 5, 1
         args.repeats = args.quick_repeats = 1
-    args.out = quick_output(args.out, default=None, quick=args.quick,
+    args.out = H.quick_output(args.out, default=None, quick=args.quick,
                             script=f"bench_attacks_peers_{args.dataset}")
     return args
 
@@ -426,12 +416,12 @@ def targets(rows: list[dict[str, Any]], table: list[dict[str, Any]], trained: bo
 def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     args = parse_args(argv)
-    setup_threads(args.threads)
+    H.setup_threads(args.threads)
     out = Path(args.out or f"results/attacks_peers_{args.dataset}.json")
     model, model_info = load_model(args)
     for p in model.parameters():
         p.requires_grad_(False)  # the same for every library: no weight gradients
-    test = load_data(args.dataset, "test", args.data_root, quick=args.quick)
+    test = H.load_data(args.dataset, "test", args.data_root, quick=args.quick)
     x, y = test.x(slice(0, args.n)), test.y(slice(0, args.n))
     with torch.no_grad():
         correct = model(x).argmax(1) == y
@@ -516,7 +506,7 @@ def main(argv: list[str] | None = None) -> None:
             ("success_rate", "success", ".4f"), ("median_l2", "med L2", ".4f"),
             ("median_linf", "med Linf", ".4f"), ("in_budget", "in budget", ".3f")]
     print()
-    print(format_table(rows, cols))
+    print(H.format_table(rows, cols))
     rcols = [("attack", "attack", ""), ("peer", "vs peer", ""),
              ("time_ratio", "time ratio", ".3f"),
              ("time_ratio_with_check", "with check", ".3f"),
@@ -525,12 +515,12 @@ def main(argv: list[str] | None = None) -> None:
              ("median_l2_ratio_on_both", "L2 ratio (both)", ".3f"),
              ("median_linf_ratio_on_both", "Linf ratio (both)", ".3f")]
     print()
-    print(format_table(table, rcols))
+    print(H.format_table(table, rcols))
     goal = targets(rows, table, model_info["trained"], args.dataset)
     print("\ntargets:", goal)
-    path = write_results(out, script="bench_attacks_peers", args=args, started=started, results={
+    path = H.write_results(out, script="bench_attacks_peers", args=args, started=started, results={
         "dataset": args.dataset,
-        "data_source": data_source(args.data_root, quick=args.quick),
+        "H.data_source": H.data_source(args.data_root, quick=args.quick),
         "model": model_info,
         "n": args.n,
         "clean_accuracy": float(correct.float().mean()),
@@ -557,4 +547,4 @@ def peer_versions() -> dict[str, str | None]:
 
 
 if __name__ == "__main__":
-    run_script(main)
+    H.run_script(main)

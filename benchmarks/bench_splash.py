@@ -35,11 +35,11 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from harness import QUICK_HELP, command_line, quick_output, run_script  # noqa: E402
+import harness as H
 
-from robustact.core.storage import atomic_write_json, environment_info  # noqa: E402
-from robustact.models import create_model  # noqa: E402
-from robustact.nn.splash import splash_implementation  # noqa: E402
+from robustact.core.storage import atomic_write_json, environment_info
+from robustact.models import create_model
+from robustact.nn.splash import splash_implementation
 
 
 def saved_activation_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, int]:
@@ -91,11 +91,11 @@ def main(argv: list[str] | None = None) -> None:
                    help="wall time, or this process's CPU time (steadier on a shared machine)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the results as JSON here")
-    p.add_argument("--quick", action="store_true", help=QUICK_HELP)
+    p.add_argument("--quick", action="store_true", help=H.QUICK_HELP)
     args = p.parse_args(argv)
     if args.quick:
         args.batch_size, args.iters, args.warmup = min(args.batch_size, 8), 2, 1
-    args.out = quick_output(args.out, default=None, quick=args.quick, script="bench_splash")
+    args.out = H.quick_output(args.out, default=None, quick=args.quick, script="bench_splash")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"targets (time <= 1.3x, memory <= 1.5x) for fused SPLASH (kernel {kernel}): "
           f"{'met' if ok else 'NOT met'}")
     if args.out:
-        atomic_write_json(args.out, {"command": shlex.join(command_line()), "quick": args.quick,
+        atomic_write_json(args.out, {"command": shlex.join(H.command_line()), "quick": args.quick,
                                      "config": {**vars(args), "out": str(args.out)},
                                      "specs": specs,
                                      "results": results, "targets_met": ok,
@@ -171,4 +171,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run_script(main)
+    H.run_script(main)

@@ -32,23 +32,13 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from harness import (  # noqa: E402
-    base_parser,
-    data_source,
-    format_table,
-    load_data,
-    quick_output,
-    resolve_device,
-    run_script,
-    setup_threads,
-    write_results,
-)
+import harness as H
 
-from robustact.data import train_val_split  # noqa: E402
-from robustact.models import create_model  # noqa: E402
-from robustact.nn.splash import calibrate_splash  # noqa: E402
-from robustact.train import TrainConfig, Trainer, save_checkpoint  # noqa: E402
-from robustact.workflows import accuracy  # noqa: E402
+from robustact.data import train_val_split
+from robustact.models import create_model
+from robustact.nn.splash import calibrate_splash
+from robustact.train import TrainConfig, Trainer, save_checkpoint
+from robustact.workflows import accuracy
 
 #: The ten activations of the comparison, name -> factory spec.
 ACTIVATIONS: dict[str, str] = {
@@ -66,7 +56,7 @@ ACTIVATIONS: dict[str, str] = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = base_parser(__doc__.splitlines()[0], default_out="results/activation_zoo_mnist.json",
+    p = H.base_parser(__doc__.splitlines()[0], default_out="results/activation_zoo_mnist.json",
                     default_epochs=6)
     p.add_argument("--activations", default=",".join(ACTIVATIONS),
                    help="comma-separated subset of: " + ", ".join(ACTIVATIONS))
@@ -89,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--epochs must be >= 1")
     if args.quick:
         args.epochs = 1
-    args.out = str(quick_output(args.out, default=p.get_default("out"), quick=args.quick,
+    args.out = str(H.quick_output(args.out, default=p.get_default("out"), quick=args.quick,
                                 script="activation_zoo_mnist"))
     return args
 
@@ -141,13 +131,13 @@ def train_one(name: str, spec: str, data: dict[str, Any], args: argparse.Namespa
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     args = parse_args(argv)
-    setup_threads(args.threads)
-    device = resolve_device(args.device)
-    full = load_data("mnist", "train", args.data_root, quick=args.quick)
-    test = load_data("mnist", "test", args.data_root, quick=args.quick)
+    H.setup_threads(args.threads)
+    device = H.resolve_device(args.device)
+    full = H.load_data("mnist", "train", args.data_root, quick=args.quick)
+    test = H.load_data("mnist", "test", args.data_root, quick=args.quick)
     val_size = 300 if args.quick else args.val_size
     train, val = train_val_split(full, val_size=val_size, seed=args.seed)
-    desc = {"dataset": "mnist", "source": data_source(args.data_root, quick=args.quick),
+    desc = {"dataset": "mnist", "source": H.data_source(args.data_root, quick=args.quick),
             "n_train": len(train), "n_val": len(val), "n_test": len(test),
             "val_size": val_size, "split_seed": args.seed, "quick": args.quick}
     data = {"train": train, "val": val, "test": test, "desc": desc}
@@ -170,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary["best_test"] = max(rows, key=lambda r: r["test_acc"])["activation"]
     summary["best_val"] = max(rows, key=lambda r: r["val_acc"])["activation"]
 
-    table = format_table(
+    table = H.format_table(
         [{**r, "test_pct": 100 * r["test_acc"], "val_pct": 100 * r["val_acc"]} for r in rows],
         [("activation", "activation", ""), ("val_pct", "val acc %", ".2f"),
          ("test_pct", "test acc %", ".2f"), ("epochs", "epochs", "d"),
@@ -178,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print()
     print(table)
     print(f"best on validation: {summary['best_val']}; best on test: {summary['best_test']}")
-    out = write_results(args.out, script="experiments/activation_zoo_mnist.py", args=args,
+    out = H.write_results(args.out, script="experiments/activation_zoo_mnist.py", args=args,
                         started=started,
                         results={"data": desc, "train_config": {
                             "optimizer": args.optimizer, "lr": args.lr,
@@ -191,4 +181,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    run_script(main)
+    H.run_script(main)

@@ -36,32 +36,21 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from harness import (  # noqa: E402
-    attack_metrics,
-    base_parser,
-    data_source,
-    format_table,
-    load_data,
-    quick_output,
-    resolve_device,
-    run_script,
-    setup_threads,
-    write_results,
-)
+import harness as H
 
-from robustact.attacks import PGD  # noqa: E402
-from robustact.data import binary_task  # noqa: E402
-from robustact.models import create_model  # noqa: E402
-from robustact.train import TrainConfig, Trainer, save_checkpoint  # noqa: E402
-from robustact.train.recipes import differential_train  # noqa: E402
-from robustact.workflows import accuracy  # noqa: E402
+from robustact.attacks import PGD
+from robustact.data import binary_task
+from robustact.models import create_model
+from robustact.train import TrainConfig, Trainer, save_checkpoint
+from robustact.train.recipes import differential_train
+from robustact.workflows import accuracy
 
 EPS_255 = (1, 2, 4, 8)  # default L-inf budgets, units of 1/255
 LOSSES = ("ce", "margin")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = base_parser(__doc__.splitlines()[0], default_out="results/differential_cifar.json",
+    p = H.base_parser(__doc__.splitlines()[0], default_out="results/differential_cifar.json",
                     default_epochs=10)
     p.add_argument("--arch", default="smallcnn", help="architecture from the model registry")
     p.add_argument("--classes", default="cat,dog", help="the CIFAR-10 pair (second = positive)")
@@ -91,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.attack_n = min(args.attack_n, 32)
         args.steps = min(args.steps, 5)
         args.eps = (args.eps[0], args.eps[-1])
-    args.out = str(quick_output(args.out, default=p.get_default("out"), quick=args.quick,
+    args.out = str(H.quick_output(args.out, default=p.get_default("out"), quick=args.quick,
                                 script="differential_cifar"))
     return args
 
@@ -132,12 +121,12 @@ def train_model(kind: str, train: Any, test: Any, args: argparse.Namespace,
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     args = parse_args(argv)
-    setup_threads(args.threads)
-    device = resolve_device(args.device)
+    H.setup_threads(args.threads)
+    device = H.resolve_device(args.device)
     t_load = time.perf_counter()
-    train = binary_task(load_data("cifar10", "train", args.data_root, quick=args.quick),
+    train = binary_task(H.load_data("cifar10", "train", args.data_root, quick=args.quick),
                         args.classes)
-    test = binary_task(load_data("cifar10", "test", args.data_root, quick=args.quick),
+    test = binary_task(H.load_data("cifar10", "test", args.data_root, quick=args.quick),
                        args.classes)
     print(f"CIFAR-10 {train.classes[0]} (0) vs {train.classes[1]} (1): {len(train)} train / "
           f"{len(test)} test; {args.arch}, {args.epochs} epoch(s), device {device}, "
@@ -150,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows.append(row)
         print(f"  {kind:12s} train {row['train_acc']:.4f}  test {row['test_acc']:.4f}  "
               f"({row['train_seconds']:.0f} s)", flush=True)
-    acc_table = format_table(
+    acc_table = H.format_table(
         [{**r, "train_pct": 100 * r["train_acc"], "test_pct": 100 * r["test_acc"]} for r in rows],
         [("model", "training", ""), ("train_pct", "train acc %", ".2f"),
          ("test_pct", "test acc %", ".2f"), ("epochs", "epochs", "d"),
@@ -169,13 +158,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     for loss in LOSSES:
                         attack = PGD(e / 255, steps=args.steps, loss=loss, seed=args.seed,
                                      early_stop=False)  # last iterate, as committed
-                        r = attack_metrics(attack, model, x, y)
+                        r = H.attack_metrics(attack, model, x, y)
                         row[f"found_{loss}"] = r["success_rate"]
                         row[f"{loss}_detail"] = {**r, "attack_spec": attack.spec()}
                     row["n"] = n
                     attack_rows.append(row)
                 print(f"  attacked {kind} / {split}", flush=True)
-    attack_table = format_table(
+    attack_table = H.format_table(
         [{**r, "ce_pct": 100 * r["found_ce"], "margin_pct": 100 * r["found_margin"]}
          for r in attack_rows],
         [("model", "training", ""), ("split", "split", ""), ("eps_255", "eps x255", "d"),
@@ -185,11 +174,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print("\nfraction of images with an adversarial example found (PGD-"
               f"{args.steps}, L-inf)\n" + attack_table)
 
-    out = write_results(args.out, script="experiments/differential_cifar.py", args=args,
+    out = H.write_results(args.out, script="experiments/differential_cifar.py", args=args,
                         started=started,
                         results={"data": {"classes": list(train.classes), "n_train": len(train),
                                           "n_test": len(test),
-                                          "source": data_source(args.data_root,
+                                          "source": H.data_source(args.data_root,
                                                                 quick=args.quick)},
                                  "models": rows, "attacks": attack_rows,
                                  "tables": {"accuracy": acc_table, "attacks": attack_table}})
@@ -198,4 +187,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    run_script(main)
+    H.run_script(main)

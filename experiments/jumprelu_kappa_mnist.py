@@ -40,33 +40,22 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from harness import (  # noqa: E402
-    attack_metrics,
-    base_parser,
-    data_source,
-    format_table,
-    load_data,
-    quick_output,
-    resolve_device,
-    run_script,
-    setup_threads,
-    write_results,
-)
+import harness as H
 
-from robustact.attacks import IFGSM, PGD, TransferAttack, with_bpda  # noqa: E402
-from robustact.attacks.base import Attack  # noqa: E402
+from robustact.attacks import IFGSM, PGD, TransferAttack, with_bpda
+from robustact.attacks.base import Attack
 from robustact.data import (
-    dataset_info,  # noqa: E402
-    train_val_split,  # noqa: E402
+    dataset_info,
+    train_val_split,
 )
-from robustact.defenses.jumprelu_retrofit import (  # noqa: E402
+from robustact.defenses.jumprelu_retrofit import (
     MNIST_KAPPA_GRID,
     retrofit_jumprelu,
     tune_jumprelu,
 )
-from robustact.models import create_model  # noqa: E402
-from robustact.train import TrainConfig, Trainer, load_checkpoint, save_checkpoint  # noqa: E402
-from robustact.workflows import accuracy  # noqa: E402
+from robustact.models import create_model
+from robustact.train import TrainConfig, Trainer, load_checkpoint, save_checkpoint
+from robustact.workflows import accuracy
 
 MAX_DROPS = (0.5, 1.0)  # percentage points
 
@@ -87,7 +76,7 @@ def parse_grid(text: str) -> tuple[float, ...]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = base_parser(__doc__.splitlines()[0], default_out="results/jumprelu_kappa_mnist.json",
+    p = H.base_parser(__doc__.splitlines()[0], default_out="results/jumprelu_kappa_mnist.json",
                     default_epochs=6)
     p.add_argument("--model", default=None,
                    help="checkpoint of a trained ReLU MNIST model (skips training)")
@@ -110,7 +99,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.attack_n = min(args.attack_n, 32)
         # a 1-epoch model tunes to κ = 0; attack one κ > 0 anyway so every code path runs
         args.attack_kappas = tuple(args.attack_kappas) or (0.5,)
-    args.out = str(quick_output(args.out, default=p.get_default("out"), quick=args.quick,
+    args.out = str(H.quick_output(args.out, default=p.get_default("out"), quick=args.quick,
                                 script="jumprelu_kappa_mnist"))
     return args
 
@@ -124,10 +113,10 @@ def compressed_milestones(epochs: int) -> tuple[int, ...]:
 def get_model(args: argparse.Namespace, device: torch.device
               ) -> tuple[nn.Module, Any, Any, Any, dict[str, Any]]:
     """(ReLU model in eval mode, train, val, test, description) — loaded or trained here."""
-    full = load_data("mnist", "train", args.data_root, quick=args.quick)
-    test = load_data("mnist", "test", args.data_root, quick=args.quick)
+    full = H.load_data("mnist", "train", args.data_root, quick=args.quick)
+    test = H.load_data("mnist", "test", args.data_root, quick=args.quick)
     val_size, split_seed = (300 if args.quick else args.val_size), args.seed
-    info: dict[str, Any] = {"data_source": data_source(args.data_root, quick=args.quick)}
+    info: dict[str, Any] = {"H.data_source": H.data_source(args.data_root, quick=args.quick)}
     if args.model is not None:
         model, card = load_checkpoint(args.model, device=device)
         data = card.get("data") or {}
@@ -195,8 +184,8 @@ def attacks_for(model: nn.Module, seed: int) -> dict[str, tuple[Attack, bool]]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     args = parse_args(argv)
-    setup_threads(args.threads)
-    device = resolve_device(args.device)
+    H.setup_threads(args.threads)
+    device = H.resolve_device(args.device)
     model, _, val, test, model_info = get_model(args, device)
     x_val, y_val = val.x().to(device), val.y().to(device)
     print(f"model: {model_info['source']} {model_info.get('arch')} "
@@ -214,7 +203,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         r["val_drop_pp"] = 100 * (base["val_acc"] - r["val_acc"])
         r["test_drop_pp"] = 100 * (base["test_acc"] - r["test_acc"])
         r["val_pct"], r["test_pct"] = 100 * r["val_acc"], 100 * r["test_acc"]
-    curve_table = format_table(curve, [
+    curve_table = H.format_table(curve, [
         ("kappa", "kappa", ".2f"), ("val_pct", "val acc %", ".2f"),
         ("val_drop_pp", "val drop pp", ".2f"), ("test_pct", "test acc %", ".2f"),
         ("test_drop_pp", "test drop pp", ".2f")])
@@ -229,7 +218,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             tuning.append({"grid": grid_name, "max_drop_pp": drop, "kappa": t.kappa,
                            "val_acc": dict(t.curve)[t.kappa], "test_acc": chosen["test_acc"],
                            "tuning": t.to_dict()})
-    tuning_table = format_table(
+    tuning_table = H.format_table(
         [{**t, "val_pct": 100 * t["val_acc"], "test_pct": 100 * t["test_acc"]} for t in tuning],
         [("grid", "grid", ""), ("max_drop_pp", "max drop pp", ".1f"), ("kappa", "kappa", ".2f"),
          ("val_pct", "val acc %", ".2f"), ("test_pct", "test acc %", ".2f")])
@@ -247,12 +236,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if k == 0.0 and (bpda or name.endswith("graybox")):
                     continue  # identical to the plain white-box attack on the ReLU model
                 target = with_bpda(m) if bpda else m
-                r = attack_metrics(attack, target, xa, ya)
+                r = H.attack_metrics(attack, target, xa, ya)
                 attack_rows.append({"kappa": k, "attack": name, **r,
                                     "attack_spec": attack.spec()})
                 print(f"  kappa {k:.2f} {name:18s} acc {100 * r['accuracy']:6.2f} %  "
                       f"({r['seconds']:.0f} s)", flush=True)
-    attack_table = format_table(
+    attack_table = H.format_table(
         [{**r, "clean_pct": 100 * r["clean_accuracy"], "acc_pct": 100 * r["accuracy"],
           "rho_pct": 100 * r["rho_broken"] if "rho_broken" in r else None}
          for r in attack_rows],
@@ -263,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"\naccuracy under attack (first {attack_rows[0]['n']} test images)\n"
               + attack_table)
 
-    out = write_results(args.out, script="experiments/jumprelu_kappa_mnist.py", args=args,
+    out = H.write_results(args.out, script="experiments/jumprelu_kappa_mnist.py", args=args,
                         started=started,
                         results={"model": model_info, "curve": curve, "tuning": tuning,
                                  "attacks": attack_rows,
@@ -274,4 +263,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    run_script(main)
+    H.run_script(main)

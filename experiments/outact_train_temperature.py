@@ -21,20 +21,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from harness import (  # noqa: E402
-    base_parser,
-    format_table,
-    quick_output,
-    run_script,
-    setup_threads,
-    write_results,
-)
+import harness as H
 
-from robustact.defenses import add_output_activation  # noqa: E402
-from robustact.models import create_model  # noqa: E402
-from robustact.nn.bounded import OUTPUT_FUNCTIONS  # noqa: E402
-from robustact.train import TrainConfig, Trainer  # noqa: E402
-from robustact.workflows import MAX_TRAIN_TEMPERATURE, accuracy, load_splits  # noqa: E402
+from robustact.defenses import add_output_activation
+from robustact.models import create_model
+from robustact.nn.bounded import OUTPUT_FUNCTIONS
+from robustact.train import TrainConfig, Trainer
+from robustact.workflows import MAX_TRAIN_TEMPERATURE, accuracy, load_splits
 
 SCRIPT = "outact_train_temperature"
 OPTIMIZERS = (("sgd", 0.05), ("adam", 2e-3))
@@ -42,12 +35,12 @@ OPTIMIZERS = (("sgd", 0.05), ("adam", 2e-3))
 
 def main() -> None:
     started = time.perf_counter()
-    p = base_parser(__doc__.splitlines()[0], default_out=f"results/{SCRIPT}.json",
+    p = H.base_parser(__doc__.splitlines()[0], default_out=f"results/{SCRIPT}.json",
                     default_epochs=3)
     p.add_argument("--temperatures", default="1,2,5,10,20,50,100")
     args = p.parse_args()
-    setup_threads(args.threads)
-    args.out = str(quick_output(args.out, default=p.get_default("out"), quick=args.quick,
+    H.setup_threads(args.threads)
+    args.out = str(H.quick_output(args.out, default=p.get_default("out"), quick=args.quick,
                                 script=SCRIPT))
     try:
         temps = [float(t) for t in args.temperatures.split(",")]
@@ -75,7 +68,7 @@ def main() -> None:
                 rows.append({"optimizer": opt, "f": f, "temperature": t,
                              "test_accuracy": accuracy(model, test),
                              "train_loss": history[-1].get("train_loss")})
-                print(format_table(rows[-1:], [("optimizer", "opt", ""), ("f", "f", ""),
+                print(H.format_table(rows[-1:], [("optimizer", "opt", ""), ("f", "f", ""),
                                                ("temperature", "T", "g"),
                                                ("test_accuracy", "test acc", ".3f"),
                                                ("train_loss", "loss", ".3f")]).splitlines()[-1],
@@ -83,7 +76,7 @@ def main() -> None:
     learned = {t: sum(r["test_accuracy"] > 0.5 for r in rows if r["temperature"] == t)
                for t in temps}
     print("cells that learned (test accuracy > 50 %) per T:", learned)
-    out = write_results(args.out, script="outact_train_temperature.py", args=args,
+    out = H.write_results(args.out, script="outact_train_temperature.py", args=args,
                         started=started,
                         results={"rows": rows, "learned_per_temperature": learned,
                                  "max_train_temperature": MAX_TRAIN_TEMPERATURE})
@@ -91,4 +84,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_script(main)
+    H.run_script(main)

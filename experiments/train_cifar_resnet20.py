@@ -23,20 +23,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from harness import (  # noqa: E402
-    QUICK_HELP,
-    add_data_root_arg,
-    command_line,
-    data_source,
-    load_data,
-    quick_output,
-    run_script,
-)
+import harness as H
 
-from robustact.core.storage import atomic_write_json, environment_info  # noqa: E402
-from robustact.data import train_val_split  # noqa: E402
-from robustact.models import create_model  # noqa: E402
-from robustact.train import TrainConfig, Trainer, jumprelu_resnet_config  # noqa: E402
+from robustact.core.storage import atomic_write_json, environment_info
+from robustact.data import train_val_split
+from robustact.models import create_model
+from robustact.train import TrainConfig, Trainer, jumprelu_resnet_config
 
 SCRIPT = "train_cifar_resnet20"
 PAPER_EPOCHS = 120
@@ -44,7 +36,7 @@ PAPER_EPOCHS = 120
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_data_root_arg(p)
+    H.add_data_root_arg(p)
     p.add_argument("--epochs", type=int, default=None,
                    help=f"default: {PAPER_EPOCHS} (paper schedule) on CUDA, 2 on CPU")
     p.add_argument("--subset", type=int, default=None,
@@ -60,11 +52,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--resume", action="store_true", help="continue from --ckpt-dir/last")
     p.add_argument("--out", type=Path, default=Path("results/cifar_resnet20.json"))
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--quick", action="store_true", help=QUICK_HELP)
+    p.add_argument("--quick", action="store_true", help=H.QUICK_HELP)
     a = p.parse_args(argv)
     if a.threads is not None:  # the script is the entry point: threads are its choice
         torch.set_num_threads(a.threads)
-    a.out = quick_output(a.out, default=p.get_default("out"), quick=a.quick, script=SCRIPT)
+    a.out = H.quick_output(a.out, default=p.get_default("out"), quick=a.quick, script=SCRIPT)
     if a.quick:  # one epoch on 256 stand-in images; the checkpoint stays out of the real one's way
         a.epochs, a.subset = 1, min(a.subset or 256, 256)
         a.test_subset = min(a.test_subset or 128, 128)
@@ -82,8 +74,8 @@ def main(argv: list[str] | None = None) -> dict:
         config = TrainConfig(epochs=epochs, lr=0.1, schedule="cosine", augment="cifar",
                              seed=a.seed, device=a.device)
 
-    train = load_data("cifar10", "train", a.data_root, quick=a.quick)
-    test = load_data("cifar10", "test", a.data_root, quick=a.quick)
+    train = H.load_data("cifar10", "train", a.data_root, quick=a.quick)
+    test = H.load_data("cifar10", "test", a.data_root, quick=a.quick)
     val = None
     if a.val_size > 0:
         train, val = train_val_split(train, val_size=a.val_size, seed=a.seed)
@@ -103,11 +95,11 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "benchmark": "train_cifar_resnet20",
         "schedule": schedule,
-        "command": " ".join(command_line()),
+        "command": " ".join(H.command_line()),
         "quick": a.quick,
         "model": model.robustact_config,
         "train_config": config.to_dict(),
-        "data": {"root": data_source(a.data_root, quick=a.quick), "n_train": len(train),
+        "data": {"root": H.data_source(a.data_root, quick=a.quick), "n_train": len(train),
                  "n_val": len(val) if val else 0, "n_test": len(test), "subset": a.subset,
                  "test_subset": a.test_subset},
         "epochs": epochs,
@@ -127,4 +119,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    run_script(main)
+    H.run_script(main)

@@ -21,20 +21,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from harness import (  # noqa: E402
-    QUICK_HELP,
-    add_data_root_arg,
-    command_line,
-    data_source,
-    load_data,
-    quick_output,
-    run_script,
-)
+import harness as H
 
-from robustact.core.storage import atomic_write_json, environment_info  # noqa: E402
-from robustact.data import train_val_split  # noqa: E402
-from robustact.models import create_model  # noqa: E402
-from robustact.train import TrainConfig, Trainer  # noqa: E402
+from robustact.core.storage import atomic_write_json, environment_info
+from robustact.data import train_val_split
+from robustact.models import create_model
+from robustact.train import TrainConfig, Trainer
 
 SCRIPT = "train_mnist_lenet5"
 TARGET = 0.99
@@ -42,7 +34,7 @@ TARGET = 0.99
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_data_root_arg(p)
+    H.add_data_root_arg(p)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--batch-size", type=int, default=128)
@@ -58,19 +50,19 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--ckpt-dir", type=Path, default=Path("runs/mnist_lenet5"))
     p.add_argument("--out", type=Path, default=Path("results/mnist_lenet5.json"))
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--quick", action="store_true", help=QUICK_HELP)
+    p.add_argument("--quick", action="store_true", help=H.QUICK_HELP)
     a = p.parse_args(argv)
     if a.threads is not None:  # the script is the entry point: threads are its choice
         torch.set_num_threads(a.threads)
-    a.out = quick_output(a.out, default=p.get_default("out"), quick=a.quick, script=SCRIPT)
+    a.out = H.quick_output(a.out, default=p.get_default("out"), quick=a.quick, script=SCRIPT)
     if a.quick:  # one epoch on synthetic data; the checkpoint stays out of the real one's way
         a.epochs = 1
         if a.ckpt_dir == p.get_default("ckpt_dir"):
             a.ckpt_dir = Path("runs/quick") / SCRIPT
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
-    train = load_data("mnist", "train", a.data_root, quick=a.quick)
-    test = load_data("mnist", "test", a.data_root, quick=a.quick)
+    train = H.load_data("mnist", "train", a.data_root, quick=a.quick)
+    test = H.load_data("mnist", "test", a.data_root, quick=a.quick)
     val = None
     if a.val_size > 0:
         train, val = train_val_split(train, val_size=a.val_size, seed=a.seed)
@@ -89,11 +81,11 @@ def main(argv: list[str] | None = None) -> dict:
     test_metrics = trainer.evaluate(test)
     result = {
         "benchmark": "train_mnist_lenet5",
-        "command": " ".join(command_line()),
+        "command": " ".join(H.command_line()),
         "quick": a.quick,
         "model": model.robustact_config,
         "train_config": config.to_dict(),
-        "data": {"root": data_source(a.data_root, quick=a.quick), "n_train": len(train),
+        "data": {"root": H.data_source(a.data_root, quick=a.quick), "n_train": len(train),
                  "n_val": len(val) if val else 0, "n_test": len(test)},
         "epochs": a.epochs,
         "train_wall_seconds": round(train_seconds, 1),
@@ -112,4 +104,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    run_script(main)
+    H.run_script(main)

@@ -101,3 +101,16 @@ def train_prototype_cnn(seed: int = 0, min_correct: int = 20
     keep = predict(model, xt) == yt
     assert keep.sum() >= min_correct, "the tiny model should fit its own data"
     return model, xt[keep], yt[keep]
+
+
+class RowCounter(nn.Module):
+    """Forwards to ``inner`` and counts the input rows it was queried with (query budgets)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.rows = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.rows += x.shape[0]
+        return self.inner(x)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from _helpers import predict
+from _helpers import RowCounter, predict
 from torch import nn
 
 from robustact.attacks import PGD, HopSkipJump, RayS, verify
@@ -74,17 +74,6 @@ class Detached(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.inner(x).detach() + 0 * x.sum()
-
-
-class RowCounter(nn.Module):
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-        self.rows = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.rows += x.shape[0]
-        return self.inner(x)
 
 
 def test_rays_finds_the_exact_linf_distance_on_a_linear_model() -> None:

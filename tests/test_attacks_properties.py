@@ -82,6 +82,11 @@ def make_data(seed: int, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     return x, y, t
 
 
+def make_problem(p: dict) -> tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The model and data (x, y, targets) a drawn problem describes."""
+    return (make_model(p["model_seed"]), *make_data(p["data_seed"], p["n"]))
+
+
 def norms(delta: torch.Tensor, norm: str) -> torch.Tensor:
     flat = delta.flatten(1).double()
     return flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
@@ -92,8 +97,7 @@ def norms(delta: torch.Tensor, norm: str) -> torch.Tensor:
 @given(p=problems)
 def test_budget_box_and_verified_success(name: str, p: dict) -> None:
     factory, norm = ATTACKS[name]
-    model = make_model(p["model_seed"])
-    x, y, t = make_data(p["data_seed"], p["n"])
+    model, x, y, t = make_problem(p)
     target = t if p["targeted"] else None
     attack = factory(p["eps"], p["attack_seed"])
     r = attack(model, x, y, target)
@@ -110,8 +114,7 @@ def test_budget_box_and_verified_success(name: str, p: dict) -> None:
 @given(p=problems)
 def test_eps_zero_is_a_no_op(name: str, p: dict) -> None:
     factory, _ = ATTACKS[name]
-    model = make_model(p["model_seed"])
-    x, y, _ = make_data(p["data_seed"], p["n"])
+    model, x, y, _ = make_problem(p)
     r = factory(0.0, p["attack_seed"])(model, x, y)
     assert torch.equal(r.x_adv, x)
     with torch.no_grad():
@@ -123,8 +126,7 @@ def test_eps_zero_is_a_no_op(name: str, p: dict) -> None:
 @given(p=problems)
 def test_seeded_runs_repeat_exactly(name: str, p: dict) -> None:
     factory, _ = ATTACKS[name]
-    model = make_model(p["model_seed"])
-    x, y, _ = make_data(p["data_seed"], p["n"])
+    model, x, y, _ = make_problem(p)
     state = torch.get_rng_state()
     a = factory(p["eps"], p["attack_seed"])(model, x, y)
     b = factory(p["eps"], p["attack_seed"])(model, x, y)
@@ -135,8 +137,7 @@ def test_seeded_runs_repeat_exactly(name: str, p: dict) -> None:
 @settings(max_examples=15, deadline=None)
 @given(p=problems, steps=st.integers(1, 12), alpha=st.floats(0.001, 0.1))
 def test_ifgsm_budget_is_steps_times_alpha(p: dict, steps: int, alpha: float) -> None:
-    model = make_model(p["model_seed"])
-    x, y, _ = make_data(p["data_seed"], p["n"])
+    model, x, y, _ = make_problem(p)
     r = IFGSM(alpha=alpha, steps=steps)(model, x, y)
     assert float(norms(r.x_adv - x, "linf").max()) <= steps * alpha + 1e-6
     assert float(r.x_adv.min()) >= 0.0 and float(r.x_adv.max()) <= 1.0

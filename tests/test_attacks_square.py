@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _helpers import gen, predict, random_weights
+from _helpers import RowCounter, gen, predict, random_weights
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -21,19 +21,13 @@ from robustact.attacks.verify import verify
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-class NoGradGuard(nn.Module):
+class NoGradGuard(RowCounter):
     """Forwards to ``inner``; fails on any call with autograd on; counts the rows queried."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-        self.rows = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():
             raise AssertionError("Square called the model with gradients enabled")
-        self.rows += x.shape[0]
-        return self.inner(x)
+        return super().forward(x)
 
 
 def linf(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -91,6 +91,13 @@ class CheckResult:
                 "evidence": self.evidence}
 
 
+def _decided(cid: str, name: str, fired: bool, numbers: dict[str, Any], kind: str = "diagnostic",
+             *, if_fired: Callable[[], str], if_passed: Callable[[], str]) -> CheckResult:
+    """A check's result with the evidence sentence for its outcome; each sentence is built only
+    when it applies (a fired sentence may quote numbers that exist only then)."""
+    return CheckResult(cid, name, fired, numbers, if_fired() if fired else if_passed(), kind=kind)
+
+
 def beyond_noise(count: int, n: int) -> bool:
     """AUDIT.md's noise rule: more than max(1 sample, 0.5 pp) of the ``n`` evaluated points."""
     return count > max(1.0, 0.005 * n)
@@ -193,14 +200,15 @@ def check_randomness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     changed = float(preds_changed.float().mean())
     fired = bool(changed > 0 or max_diff > tol)
     numbers = {"passes": passes, "pred_changed_fraction": changed, "max_rel_output_diff": max_diff}
-    if fired:
-        ev = (f"{passes} forward passes of the same batch disagree: predictions change on "
-              f"{_pct(changed)} of the samples and outputs by up to {max_diff:.3g} (relative); "
-              "the model is randomized, so attack it with EOT.")
-    else:
-        ev = (f"{passes} forward passes of the same batch agree (max relative difference "
-              f"{max_diff:.2g}).")
-    return CheckResult("C1", "randomness", fired, numbers, ev)
+    return _decided(
+        "C1", "randomness", fired, numbers,
+        if_fired=lambda: (
+            f"{passes} forward passes of the same batch disagree: predictions change on "
+            f"{_pct(changed)} of the samples and outputs by up to {max_diff:.3g} (relative); "
+            "the model is randomized, so attack it with EOT."),
+        if_passed=lambda: (
+            f"{passes} forward passes of the same batch agree (max relative difference "
+            f"{max_diff:.2g})."))
 
 
 # -- C2 -----------------------------------------------------------------------------------------
@@ -279,14 +287,15 @@ def check_zero_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                     worst_name, worst = key, frac
     numbers["max_fraction"] = worst
     fired = worst > 0
-    if fired:
-        ev = (f"the {worst_name} is exactly zero or not finite for "
-              f"{_pct(worst)} of the samples: gradient attacks get no signal there.")
-    else:
-        ev = "input gradients (CE, margin" + (", DLR" if k >= 3 else "") + \
-            ") are non-zero and finite for every sample" + \
-            (" at x and at a random start." if eps is not None else " at x.")
-    return CheckResult("C4", "zero / NaN / Inf gradients", fired, numbers, ev)
+    return _decided(
+        "C4", "zero / NaN / Inf gradients", fired, numbers,
+        if_fired=lambda: (
+            f"the {worst_name} is exactly zero or not finite for "
+            f"{_pct(worst)} of the samples: gradient attacks get no signal there."),
+        if_passed=lambda: (
+            "input gradients (CE, margin" + (", DLR" if k >= 3 else "") +
+            ") are non-zero and finite for every sample" +
+            (" at x and at a random start." if eps is not None else " at x.")))
 
 
 # -- C5 -----------------------------------------------------------------------------------------
@@ -324,14 +333,15 @@ def check_saturation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     numbers = {"ce_grad_zero_margin_not_fraction": frac, "max_prob_ge_1-1e-6_fraction": conf,
                "margin_on": where, "ratio": ratio}
     fired = frac > 0
-    if fired:
-        ev = (f"the CE input gradient is ≈ 0 (below {ratio:g} of the margin gradient on {where}) "
-              f"for {_pct(frac)} of the samples while the margin gradient is not: the output "
-              "saturates, so attack the logits with a margin loss.")
-    else:
-        ev = (f"the CE gradient is not vanishing next to the margin gradient on {where} "
-              f"({_pct(conf)} of samples have max probability ≥ 1 − 1e-6).")
-    return CheckResult("C5", "output saturation", fired, numbers, ev)
+    return _decided(
+        "C5", "output saturation", fired, numbers,
+        if_fired=lambda: (
+            f"the CE input gradient is ≈ 0 (below {ratio:g} of the margin gradient on {where}) "
+            f"for {_pct(frac)} of the samples while the margin gradient is not: the output "
+            "saturates, so attack the logits with a margin loss."),
+        if_passed=lambda: (
+            f"the CE gradient is not vanishing next to the margin gradient on {where} "
+            f"({_pct(conf)} of samples have max probability ≥ 1 − 1e-6)."))
 
 
 # -- C6 -----------------------------------------------------------------------------------------
@@ -422,14 +432,15 @@ def check_gradient_mismatch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
     fired = frac > max_fraction
     numbers = {"mismatch_fraction": frac, "median_rel_error": med, "fd_step": h,
                "directions": directions}
-    if fired:
-        ev = (f"autograd and finite differences (step {h:.3g}) disagree on {_pct(frac)} of the "
-              f"samples (median relative error {med:.2g}): the gradient does not describe the "
-              "function (jumps or quantization); use BPDA.")
-    else:
-        ev = (f"autograd agrees with finite differences (median relative error {med:.2g}; "
-              f"{_pct(frac)} of samples mismatch).")
-    return CheckResult("C7", "gradient vs function mismatch", fired, numbers, ev)
+    return _decided(
+        "C7", "gradient vs function mismatch", fired, numbers,
+        if_fired=lambda: (
+            f"autograd and finite differences (step {h:.3g}) disagree on {_pct(frac)} of the "
+            f"samples (median relative error {med:.2g}): the gradient does not describe the "
+            "function (jumps or quantization); use BPDA."),
+        if_passed=lambda: (
+            f"autograd agrees with finite differences (median relative error {med:.2g}; "
+            f"{_pct(frac)} of samples mismatch)."))
 
 
 # -- C8 -----------------------------------------------------------------------------------------
@@ -461,12 +472,13 @@ def check_unstable_predictions(model: nn.Module, x: torch.Tensor, y: torch.Tenso
     over = float((per_sample > threshold).float().mean())
     fired = score > threshold
     numbers = {"mean_rel_loss_change": score, "samples_over_threshold": over, "draws": draws}
-    if fired:
-        ev = (f"random points within ε/2 change the margin loss by {_pct(score)} on average "
-              f"(relative, capped at 1): the loss surface is noisy; use EOT and smaller steps.")
-    else:
-        ev = f"random points within ε/2 change the margin loss by {_pct(score)} on average."
-    return CheckResult("C8", "unstable predictions", fired, numbers, ev)
+    return _decided(
+        "C8", "unstable predictions", fired, numbers,
+        if_fired=lambda: (
+            f"random points within ε/2 change the margin loss by {_pct(score)} on average "
+            f"(relative, capped at 1): the loss surface is noisy; use EOT and smaller steps."),
+        if_passed=lambda: (
+            f"random points within ε/2 change the margin loss by {_pct(score)} on average."))
 
 
 # -- C12 ----------------------------------------------------------------------------------------
@@ -677,13 +689,14 @@ def check_ties(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     acc = float(correct_untied(z, y.to(z.device)).float().mean())
     numbers = {"tie_rate": rate, "clean_accuracy": acc, "clean_accuracy_argmax": acc_argmax}
     fired = rate > 0
-    if fired:
-        ev = (f"{_pct(rate)} of the samples have tied top outputs (float saturation): argmax "
-              f"breaks ties by index; counting a tie as not correct, clean accuracy is "
-              f"{_pct(acc)} (argmax alone: {_pct(acc_argmax)}).")
-    else:
-        ev = "no sample has tied top outputs."
-    return CheckResult("ties", "tied top outputs", fired, numbers, ev, kind="info")
+    return _decided(
+        "ties", "tied top outputs", fired, numbers, kind="info",
+        if_fired=lambda: (
+            f"{_pct(rate)} of the samples have tied top outputs (float saturation): argmax "
+            f"breaks ties by index; counting a tie as not correct, clean accuracy is "
+            f"{_pct(acc)} (argmax alone: {_pct(acc_argmax)})."),
+        if_passed=lambda: (
+            "no sample has tied top outputs."))
 
 
 #: The model-level checks :func:`robustact.evaluate.audit.run_audit` runs, in order (C12, C17
