@@ -23,6 +23,7 @@ from robustact.models.resnet import PadShortcut
 APPLIES: dict[str, tuple[str, ...]] = {
     "lenet5": ("mnist", "cifar10"),
     "lenetlike": ("mnist",),
+    "madry_mnist": ("mnist", "cifar10"),
     "alexlike": ("cifar10", "mnist"),
     "allcnn": ("cifar10", "mnist"),
     "nin": ("cifar10", "mnist", "digits"),
@@ -42,6 +43,7 @@ BIG: dict[str, dict] = {
 EXPECTED: dict[str, tuple[int, int]] = {
     "lenet5": (4, 84),
     "lenetlike": (4, 90),
+    "madry_mnist": (3, 1024),
     "alexlike": (6, 256),
     "allcnn": (8, 192),
     "nin": (8, 192),
@@ -415,3 +417,9 @@ def test_out_size_matches_pytorch(
     else:
         with pytest.raises(ValueError, match="m needs input_size"):
             trace_size("m", size, [Layer(kernel, stride, padding, ceil)])
+
+
+def test_madry_mnist_parameter_count() -> None:
+    """Madry et al.'s layout: conv 5x5x32, conv 5x5x64, fc 3136 -> 1024, head 1024 -> 10."""
+    expected = (25 * 32 + 32) + (25 * 32 * 64 + 64) + (3136 * 1024 + 1024) + (1024 * 10 + 10)
+    assert count_parameters(create_model("madry_mnist", dataset="mnist")) == expected
