@@ -251,3 +251,28 @@ def test_trades_works_on_a_two_class_model() -> None:
                          adv=adversarial_spec("trades", 0.05))
     history, _ = adversarial_train(model, (x, y), None, config)
     assert history[-1]["train_acc"] > 0.9
+
+
+def test_attack_check_false_skips_the_judging_forward_and_returns_the_same_x_adv() -> None:
+    calls = {"n": 0}
+
+    class Counting(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = _model()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            calls["n"] += 1
+            return self.net(x)
+
+    model = Counting().eval()
+    x = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(8) % 10
+    attack = PGD(EPS, steps=3, early_stop=False, seed=3)
+    full = attack(model, x, y)
+    n_full, calls["n"] = calls["n"], 0
+    fast = attack(model, x, y, check=False)
+    assert calls["n"] == n_full - 1 == 3
+    assert torch.equal(fast.x_adv, full.x_adv)
+    assert fast.success is None and fast.logits is None and fast.info["checked"] is False
+    assert torch.equal(fast.norms, full.norms)
