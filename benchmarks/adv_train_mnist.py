@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     setup_threads(a.threads)
     root = resolve_data_root(a.data_root)
+    if a.quick:  # a smoke run never touches the real run's checkpoint or results file
+        a.runs_dir, a.out = tempfile.mkdtemp(prefix="adv_mnist_quick-"), None
     run = Path(a.runs_dir) / "adv_mnist"
     train = load_dataset("mnist", "train", root=root)
     test = load_dataset("mnist", "test", root=root)
@@ -119,7 +122,9 @@ def main(argv: list[str] | None = None) -> dict:
             acc = float((model(x_adv).argmax(1) == y).float().mean())
         results["autoattack"] = {"accuracy": acc, "seconds": time.perf_counter() - t0}
     print({k: v for k, v in results.items() if k not in ("history", "robustact")})
-    write_results(a.out, script="adv_train_mnist.py", args=a, started=started, results=results)
+    if a.out:
+        write_results(a.out, script="adv_train_mnist.py", args=a, started=started,
+                      results=results)
     return results
 
 
