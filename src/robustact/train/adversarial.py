@@ -264,14 +264,6 @@ class OverfittingGuard:
                     self.best_epoch, 100 * (self.best_acc or 0.0))
 
 
-def _num_outputs(model: nn.Module) -> int | None:
-    k = getattr(model, "num_classes", None)
-    if isinstance(k, int):
-        return k
-    head = getattr(model, "head", None)
-    return head.out_features if isinstance(head, nn.Linear) else None
-
-
 def recipe_parts(spec: dict[str, Any], model: nn.Module, guard_data: Any = None
                  ) -> tuple[BatchHook | None, LossFn | None, list[Any]]:
     """(batch_hook, loss, callbacks) of a recipe spec (see :func:`adversarial_spec`)."""
@@ -286,7 +278,7 @@ def recipe_parts(spec: dict[str, Any], model: nn.Module, guard_data: Any = None
                                   drop=g["drop"])] if guard_data is not None else []
         return pgd_batch_hook(spec), None, guard
     if recipe == "trades":
-        k = _num_outputs(model)
+        k = Trainer._num_classes(model)  # the trainer's reading of the class count
         if k is not None and k < 2:
             raise ValueError(f"TRADES needs a model with at least 2 outputs (its KL term compares "
                              f"class distributions), this one has {k}")
