@@ -18,6 +18,7 @@ from robustact.data.catalog import DATASET_INFO
 from robustact.models import Classifier, available_models, count_parameters, create_model
 from robustact.models._utils import Layer, out_size, trace_size
 from robustact.models.resnet import PadShortcut
+from robustact.train import seeded
 
 # model -> datasets it is tested on (its paper's dataset first)
 APPLIES: dict[str, tuple[str, ...]] = {
@@ -153,7 +154,11 @@ def test_gradients_reach_input_and_every_parameter(name: str, ds: str) -> None:
 def test_input_gradient_matches_finite_differences(name: str) -> None:
     # smooth activation (tanh) and float64 so central differences are accurate
     ds = "digits" if name in ("smallcnn", "mlp", "resnet20") else "mnist"
-    model = create_model(name, dataset=ds, activation="tanh").double().eval()
+    # Seeded weights: with weights drawn from whatever state earlier tests left the global RNG
+    # in, a max-pool near-tie can sit within h of x, and the central difference then straddles
+    # the kink (seen once in the full suite: relative error 3e-4).
+    with seeded(0, name):
+        model = create_model(name, dataset=ds, activation="tanh").double().eval()
     x = images(ds, n=1, dtype=torch.float64).requires_grad_(True)
     w = torch.linspace(-1, 1, DATASET_INFO[ds].num_classes, dtype=torch.float64)
     (model(x) @ w).sum().backward()
