@@ -276,3 +276,18 @@ def test_attack_check_false_skips_the_judging_forward_and_returns_the_same_x_adv
     assert torch.equal(fast.x_adv, full.x_adv)
     assert fast.success is None and fast.logits is None and fast.info["checked"] is False
     assert torch.equal(fast.norms, full.norms)
+
+
+def test_guard_warns_when_pgd_accuracy_is_far_below_the_training_attack_accuracy(
+        digits: tuple, caplog: pytest.LogCaptureFixture) -> None:
+    """A collapse before any good epoch (seen on MNIST at ε 0.3: FGSM-example accuracy 92 %,
+    held-out PGD accuracy 0 % from epoch 1) has no drop to detect; the gap gives it away."""
+    train, _, _ = digits
+    guard = OverfittingGuard(train, EPS)
+    guard.accs[1], guard.accs[2] = 0.0, 0.6
+    with caplog.at_level(logging.WARNING, logger="robustact.train"):
+        guard.on_epoch_end(None, 2, {"train_acc": 0.9})  # type: ignore[arg-type]
+        assert not caplog.records
+        guard.on_epoch_end(None, 1, {"train_acc": 0.92})  # type: ignore[arg-type]
+    (rec,) = caplog.records
+    assert "catastrophic overfitting" in rec.getMessage() and "92.0%" in rec.getMessage()

@@ -193,17 +193,19 @@ class OverfittingGuard:
     best so far, the weights are kept in memory and, with an ``out_dir``, saved to
     ``out_dir/robust_best`` (its card's metrics hold ``robust_acc`` and ``epoch``; a resumed run
     reads the best back from there). When it falls more than ``drop`` below the best, the guard
-    logs a warning naming the epochs (catastrophic overfitting); at the end of the run the best
-    weights are restored if a collapse was seen (``restore=True``).
+    logs a warning naming the epochs (catastrophic overfitting), and also when it is more than
+    ``gap`` below the epoch's accuracy on the training attack's examples; at the end of the run
+    the best weights are restored if a drop was seen (``restore=True``).
     """
 
     def __init__(self, data: Any, eps: float, *, n: int = 256, steps: int = 10,
-                 drop: float = 0.2, restore: bool = True) -> None:
+                 drop: float = 0.2, gap: float = 0.5, restore: bool = True) -> None:
         x, y = as_tensors(data, "guard data")
         self.x, self.y = x[:n], y[:n]
         self.attack = PGD(eps, None, steps, random_start=True, early_stop=True,
                           force_eval=True, seed=0)
         self.drop = drop
+        self.gap = gap
         self.restore = restore
         self.best_acc: float | None = None
         self.best_epoch: int | None = None
@@ -251,7 +253,18 @@ class OverfittingGuard:
                 f" in {self._dir(trainer)}" if trainer.out_dir is not None else "")
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, record: dict[str, Any]) -> None:
-        record["robust_acc"] = self.accs.get(epoch)
+        acc = self.accs.get(epoch)
+        record["robust_acc"] = acc
+        train_acc = record.get("train_acc")
+        # The other face of the collapse: it can happen before any epoch was good (no drop to
+        # see), and then shows as high accuracy on the training attack's examples next to
+        # near-zero PGD accuracy.
+        if acc is not None and isinstance(train_acc, float) and train_acc - acc > self.gap:
+            log.warning(
+                "catastrophic overfitting: held-out PGD accuracy %.1f%% in epoch %d against "
+                "%.1f%% on the training attack's examples; the model resists the single-step "
+                "attack only (try a smaller step, --adv-alpha, or --adv pgd)",
+                100 * acc, epoch, 100 * train_acc)
 
     def on_fit_end(self, trainer: Trainer, history: list[dict[str, Any]]) -> None:
         if not self.restore or self.collapsed_epoch is None:
