@@ -18,11 +18,13 @@ from robustact.data.catalog import DATASET_INFO
 from robustact.models import Classifier, available_models, count_parameters, create_model
 from robustact.models._utils import Layer, out_size, trace_size
 from robustact.models.resnet import PadShortcut
+from robustact.train import seeded
 
 # model -> datasets it is tested on (its paper's dataset first)
 APPLIES: dict[str, tuple[str, ...]] = {
     "lenet5": ("mnist", "cifar10"),
     "lenetlike": ("mnist",),
+    "madry_mnist": ("mnist", "cifar10"),
     "alexlike": ("cifar10", "mnist"),
     "allcnn": ("cifar10", "mnist"),
     "nin": ("cifar10", "mnist", "digits"),
@@ -42,6 +44,7 @@ BIG: dict[str, dict] = {
 EXPECTED: dict[str, tuple[int, int]] = {
     "lenet5": (4, 84),
     "lenetlike": (4, 90),
+    "madry_mnist": (3, 1024),
     "alexlike": (6, 256),
     "allcnn": (8, 192),
     "nin": (8, 192),
@@ -151,7 +154,11 @@ def test_gradients_reach_input_and_every_parameter(name: str, ds: str) -> None:
 def test_input_gradient_matches_finite_differences(name: str) -> None:
     # smooth activation (tanh) and float64 so central differences are accurate
     ds = "digits" if name in ("smallcnn", "mlp", "resnet20") else "mnist"
-    model = create_model(name, dataset=ds, activation="tanh").double().eval()
+    # Seeded weights: with weights drawn from whatever state earlier tests left the global RNG
+    # in, a max-pool near-tie can sit within h of x, and the central difference then straddles
+    # the kink (seen once in the full suite: relative error 3e-4).
+    with seeded(0, name):
+        model = create_model(name, dataset=ds, activation="tanh").double().eval()
     x = images(ds, n=1, dtype=torch.float64).requires_grad_(True)
     w = torch.linspace(-1, 1, DATASET_INFO[ds].num_classes, dtype=torch.float64)
     (model(x) @ w).sum().backward()
@@ -415,3 +422,9 @@ def test_out_size_matches_pytorch(
     else:
         with pytest.raises(ValueError, match="m needs input_size"):
             trace_size("m", size, [Layer(kernel, stride, padding, ceil)])
+
+
+def test_madry_mnist_parameter_count() -> None:
+    """Madry et al.'s layout: conv 5x5x32, conv 5x5x64, fc 3136 -> 1024, head 1024 -> 10."""
+    expected = (25 * 32 + 32) + (25 * 32 * 64 + 64) + (3136 * 1024 + 1024) + (1024 * 10 + 10)
+    assert count_parameters(create_model("madry_mnist", dataset="mnist")) == expected

@@ -31,6 +31,7 @@ from robustact.core.spec import parse_number, parse_params
 from robustact.demo import run_demo
 from robustact.report.leaderboard import write_leaderboard
 from robustact.train import TrainConfig
+from robustact.train.adversarial import adversarial_spec
 from robustact.workflows import (
     attack_checkpoint,
     defend_checkpoint,
@@ -204,6 +205,29 @@ class Loss(str, Enum):
     differential = "differential"
 
 
+class Adv(str, Enum):
+    pgd = "pgd"
+    fast = "fast"
+    mix = "mix"
+    trades = "trades"
+
+
+def _adv_spec(adv: Adv | None, eps: str | None, steps: int | None, fraction: float | None,
+              alpha: str | None, beta: float | None) -> dict[str, Any] | None:
+    """The adversarial-training spec of ``train``'s ``--adv*`` options (None without --adv)."""
+    if adv is None:
+        if any(v is not None for v in (eps, steps, fraction, alpha, beta)):
+            raise ValueError("--adv-eps/--adv-steps/--adv-fraction/--adv-alpha/--trades-beta "
+                             "need --adv pgd|fast|mix|trades")
+        return None
+    if eps is None:
+        raise ValueError(f"--adv {adv.value} needs --adv-eps (e.g. 0.3 for MNIST, 8/255 for "
+                         "CIFAR)")
+    return adversarial_spec(
+        adv.value, parse_number(eps, "--adv-eps"), steps=steps, fraction=fraction,
+        alpha=None if alpha is None else parse_number(alpha, "--adv-alpha"), beta=beta)
+
+
 def _echo_json(obj: object) -> None:
     typer.echo(json.dumps(obj, indent=2, default=str))
 
@@ -252,16 +276,29 @@ def train(
     data_root: DataRoot = None,
     download: Download = False,
     progress: bool = True,
+    adv: Annotated[Adv | None, typer.Option(
+        help="Adversarial training: pgd (Madry) | fast (FGSM, random start) | mix (FGSM on a "
+             "fraction of each batch) | trades.")] = None,
+    adv_eps: Annotated[str | None, typer.Option(help="L-inf budget, e.g. 0.3 or 8/255.")] = None,
+    adv_steps: Annotated[int | None, typer.Option(help="PGD steps (pgd, trades; 10).")] = None,
+    adv_fraction: Annotated[float | None, typer.Option(
+        help="Adversarial share of each batch, in (0, 1] (mix; 0.3).")] = None,
+    adv_alpha: Annotated[str | None, typer.Option(
+        help="Step size (pgd, trades: 2.5*eps/steps; fast: 1.25*eps).")] = None,
+    trades_beta: Annotated[float | None, typer.Option(help="TRADES beta (6).")] = None,
 ) -> None:
     """Train a model and save OUT/final (safetensors + JSON card) with its test accuracy.
 
     For the output-activation defense train at T = 1 and raise T afterwards with `defend`.
+    With --adv the card records the recipe and its parameters; --resume without --adv takes
+    them from the interrupted run.
     """
     _set_threads(threads)
     config = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule,
         milestones=tuple(_numbers(milestones, int, "--milestones")), gamma=gamma,
-        weight_decay=weight_decay, augment=augment, seed=seed, device=device)
+        weight_decay=weight_decay, augment=augment, seed=seed, device=device,
+        adv=_adv_spec(adv, adv_eps, adv_steps, adv_fraction, adv_alpha, trades_beta))
     cls = tuple(c.strip() for c in classes.split(",")) if classes else None
     if cls is not None and len(cls) != 2:
         raise ValueError(f"--classes needs exactly two classes, got {classes!r}")

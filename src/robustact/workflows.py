@@ -8,6 +8,7 @@ with typed arguments, so notebooks and scripts get exactly what the CLI does.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import shutil
@@ -42,6 +43,7 @@ from robustact.models import create_model
 from robustact.nn.bounded import check_temperature
 from robustact.report import write_reports
 from robustact.train import (
+    CheckpointError,
     TrainConfig,
     Trainer,
     as_tensors,
@@ -50,6 +52,7 @@ from robustact.train import (
     save_checkpoint,
     seeded,
 )
+from robustact.train.adversarial import adversarial_train
 from robustact.train.recipes import differential_train
 
 __all__ = [
@@ -216,6 +219,12 @@ def _train_classifier(
     resolve_device(config.device)  # fail before loading data, not after
     if loss not in ("ce", "differential"):
         raise ValueError(f"loss must be 'ce' or 'differential', got {loss!r}")
+    if loss == "differential" and config.adv:
+        raise ValueError(f"adversarial training (--adv {config.adv['recipe']}) cannot be "
+                         "combined with --loss differential: the pairwise loss and the margin "
+                         "bias are fitted on clean data; train one or the other")
+    if resume and out_dir is not None and config.adv is None:
+        config = _saved_adv(Path(out_dir) / "train" / "last", config)
     if loss == "differential" and classes is None:
         classes = ("cat", "dog")
     train, val, test = load_splits(dataset, data_root=data_root, val_fraction=val_fraction,
@@ -234,6 +243,10 @@ def _train_classifier(
         history, bias_info = differential_train(model, train, val, config, out_dir=run_dir,
                                                 resume=resume, progress=progress)
         extra["bias"] = bias_info
+    elif config.adv:
+        history, _ = adversarial_train(model, train, val, config, out_dir=run_dir,
+                                       resume=resume, progress=progress)
+        extra["adv"] = config.adv
     else:
         trainer = Trainer(model, train, val, config, out_dir=run_dir, progress=progress)
         history = trainer.fit(resume=resume)
@@ -257,6 +270,22 @@ def _train_classifier(
         })
     return TrainOutcome(model, history, test_acc, ckpt, seconds, {"train_accuracy": train_acc,
                                                                    **extra})
+
+
+def _saved_adv(last: Path, config: TrainConfig) -> TrainConfig:
+    """``config`` with the adversarial recipe of an interrupted run's card, if it had one.
+
+    Why: ``train --resume`` without repeating ``--adv ...`` must continue the same recipe (the
+    card records it), not silently switch to plain training.
+    """
+    try:
+        saved = (read_card(last).get("train") or {}).get("adv")
+    except CheckpointError:
+        return config
+    if saved:
+        log.info("resuming adversarial training with the run's recipe %s", saved)
+        return dataclasses.replace(config, adv=saved)
+    return config
 
 
 def evaluate_checkpoint(path: str | Path, *, dataset: str | None = None, split: str = "test",

@@ -64,6 +64,7 @@ class AttackResult:
     norms: torch.Tensor  # ‖x_adv − x‖ in ``norm``
     norm: str
     logits: torch.Tensor  # the model's logits on x_adv
+    # (success and logits are None only for a call with check=False: unverified x_adv)
     queries: torch.Tensor | None = None  # forward passes spent per sample (black-box attacks)
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -286,7 +287,7 @@ class Attack:
     # -- the call --------------------------------------------------------------------------------
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                  target: torch.Tensor | None = None, *, keys: torch.Tensor | None = None,
-                 record: bool = False) -> AttackResult:
+                 record: bool = False, check: bool = True) -> AttackResult:
         """Run the attack.
 
         ``keys`` (N,) integer sample identities (e.g. indices in the dataset): random draws
@@ -296,6 +297,11 @@ class Attack:
         ``loss_best``, ``stall``, ``ever_adversarial``, ``grad_zero``: see
         :mod:`robustact.evaluate.table`). ``info["forward_total"]`` and
         ``info["backward_total"]`` (sample-passes of the whole call) are always there.
+        ``check=False`` skips the final judging forward pass on x_adv: ``success`` and
+        ``logits`` are then None (``info["checked"]`` is False) and x_adv is unverified. Why:
+        adversarial training only needs x_adv, and for a one-step attack that forward is a
+        sixth of the training step (measured in ``benchmarks/bench_adv_train.py``); never use
+        it to report robustness.
         """
         check_images(x)
         check_labels(y, x.shape[0])
@@ -326,6 +332,13 @@ class Attack:
             out = self.perturb(view, x, y, target)
             x_adv, info = out if isinstance(out, tuple) else (out, {})
             x_adv = x_adv.detach().clamp(0.0, 1.0)
+            if not check:
+                info.pop("queries", None)
+                info.update(checked=False, forward_total=view.forwards,
+                            backward_total=view.backwards)
+                return AttackResult(x_adv=x_adv, success=None,  # type: ignore[arg-type]
+                                    norms=lp_norms(x_adv - x, self.norm), norm=self.norm,
+                                    logits=None, info=info)  # type: ignore[arg-type]
             with torch.inference_mode():
                 logits = check_model_output(model(x_adv))
             logits = logits.clone()  # a normal tensor again: callers may edit or reuse it

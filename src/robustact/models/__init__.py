@@ -9,6 +9,7 @@ name           architecture                                               used b
 =============  =========================================================  ====================
 lenet5         LeNet-5                                                    SPLASH (MNIST)
 lenetlike      JumpReLU paper's MNIST network                             JumpReLU
+madry_mnist    Madry et al.'s MNIST CNN (conv 32/64 5×5, fc 1024)         adversarial training
 alexlike       JumpReLU paper's CIFAR-10 network                          JumpReLU
 allcnn         All-CNN-C                                                  SPLASH
 nin            Network-in-Network                                         SPLASH
@@ -23,6 +24,7 @@ from robustact.models import (  # noqa: F401  (importing registers the architect
     allcnn,
     jumprelu_nets,
     lenet,
+    madry_mnist,
     mlp,
     mobilenetv2,
     nin,

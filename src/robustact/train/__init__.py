@@ -4,7 +4,8 @@
 - :mod:`~robustact.train.loop`: :class:`Trainer`, its extension points (loss, batch hook, model
   wrapper, callbacks) and the determinism contract;
 - :mod:`~robustact.train.batches`: dataset tensors, seeds, batch orders;
-- :mod:`~robustact.train.recipes`: differential training, FGSM batch hooks.
+- :mod:`~robustact.train.recipes`: differential training, FGSM batch hooks;
+- :mod:`~robustact.train.adversarial`: adversarial training (mix, PGD-AT, fast AT, TRADES).
 
 Checkpoints live in :mod:`robustact.checkpoint` (re-exported here for convenience).
 """
@@ -16,6 +17,12 @@ from robustact.checkpoint import (
     load_weights,
     read_card,
     save_checkpoint,
+)
+from robustact.train.adversarial import (
+    OverfittingGuard,
+    TradesLoss,
+    adversarial_spec,
+    adversarial_train,
 )
 from robustact.train.augment import crop_flip, get_augmentation, random_crop_flip
 from robustact.train.batches import as_tensors, balanced_batches, derive_seed, seeded
@@ -31,6 +38,10 @@ from robustact.train.recipes import fgsm_batch_hook, jumprelu_robust_hook
 from robustact.train.schedules import LRSchedule, lr_at
 
 __all__ = [
+    "OverfittingGuard",
+    "TradesLoss",
+    "adversarial_spec",
+    "adversarial_train",
     "as_tensors",
     "Callback",
     "CheckpointError",

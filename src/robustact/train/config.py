@@ -27,7 +27,7 @@ __all__ = [
 # Fields that define the training trajectory: a resumed run must use the same values.
 TRAJECTORY_FIELDS = ("batch_size", "optimizer", "lr", "momentum", "weight_decay", "nesterov",
                       "schedule", "milestones", "gamma", "warmup_epochs", "augment", "seed",
-                      "balanced", "epochs", "betas")
+                      "balanced", "epochs", "betas", "adv")
 
 
 #: Fields older cards may hold that no longer shape a run (``num_threads``: threads are the
@@ -50,8 +50,10 @@ class TrainConfig:
     ``milestones`` are 0-based epoch indices (see :mod:`robustact.train.schedules`);
     ``checkpoint_every`` is in epochs; ``log_every`` is the number of steps between progress-bar
     updates (each update syncs the device); ``balanced`` draws class-balanced batches
-    (differential training). Thread counts are not part of a run: the caller (the CLI) sets
-    them, never the library.
+    (differential training). ``adv`` is the adversarial-training recipe, a spec dict from
+    :func:`robustact.train.adversarial.adversarial_spec` (None: plain training); recorded in
+    the card so a reader knows how the model was made. Thread counts are not part of a run:
+    the caller (the CLI) sets them, never the library.
     """
 
     epochs: int = 10
@@ -73,6 +75,7 @@ class TrainConfig:
     balanced: bool = False
     eval_batch_size: int = 512
     betas: tuple[float, float] = (0.9, 0.999)
+    adv: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.milestones = tuple(int(m) for m in self.milestones)
@@ -103,6 +106,8 @@ class TrainConfig:
             raise bad("milestones", "increasing epoch indices >= 0")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise bad("device", "'auto', 'cpu' or 'cuda[:i]'")
+        if self.adv is not None and not (isinstance(self.adv, dict) and "recipe" in self.adv):
+            raise bad("adv", "None or a recipe spec dict (see adversarial_spec)")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             raise ValueError("TrainConfig.nesterov needs optimizer 'sgd' with momentum > 0")
 

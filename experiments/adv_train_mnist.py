@@ -1,0 +1,132 @@
+"""Benchmark: fast adversarial training (Wong et al. 2020) of Madry et al.'s MNIST CNN at ε = 0.3.
+
+Targets (issue 12): clean accuracy >= 98 % and robust accuracy >= 88 % on the first 1000 test
+images under robustact's evaluation at ε = 0.3 (anchors: Madry et al. ~89 % under PGD, AutoAttack
+88.5 % on their model). Wong et al.'s MNIST settings: FGSM from a uniform random start, step
+α = 0.375 (= 1.25ε), batch 100, Adam; our schedule: 1 warm-up epoch then cosine (theirs is a
+triangular cycle), as many epochs as the CPU budget allows (``--epochs``).
+
+    python benchmarks/adv_train_mnist.py --epochs 6             # train, then evaluate
+    python benchmarks/adv_train_mnist.py --eval-only            # evaluate runs/adv_mnist/final
+
+Evaluation (first ``--n-eval`` test images, ε only): clean accuracy, optionally PGD-40 (α 0.01,
+Madry's attack; ``--pgd40``), and a robustact protocol of FGSM + APGD-CE + APGD-DLR (100 steps
+each; the standard protocol without Square and DeepFool, which do not fit a CPU budget on this
+model); the worst
+case over attacks is reported. AutoAttack (``pyautoattack``, installed with ``--no-deps``,
+benchmark-only) runs when importable and ``--autoattack`` is given.
+Writes ``results/adv_train_mnist.json``; the checkpoint goes to runs/ (not committed).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402
+    attack_metrics,
+    base_parser,
+    resolve_data_root,
+    setup_threads,
+    write_results,
+)
+
+from robustact.attacks.pgd import PGD  # noqa: E402
+from robustact.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from robustact.data import load_dataset, train_val_split  # noqa: E402
+from robustact.evaluate import evaluate, summarize  # noqa: E402
+from robustact.models import create_model  # noqa: E402
+from robustact.train import TrainConfig, seeded  # noqa: E402
+from robustact.train.adversarial import adversarial_spec, adversarial_train  # noqa: E402
+
+EPS = 0.3
+PROTOCOL = {"name": "standard-cpu", "version": 1, "entries": [
+    {"key": "fgsm", "attack": {"name": "fgsm"}, "role": "single_step", "eps": "main",
+     "on": "all"},
+    {"key": "apgd-ce", "attack": {"name": "apgd", "steps": 100, "loss": "ce"},
+     "role": "standard", "eps": "main", "on": "all"},
+    {"key": "apgd-dlr", "attack": {"name": "apgd", "steps": 100, "loss": "dlr"},
+     "role": "loss_variant", "eps": "main", "on": "survivors", "min_classes": 3},
+]}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = base_parser(__doc__.splitlines()[0], default_out="results/adv_train_mnist.json",
+                    default_epochs=6)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--recipe", default="fast", choices=["fast", "pgd", "mix", "trades"])
+    p.add_argument("--n-eval", type=int, default=1000)
+    p.add_argument("--eval-only", action="store_true")
+    p.add_argument("--autoattack", action="store_true")
+    p.add_argument("--pgd40", action="store_true", help="also PGD-40 (Madry's attack)")
+    a = p.parse_args(argv)
+    started = time.perf_counter()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    setup_threads(a.threads)
+    root = resolve_data_root(a.data_root)
+    if a.quick:  # a smoke run never touches the real run's checkpoint or results file
+        a.runs_dir, a.out = tempfile.mkdtemp(prefix="adv_mnist_quick-"), None
+    run = Path(a.runs_dir) / "adv_mnist"
+    train = load_dataset("mnist", "train", root=root)
+    test = load_dataset("mnist", "test", root=root)
+    if a.quick:
+        train, test, a.epochs, a.n_eval = train.subset(torch.arange(600)), test, 1, 50
+    train, val = train_val_split(train, val_size=min(1000, len(train) // 10), seed=a.seed)
+    results: dict = {}
+    if not a.eval_only:
+        spec = adversarial_spec(a.recipe, EPS)
+        config = TrainConfig(epochs=a.epochs, batch_size=100, optimizer="adam", lr=a.lr,
+                             weight_decay=0.0, schedule="cosine", warmup_epochs=1, seed=a.seed,
+                             device=a.device, adv=spec)
+        with seeded(a.seed, "model"):
+            model = create_model("madry_mnist", dataset="mnist")
+        t0 = time.perf_counter()
+        history, trainer = adversarial_train(model, train, val, config, out_dir=run / "train",
+                                             progress=a.progress)
+        results["train_seconds"] = time.perf_counter() - t0
+        results["history"] = history
+        results["adv"] = spec
+        save_checkpoint(run / "final", model, epoch=len(history), config=config,
+                        history=history, metrics={"train_seconds": results["train_seconds"]})
+    model, card = load_checkpoint(run / "final")
+    model.eval()
+    results.setdefault("adv", (card.get("train") or {}).get("adv"))
+    results.setdefault("history", card.get("history"))
+    results.setdefault("train_seconds", (card.get("metrics") or {}).get("train_seconds"))
+    x = test.images[:a.n_eval].float().div(255)
+    y = test.labels[:a.n_eval].long()
+    robust = []
+    if a.pgd40:
+        t0 = time.perf_counter()
+        pgd = attack_metrics(PGD(EPS, 0.01, 40, restarts=1), model, x, y)
+        results["pgd40"] = {"accuracy": pgd["accuracy"], "seconds": time.perf_counter() - t0}
+        robust.append(pgd["accuracy"])
+    t0 = time.perf_counter()
+    table = evaluate(model, x, y, PROTOCOL, eps=EPS, eps_grid=[EPS], progress=a.progress)
+    s = summarize(table)
+    results["robustact"] = {"summary": s, "seconds": time.perf_counter() - t0}
+    results["clean_accuracy"] = s["clean_accuracy"]
+    results["robust_accuracy"] = min([s["per_eps"][repr(EPS)]["worst_case"], *robust])
+    if a.autoattack:
+        from autoattack import AutoAttack  # noqa: PLC0415  (benchmark-only, optional)
+        t0 = time.perf_counter()
+        aa = AutoAttack(model, norm="Linf", eps=EPS, version="standard", device="cpu")
+        x_adv = aa.run_standard_evaluation(x, y, bs=250)
+        with torch.no_grad():
+            acc = float((model(x_adv).argmax(1) == y).float().mean())
+        results["autoattack"] = {"accuracy": acc, "seconds": time.perf_counter() - t0}
+    print({k: v for k, v in results.items() if k not in ("history", "robustact")})
+    if a.out:
+        write_results(a.out, script="adv_train_mnist.py", args=a, started=started,
+                      results=results)
+    return results
+
+
+if __name__ == "__main__":
+    main()
