@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows, per_model = [], {}
     for i, name in enumerate(args.models):
         model = models[name]
+        with torch.no_grad():  # warm-up: SPLASH builds its C++ kernel on the first call
+            model(x[:2])
         load = os.getloadavg()
         ra_first = i % 2 == 0 or not have_aa
         runs: dict[str, Any] = {}
