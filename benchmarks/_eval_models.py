@@ -43,12 +43,17 @@ from robustact.models import create_model
 from robustact.train import TrainConfig
 from robustact.workflows import load_splits, train_classifier
 
-__all__ = ["MODEL_NAMES", "PassCounter", "autoattack_available", "compare", "get_models",
-           "robustact_masks", "run_autoattack", "run_robustact", "synthetic_data"]
+__all__ = ["MODEL_NAMES", "QUICK_AUDIT", "QUICK_OVERRIDES", "PassCounter",
+           "autoattack_available", "compare", "get_models", "prepare", "robustact_masks",
+           "run_autoattack", "run_robustact", "synthetic_data"]
 
 MODEL_NAMES = ("lenet5", "sigmoid100", "jumprelu", "jumprelu1.5", "splash")
 SEED = 1
 VAL_FRACTION = 0.1
+#: Tiny attack and audit budgets for --quick (a smoke run checks the plumbing, not figures).
+QUICK_OVERRIDES = {"steps": 3, "n_queries": 20, "refine": 0}
+QUICK_AUDIT = {"random_points": 50, "random_samples": 4, "binarization_samples": 2,
+               "max_samples": 8}
 #: SPLASH trains several times slower on the CPU (266 s for 2 epochs on the loaded machine) and
 #: reaches 99.2 % in 2 epochs, so it gets 2 epochs whatever ``epochs`` says.
 SPLASH_EPOCHS = 2
@@ -123,6 +128,30 @@ def get_models(names: list[str], *, runs_dir: str | Path, root: Path | None, epo
         models["splash"], info["splash"] = _train("splash", base / "splash", root, SPLASH_EPOCHS,
                                                   activation="splash:S=7")
     return {n: models[n] for n in names}, {n: info[n] for n in names}
+
+
+def prepare(args: Any) -> tuple[dict[str, nn.Module], dict[str, Any], Path | None, bool,
+                              torch.Tensor, torch.Tensor]:
+    """What both evaluation scripts start with, from their parsed arguments: the models, how
+    they were made, the data root, whether AutoAttack is installed, and the first ``args.n``
+    test images (synthetic ones labelled by the first model under ``--quick``)."""
+    from _common import resolve_data_root  # the scripts' shared plumbing
+
+    from robustact.data import load_dataset
+
+    root = None if args.quick else resolve_data_root(args.data_root)
+    models, made = get_models(args.models, runs_dir=args.runs_dir, root=root, epochs=args.epochs,
+                              quick=args.quick)
+    have_aa = autoattack_available()
+    if not have_aa:
+        print("note: pyautoattack is not installed; AutoAttack is skipped "
+              "(pip install --no-deps pyautoattack)")
+    if args.quick:
+        x, y = synthetic_data(models[args.models[0]], args.n, seed=args.seed)
+    else:
+        test = load_dataset("mnist", "test", root=root)
+        x, y = test.x()[: args.n], test.y()[: args.n]
+    return models, made, root, have_aa, x, y
 
 
 def synthetic_data(model: nn.Module, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

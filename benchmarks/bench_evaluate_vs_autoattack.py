@@ -27,26 +27,21 @@ import time
 from typing import Any
 
 import torch
-from _common import base_parser, format_table, resolve_data_root, setup_threads, write_results
+from _common import base_parser, format_table, setup_threads, write_results
 from _eval_models import (
     MODEL_NAMES,
-    autoattack_available,
+    QUICK_AUDIT,
+    QUICK_OVERRIDES,
     compare,
-    get_models,
+    prepare,
     run_autoattack,
     run_robustact,
-    synthetic_data,
 )
-
-from robustact.data import load_dataset
-
-#: Tiny attack budgets for --quick (a smoke run checks the plumbing, not the figures).
-QUICK_OVERRIDES = {"steps": 3, "n_queries": 20, "refine": 0}
 
 
 def parse_args(argv: list[str] | None = None) -> Any:
     p = base_parser(__doc__.splitlines()[0], default_out="results/eval_vs_autoattack_mnist.json",
-                    default_epochs=2)
+                    default_epochs=6)
     p.add_argument("--models", default="lenet5,sigmoid100,jumprelu1.5",
                    help=f"comma-separated, from {', '.join(MODEL_NAMES)}")
     p.add_argument("--n", type=int, default=1000, help="first N test images")
@@ -71,22 +66,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     args = parse_args(argv)
     setup_threads(args.threads)
-    root = None if args.quick else resolve_data_root(args.data_root)
-    models, made = get_models(args.models, runs_dir=args.runs_dir, root=root, epochs=args.epochs,
-                              quick=args.quick)
-    have_aa = autoattack_available()
-    if not have_aa:
-        print("note: pyautoattack is not installed; AutoAttack is skipped "
-              "(pip install --no-deps pyautoattack)")
-    if args.quick:
-        x, y = synthetic_data(models[args.models[0]], args.n, seed=args.seed)
-    else:
-        test = load_dataset("mnist", "test", root=root)
-        x, y = test.x()[: args.n], test.y()[: args.n]
+    models, made, root, have_aa, x, y = prepare(args)
     overrides = QUICK_OVERRIDES if args.quick else None
-    audit_kwargs = {"random_points": 50, "random_samples": 4, "binarization_samples": 2,
-                    "max_samples": 8} if args.quick else {
-                        "random_points": args.audit_random_points}
+    audit_kwargs = QUICK_AUDIT if args.quick else {"random_points": args.audit_random_points}
     rows, per_model = [], {}
     for i, name in enumerate(args.models):
         model = models[name]

@@ -34,25 +34,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from _common import (  # noqa: E402
     base_parser,
     format_table,
-    resolve_data_root,
     setup_threads,
     write_results,
 )
 from _eval_models import (  # noqa: E402
     MODEL_NAMES,
-    autoattack_available,
+    QUICK_AUDIT,
+    QUICK_OVERRIDES,
     get_models,
+    prepare,
     run_autoattack,
     run_robustact,
-    synthetic_data,
 )
 
-from robustact.data import load_dataset  # noqa: E402
 from robustact.evaluate.selftest import self_test  # noqa: E402
-
-QUICK_OVERRIDES = {"steps": 3, "n_queries": 20, "refine": 0}
-QUICK_AUDIT = {"random_points": 50, "random_samples": 4, "binarization_samples": 2,
-               "max_samples": 8}
 
 
 def parse_args(argv: list[str] | None = None) -> Any:
@@ -93,17 +88,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     args = parse_args(argv)
     setup_threads(args.threads)
-    root = None if args.quick else resolve_data_root(args.data_root)
-    models, made = get_models(args.models, runs_dir=args.runs_dir, root=root, epochs=args.epochs,
-                              quick=args.quick)
-    have_aa = autoattack_available()
-    if not have_aa:
-        print("note: pyautoattack is not installed; the AutoAttack column is skipped")
-    if args.quick:
-        x, y = synthetic_data(models[args.models[0]], args.n, seed=args.seed)
-    else:
-        test = load_dataset("mnist", "test", root=root)
-        x, y = test.x()[: args.n], test.y()[: args.n]
+    models, made, root, have_aa, x, y = prepare(args)
     rows, per_model = [], {}
     for name in args.models:
         entry = _reused(args.reuse, name, args.n, args.eps)
