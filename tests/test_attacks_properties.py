@@ -27,6 +27,7 @@ from robustact.attacks import (
     verify,
     with_bpda,
 )
+from robustact.core.validate import check_logits
 
 K = 4  # classes (targeted DLR needs at least 4)
 
@@ -243,6 +244,15 @@ def test_probabilities_instead_of_logits_are_refused(name: str) -> None:
     x, y, _ = make_data(4, 3)
     with pytest.raises(ValueError, match="probabilities"):
         attack(nn.Sequential(model, nn.Softmax(dim=1)).eval(), x, y)
+
+
+def test_saturated_sigmoid_outputs_are_not_taken_for_probabilities() -> None:
+    # sigmoid(T·z) at T = 100 on confident rows: the top output is 1.0, the others tiny but not
+    # exactly 0, so rows sum to 1 within float tolerance; they are still not a softmax.
+    z = torch.tensor([[0.3, -0.2, -0.25], [-0.3, 0.4, -0.5], [-0.45, -0.5, 0.2]])
+    check_logits(torch.sigmoid(100 * z), 3)
+    with pytest.raises(ValueError, match="probabilities"):
+        check_logits(torch.softmax(torch.tensor([[0.3, 0.1, -0.2], [2.0, 0.0, 0.0]]), 1), 2)
 
 
 @pytest.mark.parametrize("make", [

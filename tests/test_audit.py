@@ -168,6 +168,34 @@ def test_random_search_compares_with_what_the_attacks_left_robust(healthy):
     assert none_robust.fired is False
 
 
+def test_random_search_draws_only_for_samples_still_in_question(healthy):
+    """C17's cost: no random points for samples the attacks already broke, and none after a
+    sample's first misclassified point (the check's outcome does not depend on them)."""
+    model, x, y = healthy
+    rows = [0]
+
+    def count(_m: nn.Module, args: tuple[Any, ...]) -> None:
+        rows[0] += int(args[0].shape[0])
+
+    handle = model.register_forward_pre_hook(count)
+    try:
+        check_random_search(model, x, y, eps=0.5, points=200,
+                            robust=torch.zeros(len(y), dtype=torch.bool))
+        nothing_robust = rows[0]
+        rows[0] = 0
+        big = check_random_search(model, x, y, eps=0.5, points=200, batch_size=2 * len(y),
+                                  robust=torch.ones(len(y), dtype=torch.bool))
+        everything_robust = rows[0]
+    finally:
+        handle.remove()
+    assert nothing_robust == len(y)  # the clean pass only
+    broken = big.numbers["extra_broken"]
+    assert broken > 1
+    # a broken sample stops drawing (2 points per sample per chunk here): fewer than the 200
+    # points of every sample
+    assert everything_robust < len(y) * (1 + 200)
+
+
 def test_transfer_mismatch_fires_for_a_misleading_surrogate(healthy):
     model, x, y = healthy
     with torch.random.fork_rng(devices=[]):
