@@ -396,14 +396,16 @@ def check_gradient_mismatch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
                             max_fraction: float = 0.1, seed: int = 0) -> CheckResult:
     """C7: autograd directional derivative of the margin loss vs central finite differences.
 
-    Per sample, ``directions`` random sign directions d (unit L∞ steps); FD step h = ε/10 (or
-    ``step``; 0.01 without ε): big enough to cross a quantization level or a jump, small enough
-    that a piecewise-linear model stays nearly linear. A direction mismatches when
+    Per sample, ``directions`` random sign directions d (unit L∞ steps); FD step h = ε/100 (or
+    ``step``; 0.003 without ε): big enough to cross a quantization level or a jump, small enough
+    that a piecewise-linear model stays nearly linear. Calibrated on MNIST LeNet-5 at ε = 0.3
+    (100 test images): the ReLU model mismatches on 1 % of samples at h = ε/100 (7 % at ε/10,
+    too close to the threshold), its JumpReLU retrofits at κ = 1 and 1.5 on 85 % and 82 %. A direction mismatches when
     |D_ad − D_fd| > ``rel_tol`` · max(|D_ad|, |D_fd|, 1e-3); a sample mismatches when half its
     directions do. Fires when more than ``max_fraction`` of the samples mismatch: the gradient
     does not describe the function (quantization, jumps, e.g. JumpReLU) → BPDA.
     """
-    h = float(step) if step is not None else (_need_eps(eps, "C7") / 10 if eps else 0.01)
+    h = float(step) if step is not None else (_need_eps(eps, "C7") / 100 if eps else 0.003)
     with _probe(model, x, y) as xm:
         g, why = _input_grad(model, xm, y, margin_loss)
         if g is None:
@@ -447,11 +449,14 @@ def check_gradient_mismatch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
 
 def check_unstable_predictions(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                                eps: float | None = None, norm: str = "linf", draws: int = 100,
-                               threshold: float = 0.1, seed: int = 0,
+                               threshold: float = 0.3, seed: int = 0,
                                batch_size: int = 4096) -> CheckResult:
     """C8 (IoAF I2): ``draws`` uniform points in the ε/2-ball; per sample, the mean of
     |L(x) − L(x+δ)| / |L(x)| capped at 1; fires when its mean over samples exceeds
-    ``threshold`` → EOT, smaller steps.
+    ``threshold`` → EOT, smaller steps. The threshold is 0.3, not IoAF's 0.1: a healthy MNIST
+    LeNet-5 at ε = 0.3 scores 0.14 and its JumpReLU retrofits 0.14–0.24 (random points at
+    ±0.15 per pixel legitimately move the margin), so 0.1 flags sound models; the self-test's
+    model with dropout left on at inference scores 0.48, and C1 catches it independently.
 
     L is the margin loss, not CE: CE is ≈ 0 on confidently correct points, where any relative
     change is huge without meaning anything.
