@@ -124,7 +124,7 @@ def test_checkpoint_evaluates_end_to_end_and_resumes(ckpt: Path, tmp_path: Path,
     assert f"results: {out}" in res.output and "verdict: " in res.output
     summary = read_json(out / "summary.json")
     table = load_table(out)
-    assert summary["protocol"] == "quick@1" and summary["eps"] == pytest.approx(0.1)  # digits
+    assert summary["protocol"] == "quick@2" and summary["eps"] == pytest.approx(0.1)  # digits
     assert summary["n"] == 30 and summary["command"].startswith("robustact evaluate --model")
     # the summary's numbers are the table's: clean and per-sample worst case at ε
     clean = table.meta["clean"]["clean_correct"]

@@ -72,7 +72,7 @@ def test_save_load_round_trip(cnn, tmp_path):
     back = load_table(tmp_path / "run")
     _same(t, back)
     assert list(back["attack"]) == list(t["attack"])
-    assert back.meta["protocol"] == "quick@1"
+    assert back.meta["protocol"] == "quick@2"
     assert set(back.meta["attacks"]) == {"fgsm", "pgd-20", "square"}
     assert np.array_equal(back.meta["clean"]["sample"], np.arange(x.shape[0]))
 

@@ -504,8 +504,8 @@ def evaluate_cmd(
         "--num-classes", min=2, help="Logits the --model-file model must return (default: "
                                      "the dataset's classes).")] = None,
     protocol: Annotated[Protocol, typer.Option(
-        help="quick (FGSM, PGD-20, Square 500) | standard (FGSM, APGD-CE/DLR, Square 5000, "
-             "DeepFool) | thorough (standard + more restarts, random search, label-only, "
+        help="quick (FGSM, PGD-20, Square 500) | standard (FGSM, APGD-CE/DLR, Square 5000) "
+             "| thorough (standard + more restarts, random search, label-only, DeepFool, "
              "unbounded, C&W).")] = Protocol.standard,
     eps: Annotated[str | None, typer.Option(
         help="Budget in [0, 1] pixel units, e.g. 0.3 or 8/255 (default: the dataset's, MNIST "

@@ -59,7 +59,12 @@ from robustact.core.validate import (
     match_model_dtype,
 )
 from robustact.defenses.registry import describe_defenses, strip_defenses
-from robustact.evaluate.protocols import adaptive_attacks, get_protocol, protocol_fingerprint
+from robustact.evaluate.protocols import (
+    adaptive_attacks,
+    get_protocol,
+    protocol_fingerprint,
+    with_adaptive,
+)
 from robustact.evaluate.storage import RunFolder
 from robustact.evaluate.table import COLUMNS, ResultsTable
 
@@ -278,7 +283,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
     proto = get_protocol(protocol, overrides)
     pred, correct, k = clean_predictions(model, x, y, batch_size)
-    entries_raw = list(proto["entries"]) + (adaptive_attacks(model) if adaptive else [])
+    entries_raw = with_adaptive(list(proto["entries"]), adaptive_attacks(model) if adaptive else [])
     entries = [_Entry(e, norm, seed, k) for e in entries_raw]
     if len({e.key for e in entries}) != len(entries):
         raise ValueError("an adaptive attack's key collides with a protocol entry's key")
