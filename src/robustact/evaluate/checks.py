@@ -402,8 +402,9 @@ def check_gradient_mismatch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
     (100 test images): the ReLU model mismatches on 1 % of samples at h = ε/100 (7 % at ε/10,
     too close to the threshold), its JumpReLU retrofits at κ = 1 and 1.5 on 85 % and 82 %.
     A direction mismatches when |D_ad − D_fd| > ``rel_tol`` · max(|D_ad|, |D_fd|, 1e-3); a
-    sample mismatches when half its directions do. Fires when more than ``max_fraction`` of the samples mismatch: the gradient
-    does not describe the function (quantization, jumps, e.g. JumpReLU) → BPDA.
+    sample mismatches when half its directions do. Fires when more than ``max_fraction`` of the
+    samples mismatch: the gradient does not describe the function (quantization, jumps, e.g.
+    JumpReLU) → BPDA.
     """
     h = float(step) if step is not None else (_need_eps(eps, "C7") / 100 if eps else 0.003)
     with _probe(model, x, y) as xm:
