@@ -11,9 +11,11 @@ ratio.
 A step = the recipe's batch hook and loss, backward, optimizer step, exactly as the trainer
 runs it (same callables). Configurations are timed round-robin (``--repeats``) in one process,
 median reported; on CPU the clock is the process's CPU time (other processes' load does not
-count). ``--quick``: a tiny MLP on 8×8 random images (seconds).
+count).
 
     python benchmarks/bench_adv_train.py [--model madry_mnist] [--steps 10] [--repeats 7]
+    python benchmarks/bench_adv_train.py --quick   # smoke run: a tiny MLP on 8×8 random images,
+                                                   # k = 3, 3 repeats (seconds, runs/quick/)
 """
 
 from __future__ import annotations
@@ -27,34 +29,42 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import harness as H
 
-from _common import format_table, resolve_device, setup_threads, write_results  # noqa: E402
+from robustact.models import create_model
+from robustact.train.adversarial import adversarial_spec, recipe_parts
+from robustact.train.loop import cross_entropy_loss
 
-from robustact.models import create_model  # noqa: E402
-from robustact.train.adversarial import adversarial_spec, recipe_parts  # noqa: E402
-from robustact.train.loop import cross_entropy_loss  # noqa: E402
+SCRIPT = "bench_adv_train"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default="madry_mnist")
     p.add_argument("--dataset", default="mnist")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--steps", type=int, default=10, help="k of PGD-k and TRADES")
     p.add_argument("--eps", type=float, default=0.3)
     p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--quick", action="store_true", help="tiny MLP on digits-sized data")
-    p.add_argument("--out", default="results/bench_adv_train.json")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (see setup_threads)")
+    p.add_argument("--device", default="cpu", help="auto, cpu or cuda[:i]")
+    p.add_argument("--quick", action="store_true", help=H.QUICK_HELP)
+    p.add_argument("--out", default=f"results/{SCRIPT}.json",
+                   help="results JSON ('' to write none)")
     a = p.parse_args(argv)
     started = time.perf_counter()
-    setup_threads(a.threads)
-    device = resolve_device(a.device)
-    if a.quick:
+    H.setup_threads(a.threads)
+    device = H.resolve_device(a.device)
+    a.out = H.quick_output(a.out or None, default=p.get_default("out"), quick=a.quick,
+                           script=SCRIPT)
+    if a.quick:  # the same five recipes and code path on a model that steps in milliseconds
         a.model, a.dataset, a.batch_size, a.repeats, a.steps = "mlp", "digits", 32, 3, 3
-        a.out = None
+    for name in ("batch_size", "repeats"):
+        if getattr(a, name) < 1:  # an empty median would fail far from the cause
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, "
+                             f"got {getattr(a, name)}")
     torch.manual_seed(0)
     model = create_model(a.model, dataset=a.dataset).to(device)
     shape = (model.in_channels, model.input_size, model.input_size)
@@ -103,15 +113,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      "vs_ideal": ratio / ideal})
     print(f"{a.model} on {device}, batch {a.batch_size}, {a.threads} thread(s), "
           f"median of {a.repeats}")
-    print(format_table(rows, [("recipe", "recipe", ""), ("ms", "ms/step", ".1f"),
-                              ("ratio", "× plain", ".2f"), ("ideal", "ideal", ".1f"),
-                              ("vs_ideal", "ratio/ideal", ".2f")]))
+    print(H.format_table(rows, [("recipe", "recipe", ""), ("ms", "ms/step", ".1f"),
+                                ("ratio", "× plain", ".2f"), ("ideal", "ideal", ".1f"),
+                                ("vs_ideal", "ratio/ideal", ".2f")]))
     results = {"rows": rows, "model": a.model, "batch_size": a.batch_size}
     if a.out:
-        write_results(a.out, script="bench_adv_train.py", args=a, started=started,
-                      results=results)
+        out = H.write_results(a.out, script=f"{SCRIPT}.py", args=a, started=started,
+                              results=results)
+        print(f"wrote {out}")
     return results
 
 
 if __name__ == "__main__":
-    main()
+    H.run_script(main)
