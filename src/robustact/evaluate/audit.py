@@ -198,11 +198,20 @@ def check_silent_success(table: ResultsTable, *, eps: float | None = None) -> Ch
 def check_incomplete_optimization(table: ResultsTable, *, eps: float | None = None,
                                   threshold: float = STALL_THRESHOLD) -> CheckResult:
     """C10: on failed, attacked rows with a loss trace, the stall statistic > ``threshold``
-    means the loss was still improving when the attack stopped; fires beyond noise."""
+    means the loss was still improving when the attack stopped; fires beyond noise.
+
+    Only rows at the main ε of samples the evaluation finally reports robust count: a stalled
+    attack on a point that another attack (or a smaller ε) broke changes no reported number.
+    """
+    e = _main_eps(table, eps)
+    ids, robust = worst_case(table, e)
     st = table["stall"]
-    rows = table.where(np.isfinite(st) & ~table["skipped"] & ~table["success"])
+    rows = table.where(np.isfinite(st) & ~table["skipped"] & ~table["success"]
+                       & np.isclose(table["eps"], e, rtol=0, atol=1e-12)
+                       & np.isin(table["sample"], ids[robust]))
     if len(rows) == 0:
-        return _na("C10", "incomplete optimization", "no failed attack has a loss trace",
+        return _na("C10", "incomplete optimization",
+                   "no failed attack with a loss trace on a point reported robust",
                    kind="diagnostic")
     over = rows["stall"] > threshold
     n = len(table.samples())
