@@ -117,10 +117,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                 ("ratio", "× plain", ".2f"), ("ideal", "ideal", ".1f"),
                                 ("vs_ideal", "ratio/ideal", ".2f")]))
     results = {"rows": rows, "model": a.model, "batch_size": a.batch_size}
-    if a.out:
-        out = H.write_results(a.out, script=f"{SCRIPT}.py", args=a, started=started,
-                              results=results)
-        print(f"wrote {out}")
+    H.save_if_asked(a, script=f"{SCRIPT}.py", started=started, results=results)
     return results
 
 

@@ -127,10 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
             acc = float((model(x_adv).argmax(1) == y).float().mean())
         results["autoattack"] = {"accuracy": acc, "seconds": time.perf_counter() - t0}
     print({k: v for k, v in results.items() if k not in ("history", "robustact")})
-    if a.out:
-        out = H.write_results(a.out, script=f"{SCRIPT}.py", args=a, started=started,
-                              results=results)
-        print(f"wrote {out}")
+    H.save_if_asked(a, script=f"{SCRIPT}.py", started=started, results=results)
     return results
 
 

@@ -52,6 +52,7 @@ __all__ = [
     "format_table",
     "command_line",
     "write_results",
+    "save_if_asked",
     "attack_metrics",
 ]
 
@@ -244,6 +245,16 @@ def write_results(path: str | Path, *, script: str, args: argparse.Namespace, st
         **results,
     }
     return atomic_write_json(path, payload)
+
+
+def save_if_asked(args: argparse.Namespace, *, script: str, started: float,
+                  results: dict[str, Any]) -> Path | None:
+    """:func:`write_results` to ``args.out`` and say where, unless ``--out ''`` asked for none."""
+    if not args.out:
+        return None
+    out = write_results(args.out, script=script, args=args, started=started, results=results)
+    print(f"wrote {out}")
+    return out
 
 
 def attack_metrics(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,

@@ -7,6 +7,7 @@ exactly, the model is left exactly as it was, and bad input fails loudly.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -83,6 +84,14 @@ def make_data(seed: int, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     return x, y, t
 
 
+def for_every_attack_and_problem(examples: int) -> Callable[[Callable[..., None]], Any]:
+    """Run the test for each registered attack on ``examples`` drawn problems."""
+    def deco(test: Callable[..., None]) -> Any:
+        return pytest.mark.parametrize("name", NAMES)(
+            settings(max_examples=examples, deadline=None)(given(p=problems)(test)))
+    return deco
+
+
 def make_problem(p: dict) -> tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The model and data (x, y, targets) a drawn problem describes."""
     return (make_model(p["model_seed"]), *make_data(p["data_seed"], p["n"]))
@@ -93,9 +102,7 @@ def norms(delta: torch.Tensor, norm: str) -> torch.Tensor:
     return flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
 
 
-@pytest.mark.parametrize("name", NAMES)
-@settings(max_examples=15, deadline=None)
-@given(p=problems)
+@for_every_attack_and_problem(15)
 def test_budget_box_and_verified_success(name: str, p: dict) -> None:
     factory, norm = ATTACKS[name]
     model, x, y, t = make_problem(p)
@@ -110,9 +117,7 @@ def test_budget_box_and_verified_success(name: str, p: dict) -> None:
     assert torch.equal(v.success, r.success)
 
 
-@pytest.mark.parametrize("name", NAMES)
-@settings(max_examples=10, deadline=None)
-@given(p=problems)
+@for_every_attack_and_problem(10)
 def test_eps_zero_is_a_no_op(name: str, p: dict) -> None:
     factory, _ = ATTACKS[name]
     model, x, y, _ = make_problem(p)
@@ -122,9 +127,7 @@ def test_eps_zero_is_a_no_op(name: str, p: dict) -> None:
         assert torch.equal(r.success, model(x).argmax(1) != y)
 
 
-@pytest.mark.parametrize("name", NAMES)
-@settings(max_examples=5, deadline=None)
-@given(p=problems)
+@for_every_attack_and_problem(5)
 def test_seeded_runs_repeat_exactly(name: str, p: dict) -> None:
     factory, _ = ATTACKS[name]
     model, x, y, _ = make_problem(p)
