@@ -1,6 +1,6 @@
 """robustact's ``standard`` evaluation vs AutoAttack standard: strength, speed, passes, audit cost.
 
-For each model (see ``_eval_models.py``), on the same first ``--n`` MNIST test images, in the
+For each model (see ``scripts/eval_models.py``), on the same first ``--n`` MNIST test images, in the
 same process with the same ``torch.set_num_threads``, alternating which runs first:
 
 - robustact: ``evaluate(model, x, y, "standard", eps=ε)`` (the engine's default: ε grid
@@ -16,19 +16,27 @@ against the evaluation's; the verdict. AutoAttack is a benchmark-only dependency
 (``pip install --no-deps pyautoattack``); it is never imported by the library or the tests.
 
     python benchmarks/bench_evaluate_vs_autoattack.py --models lenet5,sigmoid100,jumprelu1.5
-    python benchmarks/bench_evaluate_vs_autoattack.py --quick     # synthetic, a few seconds
+    python benchmarks/bench_evaluate_vs_autoattack.py --quick     # seconds, runs/quick/
+
+``--quick``: the models untrained, the first 16 images of the synthetic MNIST stand-in
+(labelled by the first model), tiny attack and audit budgets, AutoAttack with tiny budgets (or
+skipped with a note when ``pyautoattack`` is missing); the JSON goes to
+``runs/quick/bench_evaluate_vs_autoattack.json``.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
-from _common import base_parser, format_table, setup_threads, write_results
-from _eval_models import (
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import harness as H
+from eval_models import (
     MODEL_NAMES,
     QUICK_AUDIT,
     QUICK_OVERRIDES,
@@ -38,10 +46,12 @@ from _eval_models import (
     run_robustact,
 )
 
+SCRIPT = "bench_evaluate_vs_autoattack"
+
 
 def parse_args(argv: list[str] | None = None) -> Any:
-    p = base_parser(__doc__.splitlines()[0], default_out="results/eval_vs_autoattack_mnist.json",
-                    default_epochs=6)
+    p = H.base_parser(__doc__.splitlines()[0], default_out="results/eval_vs_autoattack_mnist.json",
+                      default_epochs=6)
     p.add_argument("--models", default="lenet5,sigmoid100,jumprelu1.5",
                    help=f"comma-separated, from {', '.join(MODEL_NAMES)}")
     p.add_argument("--n", type=int, default=1000, help="first N test images")
@@ -54,19 +64,21 @@ def parse_args(argv: list[str] | None = None) -> Any:
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     if args.n < 1:
         p.error("--n must be >= 1")
+    if not args.models:
+        p.error("--models names no model")
     if args.quick:
         args.n = min(args.n, 16)
-        if args.out == p.get_default("out"):
-            args.out = os.path.join(tempfile.mkdtemp(prefix="robustact-quick-"),
-                                    "eval_vs_autoattack_mnist.json")
+    args.out = str(H.quick_output(args.out, default=p.get_default("out"), quick=args.quick,
+                                  script=SCRIPT))
     return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     args = parse_args(argv)
-    setup_threads(args.threads)
-    models, made, root, have_aa, x, y = prepare(args)
+    H.setup_threads(args.threads)
+    test = H.load_data("mnist", "test", args.data_root, quick=args.quick)
+    models, made, _, have_aa, x, y = prepare(args, test)
     overrides = QUICK_OVERRIDES if args.quick else None
     audit_kwargs = QUICK_AUDIT if args.quick else {"random_points": args.audit_random_points}
     rows, per_model = [], {}
@@ -106,14 +118,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "ratio": res["time_ratio_ra_over_aa"]})
         per_model[name] = res
         rows.append(row)
-        print(format_table([row], COLUMNS), flush=True)
+        print(H.format_table([row], COLUMNS), flush=True)
     print()
-    print(format_table(rows, COLUMNS))
-    path = write_results(args.out, script="bench_evaluate_vs_autoattack.py", args=args,
-                         started=started, results={
-                             "threads": torch.get_num_threads(), "have_autoattack": have_aa,
-                             "models": per_model, "table": rows,
-                             "quick_overrides": overrides})
+    print(H.format_table(rows, COLUMNS))
+    path = H.write_results(args.out, script="bench_evaluate_vs_autoattack.py", args=args,
+                           started=started, results={
+                               "threads": torch.get_num_threads(), "have_autoattack": have_aa,
+                               "data": H.data_source(args.data_root, quick=args.quick),
+                               "models": per_model, "table": rows,
+                               "quick_overrides": overrides})
     print(f"wrote {path}")
     return per_model
 
@@ -125,4 +138,4 @@ COLUMNS = [("model", "model", ""), ("clean", "clean %", ".1f"), ("ra_std", "RA s
            ("audit_s", "audit s", ".1f"), ("verdict", "verdict", "")]
 
 if __name__ == "__main__":
-    main()
+    H.run_script(main)

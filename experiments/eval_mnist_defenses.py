@@ -1,6 +1,6 @@
 """Evaluation engine and audit on real MNIST: five LeNet-5 models, and the self-test.
 
-For each model (``benchmarks/_eval_models.py``: undefended ReLU, sigmoid output activation at
+For each model (``scripts/eval_models.py``: undefended ReLU, sigmoid output activation at
 T = 100, the JumpReLU retrofit at the tuner's κ and at κ = 1.5, SPLASH S=7), on the first
 ``--n`` MNIST test images at L∞ ε = ``--eps``: clean accuracy, robust accuracy under robustact's
 ``standard`` protocol attacks, under its adaptive attacks, the per-sample worst case over all,
@@ -15,7 +15,11 @@ a shared CPU) and runs only what is missing there.
 
     python experiments/eval_mnist_defenses.py --n 1000
     python experiments/eval_mnist_defenses.py --reuse results/eval_vs_autoattack_mnist.json
-    python experiments/eval_mnist_defenses.py --quick      # synthetic, seconds, temp folder
+    python experiments/eval_mnist_defenses.py --quick      # seconds, runs/quick/
+
+``--quick``: the first two models untrained, the first 16 images of the synthetic MNIST stand-in
+(labelled by the first model), 8 for the self-test, tiny attack and audit budgets; the JSON goes
+to ``runs/quick/eval_mnist_defenses.json``.
 """
 
 from __future__ import annotations
@@ -23,21 +27,15 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from _common import (  # noqa: E402
-    base_parser,
-    format_table,
-    setup_threads,
-    write_results,
-)
-from _eval_models import (  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import harness as H
+from eval_models import (
     MODEL_NAMES,
     QUICK_AUDIT,
     QUICK_OVERRIDES,
@@ -47,12 +45,14 @@ from _eval_models import (  # noqa: E402
     run_robustact,
 )
 
-from robustact.evaluate.selftest import self_test  # noqa: E402
+from robustact.evaluate.selftest import self_test
+
+SCRIPT = "eval_mnist_defenses"
 
 
 def parse_args(argv: list[str] | None = None) -> Any:
-    p = base_parser(__doc__.splitlines()[0], default_out="results/eval_mnist_defenses.json",
-                    default_epochs=6)
+    p = H.base_parser(__doc__.splitlines()[0], default_out="results/eval_mnist_defenses.json",
+                      default_epochs=6)
     p.add_argument("--models", default=",".join(MODEL_NAMES))
     p.add_argument("--n", type=int, default=1000, help="first N test images")
     p.add_argument("--eps", type=float, default=0.3)
@@ -64,19 +64,23 @@ def parse_args(argv: list[str] | None = None) -> Any:
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     if args.n < 1 or args.selftest_n < 1:
         p.error("--n and --selftest-n must be >= 1")
+    if not args.models:
+        p.error("--models names no model")
     if args.quick:
         args.n, args.selftest_n = min(args.n, 16), min(args.selftest_n, 8)
         args.models = args.models[:2]
-        if args.out == p.get_default("out"):
-            args.out = os.path.join(tempfile.mkdtemp(prefix="robustact-quick-"),
-                                    "eval_mnist_defenses.json")
+    args.out = str(H.quick_output(args.out, default=p.get_default("out"), quick=args.quick,
+                                  script=SCRIPT))
     return args
 
 
 def _reused(path: str | None, name: str, n: int, eps: float) -> dict[str, Any] | None:
     if path is None:
         return None
-    data = json.loads(Path(path).read_text())
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--reuse {path}: cannot read it as a results file ({e})") from None
     cfg = data.get("config", {})
     entry = data.get("models", {}).get(name)
     if entry is None or cfg.get("n") != n or cfg.get("eps") != eps or cfg.get("quick"):
@@ -87,8 +91,9 @@ def _reused(path: str | None, name: str, n: int, eps: float) -> dict[str, Any] |
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     args = parse_args(argv)
-    setup_threads(args.threads)
-    models, made, root, have_aa, x, y = prepare(args)
+    H.setup_threads(args.threads)
+    test = H.load_data("mnist", "test", args.data_root, quick=args.quick)
+    models, made, root, have_aa, x, y = prepare(args, test)
     rows, per_model = [], {}
     for name in args.models:
         entry = _reused(args.reuse, name, args.n, args.eps)
@@ -116,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows.append(row)
         per_model[name] = {"row": row, "robustact": ra, "autoattack": aa, "made": made[name],
                            "source": source}
-        print(format_table([row], COLUMNS), flush=True)
+        print(H.format_table([row], COLUMNS), flush=True)
 
     base = models.get("lenet5")
     if base is None:
@@ -133,15 +138,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     st_rows.append({"model": "healthy lenet5", "verdict": rep.healthy_verdict, "caught_by": "-",
                     "expected": "(none)", "fired": ", ".join(rep.healthy_fired)})
     print()
-    print(format_table(rows, COLUMNS))
+    print(H.format_table(rows, COLUMNS))
     print()
     print("\n".join(rep.lines()))
-    path = write_results(args.out, script="eval_mnist_defenses.py", args=args, started=started,
-                         results={"threads": torch.get_num_threads(), "loadavg": os.getloadavg(),
-                                  "table": rows, "models": per_model,
-                                  "self_test": {"passed": rep.passed, "rows": st_rows,
-                                                "seconds": rep.seconds, "n": int(xs.shape[0]),
-                                                "evidence": rep.evidence}})
+    path = H.write_results(
+        args.out, script="eval_mnist_defenses.py", args=args, started=started,
+        results={"threads": torch.get_num_threads(), "loadavg": os.getloadavg(),
+                 "data": H.data_source(args.data_root, quick=args.quick),
+                 "table": rows, "models": per_model,
+                 "self_test": {"passed": rep.passed, "rows": st_rows, "seconds": rep.seconds,
+                               "n": int(xs.shape[0]), "evidence": rep.evidence}})
     print(f"wrote {path}")
     return {"table": rows, "self_test": st_rows}
 
@@ -152,4 +158,4 @@ COLUMNS = [("model", "model", ""), ("clean", "clean %", ".1f"),
            ("verdict", "verdict", ""), ("because", "check(s) behind it", "")]
 
 if __name__ == "__main__":
-    main()
+    H.run_script(main)

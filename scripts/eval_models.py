@@ -1,9 +1,12 @@
 """The MNIST models the evaluation benchmarks compare on, trained once and cached under ``runs/``.
 
-Why one module: ``bench_evaluate_vs_autoattack.py`` and ``experiments/eval_mnist_defenses.py``
-must evaluate the *same* models (same weights, same κ, same T), and training them is the slow
-part on a shared CPU; both scripts call :func:`get_models`, which trains what is missing into
-``<runs>/evalbench/<name>/final`` and loads what is there.
+Why one module: ``benchmarks/bench_evaluate_vs_autoattack.py`` and
+``experiments/eval_mnist_defenses.py`` must evaluate the *same* models (same weights, same κ,
+same T), and training them is the slow part on a shared CPU; both scripts call :func:`prepare`
+(through :func:`get_models`), which trains what is missing into ``<runs>/evalbench/<name>/final``
+and loads what is there. It lives in ``scripts/`` beside ``harness.py`` (shared plumbing, not a
+script: ``tests/test_scripts_quick.py`` runs only ``benchmarks/`` and ``experiments/``), and
+finds the data by the library's rule (``robustact.data.resolve_data_root``).
 
 The models (LeNet-5, MNIST, SGD as in the README, a short CPU schedule):
 
@@ -16,7 +19,9 @@ The models (LeNet-5, MNIST, SGD as in the README, a short CPU schedule):
 - ``splash``: LeNet-5 with SPLASH units (``splash:S=7``).
 
 ``quick=True`` builds untrained models of the same kinds on nothing (no data, no disk): smoke
-runs only check that every code path runs.
+runs only check that every code path runs. AutoAttack (``pyautoattack``) is a benchmark-only
+dependency, installed ``--no-deps`` and never imported by the library or the tests; without it
+:data:`pyautoattack` is ``None`` and the scripts skip it with a note.
 """
 
 from __future__ import annotations
@@ -30,7 +35,15 @@ import numpy as np
 import torch
 from torch import nn
 
+try:  # benchmark-only dependency (pip install --no-deps pyautoattack)
+    import pyautoattack
+    from pyautoattack import AutoAttack
+except ImportError:
+    pyautoattack = None
+    AutoAttack = None
+
 from robustact.checkpoint import load_checkpoint
+from robustact.data import ImageDataset, resolve_data_root
 from robustact.defenses.jumprelu_retrofit import MNIST_KAPPA_GRID, retrofit_jumprelu, tune_jumprelu
 from robustact.defenses.output_activation import (
     OutputActivationModel,
@@ -45,7 +58,7 @@ from robustact.workflows import load_splits, train_classifier
 
 __all__ = ["MODEL_NAMES", "QUICK_AUDIT", "QUICK_OVERRIDES", "PassCounter",
            "autoattack_available", "compare", "get_models", "prepare", "robustact_masks",
-           "run_autoattack", "run_robustact", "synthetic_data"]
+           "run_autoattack", "run_robustact", "label_by_model"]
 
 MODEL_NAMES = ("lenet5", "sigmoid100", "jumprelu", "jumprelu1.5", "splash")
 SEED = 1
@@ -130,15 +143,13 @@ def get_models(names: list[str], *, runs_dir: str | Path, root: Path | None, epo
     return {n: models[n] for n in names}, {n: info[n] for n in names}
 
 
-def prepare(args: Any) -> tuple[dict[str, nn.Module], dict[str, Any], Path | None, bool,
-                              torch.Tensor, torch.Tensor]:
-    """What both evaluation scripts start with, from their parsed arguments: the models, how
-    they were made, the data root, whether AutoAttack is installed, and the first ``args.n``
-    test images (synthetic ones labelled by the first model under ``--quick``)."""
-    from _common import resolve_data_root  # the scripts' shared plumbing
-
-    from robustact.data import load_dataset
-
+def prepare(args: Any, test: ImageDataset) -> tuple[dict[str, nn.Module], dict[str, Any],
+                                                  Path | None, bool, torch.Tensor, torch.Tensor]:
+    """What both evaluation scripts start with, from their parsed arguments and the MNIST test
+    split (the scripts load it with ``harness.load_data`` first, so missing data stops them
+    before any training): the models, how they were made, the data root, whether AutoAttack is
+    installed, and the first ``args.n`` test images (labelled by the first model under
+    ``--quick``, see :func:`label_by_model`)."""
     root = None if args.quick else resolve_data_root(args.data_root)
     models, made = get_models(args.models, runs_dir=args.runs_dir, root=root, epochs=args.epochs,
                               quick=args.quick)
@@ -146,22 +157,20 @@ def prepare(args: Any) -> tuple[dict[str, nn.Module], dict[str, Any], Path | Non
     if not have_aa:
         print("note: pyautoattack is not installed; AutoAttack is skipped "
               "(pip install --no-deps pyautoattack)")
-    if args.quick:
-        x, y = synthetic_data(models[args.models[0]], args.n, seed=args.seed)
-    else:
-        test = load_dataset("mnist", "test", root=root)
-        x, y = test.x()[: args.n], test.y()[: args.n]
+    x = test.x()[: args.n]
+    y = label_by_model(models[args.models[0]], x) if args.quick else test.y()[: args.n]
     return models, made, root, have_aa, x, y
 
 
-def synthetic_data(model: nn.Module, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` random 28×28 images labelled with ``model``'s own predictions (all clean-correct,
-    so every attack has work to do in a smoke run)."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 1, 28, 28, generator=g)
+def label_by_model(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model``'s own predictions on ``x``, as labels.
+
+    Why: the ``--quick`` models are untrained, so on the stand-in's true labels they would be
+    right on about one image in ten and the attacks and the audit would have almost nothing to
+    do; labelled by the model, every image is clean-correct and every code path runs.
+    """
     with torch.no_grad():
-        y = model(x).argmax(1)
-    return x, y
+        return model(x).argmax(1)
 
 
 # -- running both evaluators on the same model and images ----------------------------------------
@@ -280,11 +289,8 @@ def run_robustact(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: fl
 
 
 def autoattack_available() -> bool:
-    try:
-        import pyautoattack  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether ``pyautoattack`` could be imported (it is optional, see the module docstring)."""
+    return pyautoattack is not None
 
 
 def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, seed: int,
@@ -294,9 +300,8 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
 
     ``tiny``: cut every budget (3 iterations, 2 target classes, 20 queries) for smoke runs.
     """
-    import pyautoattack  # benchmark-only dependency (pip install --no-deps pyautoattack)
-    from pyautoattack import AutoAttack
-
+    if AutoAttack is None:
+        raise ValueError("AutoAttack needs pyautoattack (pip install --no-deps pyautoattack)")
     aa = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=seed, device=x.device)
     if tiny:
         for att in (aa.apgd, aa.apgd_targeted, aa.fab):
