@@ -299,7 +299,7 @@ def demo(
     seed: int = 0,
     progress: bool = True,
     n: Annotated[int, typer.Option(
-        min=1, help="Evaluate the first N test images of each task.")] = 200,
+        min=1, help="Evaluate the first N test images of each task.")] = 150,
     device: Annotated[str, typer.Option(
         help="auto | cpu | cuda | cuda:i (default cpu: the demo's models are tiny, and only "
              "the CPU reruns bit for bit).")] = "cpu",

@@ -52,7 +52,7 @@ DEMO_AUDIT: dict[str, int] = {"max_samples": 50, "random_points": 200, "random_s
 #: The two-class task differential training needs (the paper's is cat vs dog).
 BINARY_CLASSES = (3, 8)
 DEFAULT_EPOCHS = 10
-DEFAULT_N = 200
+DEFAULT_N = 150
 KAPPA_GRID = [0.0, 0.25, 0.5, 0.75, 1.0, 1.5]
 TEMPERATURE = 100.0
 
