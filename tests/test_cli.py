@@ -144,16 +144,58 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     from robustact.demo import run_demo
 
     threads = torch.get_num_threads()
-    summary = run_demo(tmp_path / "demo", epochs=2, progress=False)
+    out = tmp_path / "demo"
+    summary = run_demo(out, epochs=1, progress=False, n_attack=16)
     assert torch.get_num_threads() == threads  # the library never changes the thread count
-    report = (tmp_path / "demo" / "report.md").read_text()
-    assert "claimed vs. adaptive" in report
-    assert (tmp_path / "demo" / "robustness.png").stat().st_size > 1000
-    curves = summary["robust_accuracy"]
-    assert len(curves) == 5 and all(len(v) == len(summary["eps"]) for v in curves.values())
-    for values in curves.values():
-        assert all(0.0 <= v <= 1.0 for v in values)
-        assert values[-1] <= values[0]  # ε = 0.3 never beats ε = 0
+    rows = {r["model"]: r for r in summary["models"]}
+    assert list(rows) == ["undefended", "jumprelu", "splash", "outact", "differential",
+                          "ce-3v8"]
+    for key, r in rows.items():
+        # Each evaluation adds attacks to the one before: FGSM+PGD, + Square, + adaptive.
+        assert 0.0 <= r["adaptive_robust"] <= r["standard_robust"] <= r["gradient_robust"] \
+            <= r["clean"] <= 1.0, key
+        assert (bool(r["adaptive_attacks"]) == (key in ("jumprelu", "outact"))), key
+        rec = read_json(out / key / "report.json")  # the model's report: adaptive + audit
+        assert rec["verdict"]["audited"] and rec["verdict"]["label"] == r["verdict"]
+        assert rec["summary"]["robust_accuracy"] == pytest.approx(r["adaptive_robust"])
+        assert (out / key / "report.html").stat().st_size > 1000
+    std = read_json(out / "outact" / "standard" / "report.json")
+    assert std["verdict"]["label"] == "not audited"
+    assert std["summary"]["robust_accuracy"] == pytest.approx(rows["outact"]["standard_robust"])
+    assert not any(v["role"] == "adaptive" for v in std["protocol"]["attacks"].values())
+    assert "bpda-apgd" in read_json(out / "outact" / "report.json")["protocol"]["attacks"]
+    kappa = read_json(out / "jumprelu" / "report.json")["extra_curves"]["kappa"]
+    card = read_json(out / "models" / "jumprelu" / "card.json")
+    assert card["defenses"] == [{"type": "jumprelu", "kappa": kappa["chosen"]}]
+    assert len(kappa["x"]) == 6 and kappa["chosen"] in kappa["x"]
+    assert read_json(out / "models" / "outact" / "card.json")["defenses"] == [
+        {"type": "output_activation", "f": "sigmoid", "temperature": 100.0}]
+    board = (out / "leaderboard.html").read_text()
+    assert all(rows[k]["label"] in board for k in ("undefended", "jumprelu", "splash", "outact"))
+    assert "differential" not in board and "differential" in (
+        out / "leaderboard-3vs8.html").read_text()
+    report = (out / "report.md").read_text()
+    assert "What it shows" in report
+    assert all(row[:-2] in report for row in summary["table"].splitlines())  # + a link column
+    assert read_json(out / "results.json")["models"] == summary["models"]
+
+
+def test_demo_command_prints_the_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import robustact.cli as cli
+
+    seen: dict[str, object] = {}
+
+    def fake(out: Path, **kw: object) -> dict[str, object]:
+        seen.update(kw, out=out)
+        return {"table": "| model |", "report": "r.md", "leaderboards": {"digits": "lb.html"},
+                "seconds": 1.0}
+
+    monkeypatch.setattr(cli, "run_demo", fake)
+    res = runner.invoke(app, ["demo", "--out", str(tmp_path), "--n", "7", "--epochs", "2",
+                              "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert seen["n_attack"] == 7 and seen["epochs"] == 2 and seen["progress"] is False
+    assert "| model |" in res.output and "leaderboard: lb.html" in res.output
 
 
 def test_train_differential_binary_task(tmp_path: Path) -> None:

@@ -344,3 +344,29 @@ def test_summary_json_is_plain_json(ckpt: Path, tmp_path: Path) -> None:
     summary = json.loads(text)
     assert set(summary["worst_case"]) == {"0.0", "0.025", "0.05", "0.1", "0.2"}
     assert summary["seconds"]["audit"] is None
+
+
+def test_evaluate_model_passes_adaptive_overrides_and_curves(ckpt: Path, tmp_path: Path) -> None:
+    """The demo's two evaluations go through evaluate_model: without the adaptive attacks, with
+    protocol overrides (recorded), and with an extra curve in the reports."""
+    from robustact.defenses import retrofit_jumprelu
+    from robustact.report import Curve
+    from robustact.workflows import evaluate_model
+
+    model, _ = load_checkpoint(ckpt)
+    jump = retrofit_jumprelu(model, 0.5).eval()
+    data = load_dataset("digits", "test").subset(torch.arange(12))
+    curve = Curve(x=[0.0, 0.5], series={"validation accuracy": [0.9, 0.8]}, xlabel="κ")
+    common = dict(dataset="digits", protocol="quick", overrides={"steps": 2, "n_queries": 10},
+                  progress=False)
+    std = evaluate_model(jump, data, out=tmp_path / "std", adaptive=False, audit=False,
+                         extra_curves={"kappa": curve}, **common)
+    ada = evaluate_model(jump, data, out=tmp_path / "ada", audit=False, **common)
+    assert "bpda-apgd" in {a["attack"] for a in ada["attacks_at_eps"]}
+    assert "bpda-apgd" not in {a["attack"] for a in std["attacks_at_eps"]}
+    assert ada["robust_accuracy"] <= std["robust_accuracy"]
+    rec = read_json(tmp_path / "std" / "report.json")
+    assert rec["protocol"]["overrides"] == {"steps": 2, "n_queries": 10}
+    assert rec["protocol"]["attacks"]["pgd-20"]["steps"] == 2
+    assert rec["extra_curves"]["kappa"]["x"] == [0.0, 0.5]
+    assert "kappa" not in read_json(tmp_path / "ada" / "report.json")["extra_curves"]

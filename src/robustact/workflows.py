@@ -658,8 +658,9 @@ def evaluate_model(model: nn.Module, data: Any, *, dataset: str | None = None,
                    device: str | torch.device | None = None, out: str | Path | None = None,
                    seed: int = 0, progress: bool = True, audit: bool = True,
                    audit_options: dict[str, Any] | None = None, force: bool = False,
-                   info: dict[str, Any] | None = None, command: str | None = None
-                   ) -> dict[str, Any]:
+                   info: dict[str, Any] | None = None, command: str | None = None,
+                   adaptive: bool = True, overrides: dict[str, Any] | None = None,
+                   extra_curves: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run ``protocol`` on ``data`` into ``out``, audit it, write ``out/summary.json``.
 
     ``model`` is any ``nn.Module`` taking [0, 1] images and returning logits (eval mode);
@@ -672,9 +673,12 @@ def evaluate_model(model: nn.Module, data: Any, *, dataset: str | None = None,
     the model is moved there. The audit uses :data:`EVALUATE_AUDIT_DEFAULTS` updated with
     ``audit_options``. The reports (``report.json`` with every number, ``report.md``,
     a self-contained ``report.html``) go to ``out`` too. Returns the summary plus ``"out"``.
+    ``adaptive``/``overrides`` go to the engine (False: the protocol alone, without the
+    defense-specific attacks; overrides: e.g. fewer steps for a smoke run, recorded in the
+    table); ``extra_curves`` (e.g. a κ sweep) go to the reports.
     """
     check_eval_mode(model, "evaluating it")
-    protocol_id = get_protocol(protocol)["id"]  # a bad name fails before any folder is made
+    protocol_id = get_protocol(protocol, overrides)["id"]  # bad: fails before any folder
     x, y = as_tensors(data, "data")
     x = x.float() / 255 if x.dtype == torch.uint8 else x
     if eps is None:
@@ -695,7 +699,8 @@ def evaluate_model(model: nn.Module, data: Any, *, dataset: str | None = None,
                 _clear_evaluation(out)
         t0 = time.perf_counter()
         table = evaluate(model, x, y, protocol, eps=eps, norm=norm, out=str(out),
-                         batch_size=batch_size, seed=seed, progress=progress, meta=meta)
+                         batch_size=batch_size, seed=seed, progress=progress, meta=meta,
+                         adaptive=adaptive, overrides=overrides)
     except BaseException:
         if made:  # do not leave an empty default folder behind a failed start
             with contextlib.suppress(OSError):
@@ -714,7 +719,8 @@ def evaluate_model(model: nn.Module, data: Any, *, dataset: str | None = None,
         if report is None:  # keep the verdict of an earlier audit of this very table
             _keep_audit(out / "summary.json", summary)
         reports = write_reports(out, table, report,
-                                info={"name": name, "dataset": dataset, **(info or {})})
+                                info={"name": name, "dataset": dataset, **(info or {})},
+                                extra_curves=extra_curves)
         summary["reports"] = {kind: str(path) for kind, path in reports.items()}
         atomic_write_json(out / "summary.json", summary)
     return {**summary, "out": str(out)}
