@@ -14,7 +14,6 @@ per-epoch history, wall time and test accuracy; the checkpoint goes to ``--ckpt-
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
@@ -35,28 +34,16 @@ PAPER_EPOCHS = 120
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    H.add_data_root_arg(p)
+    p = H.training_parser(__doc__.splitlines()[0], ckpt_dir="runs/cifar_resnet20",
+                          out="results/cifar_resnet20.json")
     p.add_argument("--epochs", type=int, default=None,
                    help=f"default: {PAPER_EPOCHS} (paper schedule) on CUDA, 2 on CPU")
     p.add_argument("--subset", type=int, default=None,
                    help="train on a stratified subset of this many images (quick CPU checks)")
     p.add_argument("--test-subset", type=int, default=None,
                    help="evaluate on the first N test images only (quick CPU checks)")
-    p.add_argument("--val-size", type=int, default=0,
-                   help="hold out this many training images for per-epoch validation")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--ckpt-dir", type=Path, default=Path("runs/cifar_resnet20"))
     p.add_argument("--resume", action="store_true", help="continue from --ckpt-dir/last")
-    p.add_argument("--out", type=Path, default=Path("results/cifar_resnet20.json"))
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--quick", action="store_true", help=H.QUICK_HELP)
-    a = p.parse_args(argv)
-    if a.threads is not None:  # the script is the entry point: threads are its choice
-        torch.set_num_threads(a.threads)
-    a.out = H.quick_output(a.out, default=p.get_default("out"), quick=a.quick, script=SCRIPT)
+    a = H.parse_training_args(p, argv, SCRIPT)
     if a.quick:  # one epoch on 256 stand-in images; the checkpoint stays out of the real one's way
         a.epochs, a.subset = 1, min(a.subset or 256, 256)
         a.test_subset = min(a.test_subset or 128, 128)

@@ -12,7 +12,6 @@ per-epoch history, wall time and test accuracy; the checkpoint goes to ``--ckpt-
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
@@ -33,8 +32,8 @@ TARGET = 0.99
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    H.add_data_root_arg(p)
+    p = H.training_parser(__doc__.splitlines()[0], ckpt_dir="runs/mnist_lenet5",
+                          out="results/mnist_lenet5.json")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--batch-size", type=int, default=128)
@@ -42,19 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--schedule", choices=["cosine", "step", "constant"], default="cosine")
     p.add_argument("--augment", choices=["none", "shift"], default="shift",
                    help="'shift': random translation by up to 2 pixels")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--val-size", type=int, default=0,
-                   help="hold out this many training images for per-epoch validation")
-    p.add_argument("--ckpt-dir", type=Path, default=Path("runs/mnist_lenet5"))
-    p.add_argument("--out", type=Path, default=Path("results/mnist_lenet5.json"))
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--quick", action="store_true", help=H.QUICK_HELP)
-    a = p.parse_args(argv)
-    if a.threads is not None:  # the script is the entry point: threads are its choice
-        torch.set_num_threads(a.threads)
-    a.out = H.quick_output(a.out, default=p.get_default("out"), quick=a.quick, script=SCRIPT)
+    a = H.parse_training_args(p, argv, SCRIPT)
     if a.quick:  # one epoch on synthetic data; the checkpoint stays out of the real one's way
         a.epochs = 1
         if a.ckpt_dir == p.get_default("ckpt_dir"):

@@ -53,6 +53,8 @@ __all__ = [
     "command_line",
     "write_results",
     "save_if_asked",
+    "training_parser",
+    "parse_training_args",
     "attack_metrics",
 ]
 
@@ -245,6 +247,34 @@ def write_results(path: str | Path, *, script: str, args: argparse.Namespace, st
         **results,
     }
     return atomic_write_json(path, payload)
+
+
+def training_parser(description: str, *, ckpt_dir: str, out: str) -> argparse.ArgumentParser:
+    """The options every training script shares (data root, seed, device, threads, held-out
+    validation, checkpoint folder, results file, progress, ``--quick``); add the rest."""
+    p = argparse.ArgumentParser(description=description)
+    add_data_root_arg(p)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--val-size", type=int, default=0,
+                   help="hold out this many training images for per-epoch validation")
+    p.add_argument("--ckpt-dir", type=Path, default=Path(ckpt_dir))
+    p.add_argument("--out", type=Path, default=Path(out))
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--quick", action="store_true", help=QUICK_HELP)
+    return p
+
+
+def parse_training_args(p: argparse.ArgumentParser, argv: list[str] | None, script: str
+                        ) -> argparse.Namespace:
+    """Parse, set the threads the script asked for (it is the entry point), and route a
+    ``--quick`` run's results to ``runs/quick``."""
+    a = p.parse_args(argv)
+    if a.threads is not None:
+        torch.set_num_threads(a.threads)
+    a.out = quick_output(a.out, default=p.get_default("out"), quick=a.quick, script=script)
+    return a
 
 
 def save_if_asked(args: argparse.Namespace, *, script: str, started: float,
