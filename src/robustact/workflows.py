@@ -238,18 +238,8 @@ def _train_classifier(
                  "n_val": len(val) if val is not None else 0, "n_test": len(test),
                  "val_fraction": val_fraction}
     run_dir = Path(out_dir) / "train" if out_dir is not None else None
-    extra: dict[str, Any] = {}
-    if loss == "differential":
-        history, bias_info = differential_train(model, train, val, config, out_dir=run_dir,
-                                                resume=resume, progress=progress)
-        extra["bias"] = bias_info
-    elif config.adv:
-        history, _ = adversarial_train(model, train, val, config, out_dir=run_dir,
-                                       resume=resume, progress=progress)
-        extra["adv"] = config.adv
-    else:
-        trainer = Trainer(model, train, val, config, out_dir=run_dir, progress=progress)
-        history = trainer.fit(resume=resume)
+    history, extra = _fit_recipe(model, train, val, config, loss=loss, run_dir=run_dir,
+                                 resume=resume, progress=progress)
     model.eval()
     test_acc = accuracy(model, test)
     train_acc = accuracy(model, train)
@@ -270,6 +260,23 @@ def _train_classifier(
         })
     return TrainOutcome(model, history, test_acc, ckpt, seconds, {"train_accuracy": train_acc,
                                                                    **extra})
+
+
+def _fit_recipe(model: nn.Module, train: Any, val: Any, config: TrainConfig, *, loss: str,
+                run_dir: Path | None, resume: bool, progress: bool
+                ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Train with the run's recipe (differential, adversarial or plain); returns the history and
+    what the card should record about the recipe."""
+    if loss == "differential":
+        history, bias_info = differential_train(model, train, val, config, out_dir=run_dir,
+                                                resume=resume, progress=progress)
+        return history, {"bias": bias_info}
+    if config.adv:
+        history, _ = adversarial_train(model, train, val, config, out_dir=run_dir,
+                                       resume=resume, progress=progress)
+        return history, {"adv": config.adv}
+    trainer = Trainer(model, train, val, config, out_dir=run_dir, progress=progress)
+    return trainer.fit(resume=resume), {}
 
 
 def _saved_adv(last: Path, config: TrainConfig) -> TrainConfig:
@@ -652,6 +659,8 @@ def _clear_evaluation(out: Path) -> None:
             p.unlink()
 
 
+# Long by design: a documented signature and one run: resolve ε and the folder, evaluate, audit,
+# write the summary and the reports under the lock.
 def evaluate_model(model: nn.Module, data: Any, *, dataset: str | None = None,
                    name: str = "model", protocol: str = "standard", eps: float | None = None,
                    norm: str = "linf", batch_size: int = 256,

@@ -242,6 +242,8 @@ def _attack_meta(entries: list[_Entry], eps: float) -> dict[str, Any]:
                     **({"through": e.through} if e.through else {})} for e in entries}
 
 
+# Long by design: most of it is the argument documentation; the body checks inputs, builds the
+# table metadata and hands the cells to _run_cells.
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              protocol: str | Mapping[str, Any] = "standard", *, eps: float,
              norm: str = "linf", eps_grid: Sequence[float] | None = None,
