@@ -193,6 +193,8 @@ def _set_threads(threads: int | None) -> None:
     torch.set_num_threads(threads if threads is not None else _default_threads())
 
 
+#: ``--force`` of the commands that write a checkpoint: the one way to replace one in OUT.
+ForceCheckpoint = Annotated[bool, typer.Option(help="Replace a checkpoint already in OUT.")]
 Download = Annotated[
     bool,
     typer.Option("--download", help="Fetch missing dataset files into the data root "
@@ -362,7 +364,7 @@ def retrofit(
     model: Annotated[Path, typer.Option("--model", help="Checkpoint of a trained ReLU model.")],
     jump: Annotated[float, typer.Option("--jump", help="JumpReLU threshold κ.")],
     out: Annotated[Path, typer.Option(help="Where to save the retrofitted checkpoint.")],
-    force: Annotated[bool, typer.Option(help="Replace a checkpoint already in OUT.")] = False,
+    force: ForceCheckpoint = False,
     data_root: DataRoot = None,
     download: Download = False,
     device: Device = "auto",
@@ -381,7 +383,7 @@ def defend(
         help="Bounded activation on the logits: sigmoid | tanh | softsign | arctan.")],
     temperature: Annotated[float, typer.Option(help="T in softmax(f(T*z)), e.g. 100.")],
     out: Annotated[Path, typer.Option(help="Where to save the defended checkpoint.")],
-    force: Annotated[bool, typer.Option(help="Replace a checkpoint already in OUT.")] = False,
+    force: ForceCheckpoint = False,
     data_root: DataRoot = None,
     download: Download = False,
     device: Device = "auto",
@@ -404,7 +406,7 @@ def tune_jump(
         help="κ values, e.g. 0,0.5,1,1.5 (default: the paper's grid for the model).")] = None,
     out: Annotated[Path | None, typer.Option(
         help="Also save the model retrofitted with the chosen κ here.")] = None,
-    force: Annotated[bool, typer.Option(help="Replace a checkpoint already in OUT.")] = False,
+    force: ForceCheckpoint = False,
     data_root: DataRoot = None,
     download: Download = False,
     progress: bool = True,
