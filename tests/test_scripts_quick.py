@@ -133,6 +133,21 @@ def test_quick_run_writes_its_json(script: Path, runs: dict) -> None:
 
 
 @pytest.mark.slow
+def test_every_baseline_preset_runs_quick(tmp_path: Path) -> None:
+    """The generic quick run above covers train_baseline.py's default preset; the others too."""
+    script = REPO / "experiments" / "train_baseline.py"
+    presets = re.findall(r'^    "([a-z0-9-]+)": Preset\(', script.read_text(encoding="utf-8"), re.M)
+    assert "mnist-lenet5" in presets and len(presets) >= 2
+    for name in presets:
+        proc = _run([str(script), name, "--quick", "--no-progress"], tmp_path)
+        assert proc.returncode == 0, _tail(proc)
+        data = json.loads((tmp_path / "runs" / "quick" / f"train_baseline_{name}.json")
+                          .read_text(encoding="utf-8"))
+        assert data["quick"] is True and data["benchmark"].endswith(name)
+        assert data["data"]["n_train"] <= 256 and data["epochs"] == 1
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("script", NEEDS_DATA, ids=_id)
 def test_missing_real_data_is_one_line(script: Path, runs: dict) -> None:
     report = _driver_report(runs[("nodata", script)].result())[str(script)]
