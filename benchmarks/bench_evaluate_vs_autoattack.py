@@ -57,6 +57,11 @@ def parse_args(argv: list[str] | None = None) -> Any:
     p.add_argument("--n", type=int, default=1000, help="first N test images")
     p.add_argument("--eps", type=float, default=0.3, help="L∞ budget")
     p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--eps-grid", choices=["default", "main"], default="default",
+                   help="robustact's ε grid: the engine's default (0, ε/4, ε/2, ε, 2ε: a curve) "
+                        "or only the main ε (AutoAttack's task, for a like-for-like time)")
+    p.add_argument("--adv-checkpoint", default=None,
+                   help="the 'adv' model's checkpoint (default: <runs-dir>/adv_mnist/final)")
     p.add_argument("--no-audit", action="store_true")
     p.add_argument("--audit-random-points", type=int, default=10_000,
                    help="the audit's random-search draws per sample (C17; run_audit default)")
@@ -93,7 +98,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if who == "ra":
                 runs["ra"] = run_robustact(model, x, y, eps=args.eps, seed=args.seed,
                                            overrides=overrides, audit=not args.no_audit,
-                                           audit_kwargs=audit_kwargs)
+                                           audit_kwargs=audit_kwargs,
+                                           eps_grid=[args.eps] if args.eps_grid == "main"
+                                           else None)
             elif have_aa:
                 runs["aa"] = run_autoattack(model, x, y, eps=args.eps, seed=args.seed,
                                             batch_size=args.batch_size, tiny=args.quick)

@@ -35,6 +35,7 @@ import harness as H
 
 from robustact.attacks.pgd import PGD
 from robustact.checkpoint import load_checkpoint, save_checkpoint
+from robustact.core.spec import parse_spec
 from robustact.data import train_val_split
 from robustact.evaluate import evaluate, summarize
 from robustact.models import create_model
@@ -64,6 +65,13 @@ def main(argv: list[str] | None = None) -> dict:
                       default_epochs=6)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--recipe", default="fast", choices=["fast", "pgd", "mix", "trades"])
+    p.add_argument("--model", default="madry_mnist",
+                   help="zoo spec, e.g. madry_mnist or smallcnn:width=16,hidden=100")
+    p.add_argument("--alpha", type=float, default=None, help="attack step (recipe default)")
+    p.add_argument("--steps", type=int, default=None, help="PGD/TRADES steps (recipe default)")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="linear warm-up epochs before the cosine decay (epochs/2: a cycle)")
+    p.add_argument("--run-name", default="adv_mnist", help="checkpoint folder under --runs-dir")
     p.add_argument("--n-eval", type=int, default=1000)
     p.add_argument("--eval-only", action="store_true")
     p.add_argument("--autoattack", action="store_true")
@@ -75,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     a.out = H.quick_output(a.out or None, default=p.get_default("out"), quick=a.quick,
                            script=SCRIPT)
     # a smoke run never touches the real run's checkpoint (nor, above, its results file)
-    run = Path(a.runs_dir) / ("quick/adv_mnist" if a.quick else "adv_mnist")
+    run = Path(a.runs_dir) / ("quick/adv_mnist" if a.quick else a.run_name)
     train = H.load_data("mnist", "train", a.data_root, quick=a.quick)
     test = H.load_data("mnist", "test", a.data_root, quick=a.quick)
     apgd_steps = 100
@@ -84,12 +92,14 @@ def main(argv: list[str] | None = None) -> dict:
     train, val = train_val_split(train, val_size=min(1000, len(train) // 10), seed=a.seed)
     results: dict = {"data": H.data_source(a.data_root, quick=a.quick)}
     if not a.eval_only:
-        spec = adversarial_spec(a.recipe, EPS)
+        spec = adversarial_spec(a.recipe, EPS, alpha=a.alpha, steps=a.steps)
         config = TrainConfig(epochs=a.epochs, batch_size=100, optimizer="adam", lr=a.lr,
-                             weight_decay=0.0, schedule="cosine", warmup_epochs=1, seed=a.seed,
+                             weight_decay=0.0, schedule="cosine",
+                             warmup_epochs=min(a.warmup, a.epochs), seed=a.seed,
                              device=a.device, adv=spec)
+        arch, kwargs = parse_spec(a.model)
         with seeded(a.seed, "model"):
-            model = create_model("madry_mnist", dataset="mnist")
+            model = create_model(arch, dataset="mnist", **kwargs)
         t0 = time.perf_counter()
         history, trainer = adversarial_train(model, train, val, config, out_dir=run / "train",
                                              progress=a.progress)

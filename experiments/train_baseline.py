@@ -21,7 +21,8 @@ is evaluated once, at the end.
 
 Writes the preset's results file (atomically; ``results/mnist_lenet5.json``,
 ``results/cifar_resnet20.json``) with the config, environment, command line, per-epoch history,
-wall time and test accuracy; the checkpoint goes to ``--ckpt-dir`` (default ``runs/`` + the results file's stem).
+wall time and test accuracy; the checkpoint goes to ``--ckpt-dir`` (default: ``runs/`` and the
+results file's stem, e.g. ``runs/mnist_lenet5``).
 """
 
 from __future__ import annotations

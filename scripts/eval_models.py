@@ -16,7 +16,9 @@ The models (LeNet-5, MNIST, SGD as in the README, a short CPU schedule):
 - ``jumprelu``: the ReLU model retrofitted with JumpReLU at the tuner's κ (validation split,
   max drop 0.5 points, the paper's MNIST grid);
 - ``jumprelu1.5``: the same retrofit at κ = 1.5;
-- ``splash``: LeNet-5 with SPLASH units (``splash:S=7``).
+- ``splash``: LeNet-5 with SPLASH units (``splash:S=7``);
+- ``adv``: an adversarially trained model, not trained here: the checkpoint that
+  ``experiments/adv_train_mnist.py`` writes (``<runs>/adv_mnist/final``, or ``adv_checkpoint``).
 
 ``quick=True`` builds untrained models of the same kinds on nothing (no data, no disk): smoke
 runs only check that every code path runs. AutoAttack (``pyautoattack``) is a benchmark-only
@@ -60,7 +62,7 @@ __all__ = ["MODEL_NAMES", "QUICK_AUDIT", "QUICK_OVERRIDES", "PassCounter",
            "autoattack_available", "compare", "get_models", "prepare", "robustact_masks",
            "run_autoattack", "run_robustact", "label_by_model"]
 
-MODEL_NAMES = ("lenet5", "sigmoid100", "jumprelu", "jumprelu1.5", "splash")
+MODEL_NAMES = ("lenet5", "sigmoid100", "jumprelu", "jumprelu1.5", "splash", "adv")
 SEED = 1
 VAL_FRACTION = 0.1
 #: Tiny attack and audit budgets for --quick (a smoke run checks the plumbing, not figures).
@@ -89,7 +91,8 @@ def _train(name: str, out: Path, root: Path, epochs: int, **kw: Any) -> tuple[nn
 
 
 def get_models(names: list[str], *, runs_dir: str | Path, root: Path | None, epochs: int = 6,
-               quick: bool = False) -> tuple[dict[str, nn.Module], dict[str, Any]]:
+               quick: bool = False, adv_checkpoint: str | Path | None = None
+               ) -> tuple[dict[str, nn.Module], dict[str, Any]]:
     """``{name: model in eval mode}`` and ``{name: how it was made}`` for ``names``."""
     bad = [n for n in names if n not in MODEL_NAMES]
     if bad:
@@ -105,7 +108,8 @@ def get_models(names: list[str], *, runs_dir: str | Path, root: Path | None, epo
                                   activation="splash:S=7,kernel=eager").eval()
         built = {"lenet5": relu, "sigmoid100": OutputActivationModel(relu, "sigmoid", 100.0),
                  "jumprelu": retrofit_jumprelu(relu, 0.5).eval(),
-                 "jumprelu1.5": retrofit_jumprelu(relu, 1.5).eval(), "splash": splash}
+                 "jumprelu1.5": retrofit_jumprelu(relu, 1.5).eval(), "splash": splash,
+                 "adv": relu}
         return ({n: built[n] for n in names},
                 {n: {"quick": "untrained, no data"} for n in names})
     base = Path(runs_dir) / "evalbench"
@@ -140,6 +144,16 @@ def get_models(names: list[str], *, runs_dir: str | Path, root: Path | None, epo
     if "splash" in names:
         models["splash"], info["splash"] = _train("splash", base / "splash", root, SPLASH_EPOCHS,
                                                   activation="splash:S=7")
+    if "adv" in names:
+        path = Path(adv_checkpoint or Path(runs_dir) / "adv_mnist" / "final")
+        if not (path / "card.json").is_file():
+            raise FileNotFoundError(
+                f"no adversarially trained checkpoint at {path}: make it with "
+                "`python experiments/adv_train_mnist.py` (or give --adv-checkpoint)")
+        adv, card = load_checkpoint(path)
+        models["adv"] = adv.eval()
+        info["adv"] = {"checkpoint": str(path), "train": card.get("train"),
+                       "metrics": card.get("metrics")}
     return {n: models[n] for n in names}, {n: info[n] for n in names}
 
 
@@ -152,7 +166,8 @@ def prepare(args: Any, test: ImageDataset) -> tuple[dict[str, nn.Module], dict[s
     ``--quick``, see :func:`label_by_model`)."""
     root = None if args.quick else resolve_data_root(args.data_root)
     models, made = get_models(args.models, runs_dir=args.runs_dir, root=root, epochs=args.epochs,
-                              quick=args.quick)
+                              quick=args.quick,
+                              adv_checkpoint=getattr(args, "adv_checkpoint", None))
     have_aa = autoattack_available()
     if not have_aa:
         print("note: pyautoattack is not installed; AutoAttack is skipped "
@@ -245,14 +260,15 @@ def robustact_masks(table: Any, eps: float) -> dict[str, np.ndarray]:
 
 def run_robustact(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, seed: int,
                   protocol: str = "standard", overrides: dict[str, Any] | None = None,
-                  audit: bool = True, audit_kwargs: dict[str, Any] | None = None
-                  ) -> dict[str, Any]:
+                  audit: bool = True, audit_kwargs: dict[str, Any] | None = None,
+                  eps_grid: list[float] | None = None) -> dict[str, Any]:
     """robustact's ``protocol`` through the engine (with the adaptive attacks), then the audit;
-    wall times, pass counts, per-sample robust flags and the verdict."""
+    wall times, pass counts, per-sample robust flags and the verdict. ``eps_grid``: the engine's
+    default grid (0, ε/4, ε/2, ε, 2ε) when None; ``[eps]`` is AutoAttack's task (one ε)."""
     with PassCounter(model) as c:
         t0 = time.perf_counter()
         table = evaluate(model, x, y, protocol, eps=eps, norm="linf", seed=seed,
-                         progress=False, overrides=overrides)
+                         progress=False, overrides=overrides, eps_grid=eps_grid)
         seconds = time.perf_counter() - t0
     n = x.shape[0]
     masks = robustact_masks(table, eps)

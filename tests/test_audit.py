@@ -296,12 +296,13 @@ def _broke(*idx: int) -> list[bool]:
 PGD_BROKE = _broke(*range(10, 50))  # the standard attack breaks 40 of the 90 clean-correct
 
 
-@pytest.mark.parametrize(("check", "role", "any_fires"), [
-    (check_convergence, "convergence", False), (check_transfer, "transfer", False),
-    (check_single_step, "single_step", True), (check_black_box, "black_box", True),
-    (check_random_search_table, "random_search", False), (check_loss_choice, "loss_variant", False),
-    (check_adaptive, "adaptive", True), (check_label_only, "label_only", False)])
-def test_extra_broken_points_fire_per_sample_beyond_noise(check, role, any_fires):
+@pytest.mark.parametrize(("check", "role", "any_fires", "any_kind"), [
+    (check_convergence, "convergence", False, None), (check_transfer, "transfer", False, None),
+    (check_single_step, "single_step", True, "info"), (check_black_box, "black_box", True, "info"),
+    (check_random_search_table, "random_search", False, None),
+    (check_loss_choice, "loss_variant", False, None),
+    (check_adaptive, "adaptive", True, "attack"), (check_label_only, "label_only", False, None)])
+def test_extra_broken_points_fire_per_sample_beyond_noise(check, role, any_fires, any_kind):
     def run(other):
         return check(_table({"pgd": ("standard", EPS, PGD_BROKE), "x": (role, EPS, other)}))
 
@@ -312,6 +313,14 @@ def test_extra_broken_points_fire_per_sample_beyond_noise(check, role, any_fires
     assert beyond.numbers["extra_samples"] == [60, 61]
     assert "2 of the 50 points" in beyond.evidence
     assert one.fired is any_fires and not one.breaks_points  # within noise
+    if any_fires:
+        # generic second opinions (FGSM, Square) note a win within noise; the defense-specific
+        # adaptive attack makes it a suspicion
+        assert one.kind == any_kind
+        label = verdict([one]).label
+        assert label == ("no evidence of masking found" if any_kind == "info"
+                         else "masking suspected")
+    assert beyond.kind == "attack" and verdict([beyond]).label == "masking confirmed"
     assert same.fired is False and same.numbers["extra_broken"] == 0
     # points misclassified clean are never "extra", whoever breaks them
     assert run(_broke(0, 1, 2, 3)).numbers["extra_broken"] == 0

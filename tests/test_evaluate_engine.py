@@ -185,6 +185,24 @@ def test_worst_case_is_the_and_over_attacks(cnn):
         1 - c["broken"] / len(ids) for c in s["per_eps"][repr(EPS)]["attacks"])
 
 
+def test_worst_case_never_rises_with_eps(cnn):
+    """A point broken within a smaller ball is broken within every larger one: even when the
+    rows at 2ε are all failures (an attack run only at ε, or a weaker one at 2ε), the worst
+    case at 2ε is the worst case at ε less what 2ε broke, never more."""
+    model, x, y = cnn
+    t = _run(model, x, y, eps_grid=[EPS / 2, EPS, 2 * EPS])
+    at_2eps = np.isclose(t["eps"], 2 * EPS)
+    t.columns["success"] = np.where(at_2eps, False, t["success"])
+    _, small = worst_case(t, EPS / 2)
+    _, main = worst_case(t, EPS)
+    _, large = worst_case(t, 2 * EPS)
+    assert main.sum() < small.sum()  # the main ε broke points (the test means something)
+    assert np.array_equal(large, main)  # 2ε broke nothing itself: it inherits ε's breaks
+    assert not (main & ~small).any()
+    curve = [acc for _, acc in summarize(t)["curve"]]
+    assert curve == sorted(curve, reverse=True)
+
+
 class _Tied(nn.Module):
     """Two classes' outputs equal for the first half of the samples (the mean pixel < 0.5)."""
 

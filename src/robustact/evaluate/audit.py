@@ -141,10 +141,17 @@ def _na(cid: str, name: str, why: str, kind: str = "attack") -> CheckResult:
 
 
 def _extra_break(table: ResultsTable, role: str, cid: str, name: str, eps: float | None, *,
-                 what: str, fire_on_any: bool = False) -> CheckResult:
+                 what: str, fire_on_any: bool = False, any_is_note: bool = False
+                 ) -> CheckResult:
     """Shared shape of C11/C15–C20/C25: does ``role`` break points the standard attacks left
     robust at ε? Fires beyond noise (or on any such point, with ``fire_on_any``); the points
-    count toward "masking confirmed" only beyond noise."""
+    count toward "masking confirmed" only beyond noise.
+
+    ``any_is_note``: a win within noise is reported as a note (``kind="info"``), not as a
+    diagnostic that makes the verdict "suspected". Why: for the generic second opinions (FGSM,
+    Square) a win of a sample or two is what sound evaluations of undefended models show too,
+    wherever many points survive (calibration in docs/evaluation.md); beyond noise they still
+    confirm."""
     keys = table.attacks(role)
     if not keys:
         return _na(cid, name, f"the table has no {role.replace('_', '-')} attack")
@@ -172,13 +179,18 @@ def _extra_break(table: ResultsTable, role: str, cid: str, name: str, eps: float
     ev = (f"{label} ({what}) broke {k} of the {int(robust.sum())} points the standard attacks "
           f"left robust at ε = {e:g} (robust accuracy {_pct(acc_std)} → {_pct(acc_with)}, "
           f"n = {n})")
+    kind = "attack"
     if noisy:
         ev += ": beyond noise, the standard evaluation overstated robustness."
+    elif fired and any_is_note:
+        kind = "info"
+        ev += (": within noise, as generic attacks also differ on undefended models; noted, "
+               "not a masking sign on its own.")
     elif fired:
         ev += ": within noise, but a per-sample win: investigate."
     else:
         ev += "."
-    return CheckResult(cid, name, fired, numbers, ev, kind="attack", breaks_points=noisy)
+    return CheckResult(cid, name, fired, numbers, ev, kind=kind, breaks_points=noisy)
 
 
 # -- the table-level checks ---------------------------------------------------------------------
@@ -323,15 +335,17 @@ def check_monotone_eps(table: ResultsTable, *, eps: float | None = None,
 
 
 def check_single_step(table: ResultsTable, *, eps: float | None = None) -> CheckResult:
-    """C15: FGSM breaks points the iterative standard attacks did not (any per-sample win)."""
+    """C15: FGSM breaks points the iterative standard attacks did not (any per-sample win: a
+    note within noise, confirming beyond)."""
     return _extra_break(table, "single_step", "C15", "single-step beats iterative", eps,
-                        what="single-step", fire_on_any=True)
+                        what="single-step", fire_on_any=True, any_is_note=True)
 
 
 def check_black_box(table: ResultsTable, *, eps: float | None = None) -> CheckResult:
-    """C16: a black-box attack on the survivors; any per-sample win → investigate."""
+    """C16: a black-box attack on the survivors; any per-sample win → investigate (a note
+    within noise, confirming beyond)."""
     return _extra_break(table, "black_box", "C16", "black-box beats white-box", eps,
-                        what="black-box", fire_on_any=True)
+                        what="black-box", fire_on_any=True, any_is_note=True)
 
 
 def check_random_search_table(table: ResultsTable, *, eps: float | None = None) -> CheckResult:
