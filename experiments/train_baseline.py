@@ -16,8 +16,15 @@ One script, a table of presets (one row per baseline), so the two baselines cann
 No model selection on the test set: a run trains for a fixed number of epochs and the test set
 is evaluated once, at the end.
 
+``--adv fast|pgd|mix|trades --adv-eps 8/255`` trains the same baseline with an adversarial
+recipe (:mod:`robustact.train.adversarial`) instead; the schedule label gains the recipe (e.g.
+``short-cpu+fast-AT``), the results and checkpoint go to ``<stem>_<recipe>_at`` names unless
+``--out``/``--ckpt-dir`` say otherwise, and the test images are also attacked with PGD-20
+(step ε/4, random start) at the training ε.
+
     python experiments/train_baseline.py mnist-lenet5 [--data-root DIR] [--epochs 10]
     python experiments/train_baseline.py cifar-resnet20 [--epochs N] [--subset N] [--resume]
+    python experiments/train_baseline.py cifar-resnet20 --adv fast --adv-eps 8/255 --subset 10000
 
 Writes the preset's results file (atomically; ``results/mnist_lenet5.json``,
 ``results/cifar_resnet20.json``) with the config, environment, command line, per-epoch history,
@@ -32,7 +39,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -40,10 +47,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import harness as H
 
+from robustact.attacks import PGD
+from robustact.core.spec import parse_number
 from robustact.core.storage import atomic_write_json, environment_info
 from robustact.data import train_val_split
 from robustact.models import create_model
 from robustact.train import TrainConfig, Trainer, jumprelu_resnet_config
+from robustact.train.adversarial import ADV_RECIPES, adversarial_spec, adversarial_train
 
 SCRIPT = "train_baseline"
 
@@ -91,10 +101,8 @@ PRESETS = {
 def parse_args(argv: list[str] | None) -> tuple[Preset, argparse.Namespace]:
     """The preset named first on the command line, then the options every training script has
     (its results file and checkpoint folder default to the preset's)."""
-    first = argparse.ArgumentParser(add_help=False)
-    first.add_argument("preset", nargs="?", choices=sorted(PRESETS))
-    known, _ = first.parse_known_args(argv)
-    name = known.preset or "mnist-lenet5"
+    args = sys.argv[1:] if argv is None else argv
+    name = next((t for t in args if t in PRESETS), "mnist-lenet5")  # its defaults come first
     preset = PRESETS[name]
     p = H.training_parser(__doc__.splitlines()[0], ckpt_dir=f"runs/{Path(preset.out).stem}",
                           out=preset.out)
@@ -108,7 +116,26 @@ def parse_args(argv: list[str] | None) -> tuple[Preset, argparse.Namespace]:
     p.add_argument("--test-subset", type=int, default=None,
                    help="evaluate on the first N test images only (quick CPU checks)")
     p.add_argument("--resume", action="store_true", help="continue from --ckpt-dir/last")
+    p.add_argument("--adv", choices=list(ADV_RECIPES), default=None,
+                   help="adversarial training recipe (default: plain training)")
+    p.add_argument("--adv-eps", default=None, help="its L-inf budget, e.g. 0.3 or 8/255")
+    p.add_argument("--adv-steps", type=int, default=None, help="PGD/TRADES steps")
     a = H.parse_training_args(p, argv, f"{SCRIPT}_{name}")
+    if a.adv is None and (a.adv_eps is not None or a.adv_steps is not None):
+        p.error("--adv-eps and --adv-steps need --adv")
+    if a.adv is not None:
+        if a.adv_eps is None:
+            p.error("--adv needs --adv-eps, e.g. 0.3 or 8/255")
+        try:
+            a.adv_spec = adversarial_spec(a.adv, parse_number(a.adv_eps, "--adv-eps"),
+                                          steps=a.adv_steps)
+        except ValueError as e:
+            p.error(str(e))
+        stem = f"{Path(preset.out).stem}_{a.adv}_at"
+        if a.out == Path(preset.out):  # never overwrite the plain baseline's figures
+            a.out = Path(preset.out).with_name(f"{stem}.json")
+        if a.ckpt_dir == p.get_default("ckpt_dir"):
+            a.ckpt_dir = Path("runs") / stem
     if a.quick:  # one epoch on 256 stand-in images; the checkpoint stays out of the real one's way
         a.epochs, a.subset = 1, min(a.subset or 256, 256)
         a.test_subset = min(a.test_subset or 128, 128)
@@ -124,6 +151,8 @@ def main(argv: list[str] | None = None) -> dict:
     epochs = a.epochs if a.epochs is not None else (preset.epochs_gpu if cuda
                                                     else preset.epochs_cpu)
     schedule, config = preset.schedule(a, epochs, cuda)
+    if a.adv is not None:
+        schedule, config = f"{schedule}+{a.adv}-AT", replace(config, adv=a.adv_spec)
 
     train = H.load_data(preset.dataset, "train", a.data_root, quick=a.quick)
     test = H.load_data(preset.dataset, "test", a.data_root, quick=a.quick)
@@ -138,9 +167,14 @@ def main(argv: list[str] | None = None) -> dict:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(a.seed)  # the initial weights are part of the experiment
         model = create_model(preset.arch, dataset=preset.dataset, activation="relu")
-    trainer = Trainer(model, train, val, config, out_dir=a.ckpt_dir, progress=not a.no_progress)
     t0 = time.perf_counter()
-    history = trainer.fit(resume=a.resume)
+    if a.adv is None:
+        trainer = Trainer(model, train, val, config, out_dir=a.ckpt_dir,
+                          progress=not a.no_progress)
+        history = trainer.fit(resume=a.resume)
+    else:
+        history, trainer = adversarial_train(model, train, val, config, out_dir=a.ckpt_dir,
+                                             resume=a.resume, progress=not a.no_progress)
     train_seconds = time.perf_counter() - t0
     test_metrics = trainer.evaluate(test)
     result = {
@@ -163,7 +197,15 @@ def main(argv: list[str] | None = None) -> dict:
         "history": history,
         "environment": environment_info(),
     }
-    if preset.target is not None:
+    if a.adv is not None:
+        eps = config.adv["eps"]
+        model.eval()
+        pgd = H.attack_metrics(PGD(eps, eps / 4, 20, random_start=True), model, test.x(),
+                               test.y())
+        result["adv"] = config.adv
+        result["pgd20"] = {"eps": eps, "alpha": eps / 4, "robust_accuracy": pgd["accuracy"]}
+        print(f"PGD-20 at eps {eps:.4g}: robust accuracy {100 * pgd['accuracy']:.2f} %")
+    if preset.target is not None and a.adv is None:
         result.update(target_accuracy=preset.target,
                       target_met=test_metrics["acc"] >= preset.target)
     atomic_write_json(a.out, result)
