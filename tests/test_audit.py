@@ -306,12 +306,12 @@ def test_extra_broken_points_fire_per_sample_beyond_noise(check, role, any_fires
     def run(other):
         return check(_table({"pgd": ("standard", EPS, PGD_BROKE), "x": (role, EPS, other)}))
 
-    beyond = run(_broke(*range(10, 50), 60, 61))  # 2 points PGD left robust
+    beyond = run(_broke(*range(10, 50), 60, 61, 62))  # 3 points PGD left robust (of 50)
     one = run(_broke(60))
     same = run(PGD_BROKE)  # breaks exactly what PGD broke: nothing extra
-    assert beyond.fired and beyond.breaks_points and beyond.numbers["extra_broken"] == 2
-    assert beyond.numbers["extra_samples"] == [60, 61]
-    assert "2 of the 50 points" in beyond.evidence
+    assert beyond.fired and beyond.breaks_points and beyond.numbers["extra_broken"] == 3
+    assert beyond.numbers["extra_samples"] == [60, 61, 62]
+    assert "3 of the 50 points" in beyond.evidence
     assert one.fired is any_fires and not one.breaks_points  # within noise
     if any_fires:
         # generic second opinions (FGSM, Square) note a win within noise; the defense-specific
@@ -326,6 +326,23 @@ def test_extra_broken_points_fire_per_sample_beyond_noise(check, role, any_fires
     assert run(_broke(0, 1, 2, 3)).numbers["extra_broken"] == 0
     absent = check(_table({"pgd": ("standard", EPS, PGD_BROKE)}))
     assert absent.fired is None and "not applicable" in absent.evidence
+
+
+def test_generic_attacks_count_the_survivors_in_their_noise_floor():
+    """Square (or FGSM) breaking 2 of 50 survivors (4 %) is within the generic floor of 5 % of
+    the survivors: a note; 3 of 50 (6 %) confirms. A defense-specific attack's 2 confirm."""
+    def run(check, role, k):
+        extra = _broke(*range(10, 50), *range(60, 60 + k))
+        return check(_table({"pgd": ("standard", EPS, PGD_BROKE), "x": (role, EPS, extra)}))
+
+    two, three = run(check_black_box, "black_box", 2), run(check_black_box, "black_box", 3)
+    assert two.fired and two.kind == "info" and not two.breaks_points
+    assert two.numbers["noise_threshold"] == 2.5 and "within noise" in two.evidence
+    assert verdict([two]).label == "no evidence of masking found"
+    assert three.breaks_points and verdict([three]).label == "masking confirmed"
+    assert run(check_single_step, "single_step", 2).kind == "info"
+    adaptive = run(check_adaptive, "adaptive", 2)
+    assert adaptive.breaks_points and adaptive.numbers["noise_threshold"] == 1.0
 
 
 def test_single_step_beats_iterative_quotes_the_numbers():

@@ -69,6 +69,13 @@ VERDICTS = ("masking confirmed", "masking suspected", "no evidence of masking fo
 STALL_THRESHOLD = 0.05
 #: An L∞ budget this large lets every image become uniform grey: accuracy must be at chance.
 LINF_CHANCE_EPS = 0.5
+#: C15/C16's extra noise floor, as a share of the points the standard attacks left robust.
+#: Measured: Square after APGD-100 broke 2 of 85 survivors (2.4 %) of the undefended digits
+#: LeNet-5 at ε = 0.1, and 1 of 86, 1 of 57 on the JumpReLU and differential models; on masked
+#: models the wins are far larger (SPLASH under the quick protocol 7 of 90, 7.8 %; sigmoid
+#: T = 100 66 of 96 AutoAttack survivors on MNIST). AUDIT.md: a gap of a few points between
+#: sound attacks is normal for adversarially trained models.
+GENERIC_SURVIVOR_NOISE = 0.05
 
 
 def _pct(v: float) -> str:
@@ -141,17 +148,18 @@ def _na(cid: str, name: str, why: str, kind: str = "attack") -> CheckResult:
 
 
 def _extra_break(table: ResultsTable, role: str, cid: str, name: str, eps: float | None, *,
-                 what: str, fire_on_any: bool = False, any_is_note: bool = False
+                 what: str, fire_on_any: bool = False, generic: bool = False
                  ) -> CheckResult:
     """Shared shape of C11/C15–C20/C25: does ``role`` break points the standard attacks left
     robust at ε? Fires beyond noise (or on any such point, with ``fire_on_any``); the points
     count toward "masking confirmed" only beyond noise.
 
-    ``any_is_note``: a win within noise is reported as a note (``kind="info"``), not as a
-    diagnostic that makes the verdict "suspected". Why: for the generic second opinions (FGSM,
-    Square) a win of a sample or two is what sound evaluations of undefended models show too,
-    wherever many points survive (calibration in docs/evaluation.md); beyond noise they still
-    confirm."""
+    ``generic`` (FGSM, Square: second opinions with no knowledge of a defense): the noise floor
+    also counts the survivors, ``GENERIC_SURVIVOR_NOISE`` of the points the standard attacks
+    left robust, and a win within noise is a note (``kind="info"``), not a diagnostic that makes
+    the verdict "suspected". Why: two sound attacks disagree on a few per cent of the points
+    that survive them, on models with no masking mechanism (calibration in docs/evaluation.md).
+    """
     keys = table.attacks(role)
     if not keys:
         return _na(cid, name, f"the table has no {role.replace('_', '-')} attack")
@@ -166,7 +174,10 @@ def _extra_break(table: ResultsTable, role: str, cid: str, name: str, eps: float
     broken, attacked = s.broken(rows)
     extra = broken & robust
     n, k = len(s.ids), int(extra.sum())
-    noisy = beyond_noise(k, n)
+    floor = max(1.0, 0.005 * n)
+    if generic:
+        floor = max(floor, GENERIC_SURVIVOR_NOISE * int(robust.sum()))
+    noisy = k > floor
     fired = noisy or (fire_on_any and k > 0)
     acc_std = float(robust.sum()) / n
     acc_with = float((robust & ~broken).sum()) / n
@@ -174,7 +185,7 @@ def _extra_break(table: ResultsTable, role: str, cid: str, name: str, eps: float
                "attacked": int(attacked.sum()), "extra_broken": k,
                "extra_samples": s.ids[extra][:20].tolist(),
                "robust_accuracy_standard": acc_std, "robust_accuracy_with": acc_with,
-               "noise_threshold": max(1.0, 0.005 * n)}
+               "noise_threshold": floor}
     label = ", ".join(keys)
     ev = (f"{label} ({what}) broke {k} of the {int(robust.sum())} points the standard attacks "
           f"left robust at ε = {e:g} (robust accuracy {_pct(acc_std)} → {_pct(acc_with)}, "
@@ -182,10 +193,11 @@ def _extra_break(table: ResultsTable, role: str, cid: str, name: str, eps: float
     kind = "attack"
     if noisy:
         ev += ": beyond noise, the standard evaluation overstated robustness."
-    elif fired and any_is_note:
+    elif fired and generic:
         kind = "info"
-        ev += (": within noise, as generic attacks also differ on undefended models; noted, "
-               "not a masking sign on its own.")
+        ev += (f": within noise (at most {floor:.3g} points: sound attacks differ on a few per "
+               "cent of the survivors, undefended models too); noted, not a masking sign on "
+               "its own.")
     elif fired:
         ev += ": within noise, but a per-sample win: investigate."
     else:
@@ -338,14 +350,14 @@ def check_single_step(table: ResultsTable, *, eps: float | None = None) -> Check
     """C15: FGSM breaks points the iterative standard attacks did not (any per-sample win: a
     note within noise, confirming beyond)."""
     return _extra_break(table, "single_step", "C15", "single-step beats iterative", eps,
-                        what="single-step", fire_on_any=True, any_is_note=True)
+                        what="single-step", fire_on_any=True, generic=True)
 
 
 def check_black_box(table: ResultsTable, *, eps: float | None = None) -> CheckResult:
     """C16: a black-box attack on the survivors; any per-sample win → investigate (a note
     within noise, confirming beyond)."""
     return _extra_break(table, "black_box", "C16", "black-box beats white-box", eps,
-                        what="black-box", fire_on_any=True, any_is_note=True)
+                        what="black-box", fire_on_any=True, generic=True)
 
 
 def check_random_search_table(table: ResultsTable, *, eps: float | None = None) -> CheckResult:
