@@ -125,7 +125,9 @@ def main(argv: list[str] | None = None) -> dict:
         results["history"] = history
         results["adv"] = spec
         save_checkpoint(run / "final", model, epoch=len(history), config=config,
-                        history=history, metrics={"train_seconds": results["train_seconds"]})
+                        history=history, metrics={"train_seconds": results["train_seconds"]},
+                        data={"dataset": "mnist", "classes": list(train.classes),
+                              "n_train": len(train), "n_val": len(val)})
     model, card = load_checkpoint(run / "final")
     model.eval()
     results.setdefault("adv", (card.get("train") or {}).get("adv"))

@@ -307,9 +307,7 @@ def evaluate_checkpoint(path: str | Path, *, dataset: str | None = None, split: 
         check_positive_int(limit, "limit")
     model, card = load_checkpoint(path, device=resolve_device(device))
     data_desc = card.get("data") or {}
-    dataset = dataset or data_desc.get("dataset")
-    if dataset is None:
-        raise ValueError("the checkpoint does not record its dataset; pass dataset=")
+    dataset = _card_dataset(data_desc, dataset)
     ds = load_dataset(dataset, split, root=data_root, download=download)
     classes = data_desc.get("classes")
     if classes and len(classes) == 2 and ds.num_classes != 2:
@@ -323,15 +321,22 @@ def evaluate_checkpoint(path: str | Path, *, dataset: str | None = None, split: 
             "seconds": time.perf_counter() - t0}
 
 
+def _card_dataset(data_desc: dict[str, Any], dataset: str | None) -> str:
+    """The dataset asked for, else the one the card records; one clear line when neither."""
+    dataset = dataset or data_desc.get("dataset")
+    if dataset is None:
+        raise ValueError("the checkpoint does not record its dataset; name it (--dataset on the "
+                         "command line, dataset= in Python)")
+    return dataset
+
+
 def _load_eval_data(card: dict[str, Any], dataset: str | None, split: str,
                     data_root: str | Path | None, limit: int | None = None,
                     download: bool = False) -> Any:
     """The split a checkpoint was evaluated on; the validation split is re-carved exactly as in
     training (same fraction and seed), so tuning never touches the test set."""
     data_desc = card.get("data") or {}
-    dataset = dataset or data_desc.get("dataset")
-    if dataset is None:
-        raise ValueError("the checkpoint does not record its dataset; pass dataset=")
+    dataset = _card_dataset(data_desc, dataset)
     if limit is not None:
         check_positive_int(limit, "limit")
     ds = load_dataset(dataset, "test" if split == "test" else "train", root=data_root,
