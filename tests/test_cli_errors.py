@@ -21,6 +21,7 @@ import robustact.cli as cli_module
 import robustact.data.mnist as mnist_mod
 from robustact.attacks import PGD, verify
 from robustact.attacks.registry import available_attacks
+from robustact.checkpoint import save_checkpoint
 from robustact.cli import app
 from robustact.core.validate import check_positive_int, match_model_dtype
 from robustact.data import DataFormatError, load_cifar10, load_mnist
@@ -326,3 +327,13 @@ def test_model_returning_a_tuple_is_one_clear_error() -> None:
         with pytest.raises(TypeError, match=r"must be a logits tensor .*got tuple"):
             call()
 
+
+
+def test_checkpoint_without_its_dataset_asks_for_dataset(tmp_path: Path) -> None:
+    """A checkpoint saved by hand (no ``data`` in its card): one line naming --dataset."""
+    model = create_model("smallcnn", dataset="digits").eval()
+    save_checkpoint(tmp_path / "bare", model)
+    res = runner.invoke(app, ["eval", "--model", str(tmp_path / "bare")])
+    one_error_line(res, "does not record its dataset", "--dataset")
+    res = runner.invoke(app, ["eval", "--model", str(tmp_path / "bare"), "--dataset", "digits"])
+    assert res.exit_code == 0, res.output
