@@ -494,3 +494,29 @@ def test_self_test_can_fail(healthy):
     rep = self_test(model, x, y, eps=EPS, models={"gradient_killing": model},
                     random_points=20, binarization_samples=2)
     assert not rep.rows[0].caught and not rep.passed and "MISSED" in rep.lines()[1]
+
+
+class _KinkOrJump(nn.Module):
+    """Logits from s = mean pixel, which is exactly 0.5 on the test images: a ReLU kink at the
+    data (continuous: autograd and central differences disagree, but nothing jumps) or a step
+    (a jump at the data, as JumpReLU and quantization have)."""
+
+    def __init__(self, jump: bool) -> None:
+        super().__init__()
+        self.jump = jump
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.flatten(1).mean(1, keepdim=True) - 0.5
+        bump = (s > 0).to(x.dtype) if self.jump else torch.relu(s) * 100
+        return torch.cat([s + bump, -s, torch.zeros_like(s)], 1)
+
+
+def test_c7_fires_on_jumps_not_on_kinks():
+    x = torch.full((8, 1, 6, 6), 0.5)
+    y = torch.ones(8, dtype=torch.long)
+    kink = check_gradient_mismatch(_KinkOrJump(jump=False).eval(), x, y, eps=0.1)
+    jump = check_gradient_mismatch(_KinkOrJump(jump=True).eval(), x, y, eps=0.1)
+    assert kink.numbers["raw_mismatch_fraction"] > 0.5  # autograd and FD disagree at the kink
+    assert kink.fired is False and kink.numbers["jump_directions"] == 0
+    assert "kinks of a continuous" in kink.evidence
+    assert jump.fired and jump.numbers["jump_directions"] > 0
