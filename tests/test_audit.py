@@ -382,6 +382,27 @@ def test_incomplete_optimization():
     ).fired is False
 
 
+def test_incomplete_optimization_is_answered_by_the_convergence_attack():
+    """Stalled points that C11's attack (more steps, restarts) then failed on, without stalling
+    itself, no longer count; a convergence attack that stalled as well answers nothing."""
+    clean = [i >= 10 for i in range(N)]
+    stalled = [0.2 if 50 <= i < 53 else 0.0 for i in range(N)]
+
+    def table(conv_stall: list[float]) -> ResultsTable:
+        rows = (_rows("pgd", EPS, PGD_BROKE, clean, stall=stalled)
+                + _rows("pgd-more", EPS, PGD_BROKE, clean, stall=conv_stall))
+        return ResultsTable.from_rows(rows, {"attacks": {
+            "pgd": {"role": "standard"}, "pgd-more": {"role": "convergence"}}})
+
+    answered = check_incomplete_optimization(table([0.0] * N))
+    assert answered.fired is False
+    assert answered.numbers["samples_stalled"] == 3
+    assert answered.numbers["answered_by_convergence"] == 3
+    assert "convergence attack" in answered.evidence
+    still = check_incomplete_optimization(table(stalled))
+    assert still.fired and still.numbers["answered_by_convergence"] == 0
+
+
 def test_unbounded_attack_must_break_every_clean_point():
     full = _broke(*range(10, N))
     assert check_unbounded(_table({"pgd": ("standard", EPS, PGD_BROKE),
