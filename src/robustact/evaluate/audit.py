@@ -228,7 +228,9 @@ def check_incomplete_optimization(table: ResultsTable, *, eps: float | None = No
     attack on a point that another attack (or a smaller ε) broke changes no reported number.
     A stalled point that the convergence attack (C11: more steps and restarts, ``thorough``)
     then attacked without breaking it, and without stalling itself, is answered: "give the
-    attack more steps" is exactly what C11 did.
+    attack more steps" is exactly what C11 did. The noise floor counts the points reported
+    robust like C15/C16's (``GENERIC_SURVIVOR_NOISE``); measured: APGD-CE (100 steps) was
+    still improving on 13 of the 876 points an adversarially trained MNIST CNN kept (1.5 %).
     """
     e = _main_eps(table, eps)
     ids, robust = worst_case(table, e)
@@ -247,18 +249,23 @@ def check_incomplete_optimization(table: ResultsTable, *, eps: float | None = No
     answered = np.intersect1d(stalled, conv["sample"])
     k = len(stalled) - len(answered)
     per = {a: int(over[rows["attack"] == a].sum()) for a in rows.attacks()}
-    fired = beyond_noise(k, n)
+    # as for the generic second opinions: a few per cent of the points a sound evaluation
+    # reports robust are still improving at the last step (GENERIC_SURVIVOR_NOISE)
+    floor = max(1.0, 0.005 * n, GENERIC_SURVIVOR_NOISE * int(robust.sum()))
+    fired = k > floor
     ev = (f"{len(stalled)} of {n} points had a failed attack whose loss was still improving "
           f"(stall > {threshold:g}; "
           f"{', '.join(f'{a}: {c}' for a, c in per.items() if c) or 'none'})")
     if len(answered):
         ev += (f"; the convergence attack (more steps and restarts) then failed on "
                f"{len(answered)} of them without stalling, leaving {k}")
-    ev += ": give the attacks more steps or larger steps." if fired else "."
+    ev += (": give the attacks more steps or larger steps." if fired else
+           f": within noise (at most {floor:.3g} of the {int(robust.sum())} points reported "
+           "robust)." if k else ".")
     return CheckResult("C10", "incomplete optimization", fired,
                        {"samples_stalled": int(len(stalled)), "answered_by_convergence":
-                        int(len(answered)), "n": n, "per_attack": per,
-                        "max_stall": float(rows["stall"].max())}, ev)
+                        int(len(answered)), "n": n, "noise_threshold": floor,
+                        "per_attack": per, "max_stall": float(rows["stall"].max())}, ev)
 
 
 def check_convergence(table: ResultsTable, *, eps: float | None = None) -> CheckResult:
