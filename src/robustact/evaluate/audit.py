@@ -523,13 +523,18 @@ class AuditReport:
 
 
 def _robust_mask(table: ResultsTable, eps: float, samples: torch.Tensor) -> torch.Tensor | None:
+    """Per row of ``samples``: does the evaluation report the sample robust at ``eps`` (every
+    attack of the table failed on it, :func:`~.summary.worst_case`)? Why the worst case and not
+    the standard attacks alone: random search (C17) then spends its draws only on what the
+    reported figure still counts, e.g. nothing on a masked model the adaptive attacks took to 0 %
+    (measured: a 90 s audit for an 18.5 s evaluation of sigmoid T = 100 on 500 MNIST images)."""
     s = _Samples.of(table)
-    robust = _standard_robust(table, s, eps)
-    if robust is None:
+    if _standard_robust(table, s, eps) is None:
         return None
+    ids_all, robust = worst_case(table, eps)
     ids = samples.cpu().numpy()
-    pos = np.searchsorted(s.ids, ids).clip(0, max(0, len(s.ids) - 1))
-    found = (len(s.ids) > 0) & (s.ids[pos] == ids)
+    pos = np.searchsorted(ids_all, ids).clip(0, max(0, len(ids_all) - 1))
+    found = (len(ids_all) > 0) & (ids_all[pos] == ids)
     return torch.from_numpy(found & robust[pos])
 
 

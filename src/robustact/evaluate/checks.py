@@ -565,9 +565,10 @@ def check_random_search(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                         seed: int = 0, batch_size: int = 8192) -> CheckResult:
     """C17: ``points`` uniform points of the ε-ball per sample (first ``max_samples`` samples).
 
-    ``robust`` (bool per sample): the samples the standard gradient attacks left robust. The
-    check fires, as an attack, when random search breaks some of them beyond noise; without
-    ``robust`` it reports what it found and does not apply.
+    ``robust`` (bool per sample): the samples the evaluation reports robust (the audit passes
+    the per-sample worst case of its table). The check fires, as an attack, when random search
+    breaks some of them beyond noise; without ``robust`` it reports what it found and does not
+    apply.
 
     Cost: points are drawn only for the clean-correct samples still in question (with
     ``robust``, those the attacks left robust: a sample they broke cannot be *extra* broken),
@@ -609,8 +610,10 @@ def check_random_search(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     extra = int((broken & robust[:n].to(broken.device)).sum())
     numbers["extra_broken"] = extra
     fired = beyond_noise(extra, n)
-    ev = (f"{points} random points per sample in the ε-ball broke {extra} of the {n} samples "
-          "that the gradient attacks reported robust" +
+    n_robust = int((robust[:n].to(correct.device) & correct).sum())
+    numbers["reported_robust"] = n_robust
+    ev = (f"{points} random points per sample in the ε-ball broke {extra} of the {n_robust} "
+          f"samples (of the first {n}) that the evaluation reported robust" +
           (": the gradients mislead the attacks." if fired else "."))
     return CheckResult("C17", "random search", fired, numbers, ev, kind="attack",
                        breaks_points=fired)
