@@ -773,9 +773,11 @@ def evaluation_summary(table: Any, report: Any, *, wall_seconds: float,
     roles = table.meta.get("attacks", {})
     attack_seconds = float(table["seconds"].sum()) if len(table) else 0.0
     verdict_ = ({"label": report.verdict.label, "evidence": list(report.verdict.evidence),
-                 "fired": report.fired()} if report is not None else
+                 "fired": report.fired(),
+                 "notes": [c.id for c in report.checks if c.fired and c.kind == "info"]}
+                if report is not None else
                 {"label": "not audited", "evidence": ["the audit was skipped (--no-audit)"],
-                 "fired": []})
+                 "fired": [], "notes": []})
     return {
         "model": info or {}, "protocol": s["protocol"], "norm": s["norm"], "eps": eps,
         "eps_grid": table.meta.get("eps_grid"), "n": s["n"], "seed": table.meta.get("seed"),
