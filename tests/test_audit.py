@@ -500,6 +500,24 @@ def test_run_audit_confirms_with_a_table_and_reports_its_cost(healthy):
     assert rep.as_dict()["verdict"] == "masking confirmed"
 
 
+def test_run_audit_tests_attack_strength_only_where_robustness_is_claimed(healthy):
+    """C21 (binarization) and C17 (random search) spend nothing when the evaluation broke every
+    point: there is no robustness claim to test."""
+    model, x, y = healthy
+    n = len(y)
+    clean = (predict(model, x) == y).tolist()
+    table = ResultsTable.from_rows(_rows("pgd", EPS, [True] * n, clean),
+                                   {"attacks": {"pgd": {"role": "standard"}}})
+    rep = run_audit(model, x, y, table, eps=EPS, random_points=50, binarization_samples=2)
+    assert rep.check("C21").fired is None and "no point robust" in rep.check("C21").evidence
+    assert rep.check("C17").numbers["reported_robust"] == 0
+    # with robust points claimed, the binarization test runs
+    kept = ResultsTable.from_rows(_rows("pgd", EPS, [False] * n, clean),
+                                  {"attacks": {"pgd": {"role": "standard"}}})
+    rep = run_audit(model, x, y, kept, eps=EPS, random_points=50, binarization_samples=2)
+    assert rep.check("C21").fired is not None
+
+
 # -- C24: the self-test ---------------------------------------------------------------------------
 
 def test_self_test_flags_every_broken_model_and_not_the_healthy_one(healthy):

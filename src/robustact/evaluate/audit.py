@@ -538,6 +538,27 @@ def _robust_mask(table: ResultsTable, eps: float, samples: torch.Tensor) -> torc
     return torch.from_numpy(found & robust[pos])
 
 
+def _binarization_on_reported_robust(model: nn.Module, xs: torch.Tensor, ys: torch.Tensor,
+                                     table: ResultsTable | None, ids: torch.Tensor, *,
+                                     eps: float, norm: str, **kw: Any) -> CheckResult:
+    """C21 on the samples the evaluation reports robust (all of ``xs`` without a table).
+
+    Why: the binarization test asks whether the attack is strong enough to trust a robustness
+    claim; where the evaluation broke a point there is no claim to test, and where it broke
+    every point the question does not arise (measured: C21 was 4.0 of the 5.5 s audit of an
+    undefended LeNet-5 whose evaluation of 1000 MNIST images took 1.0 s).
+    """
+    robust = _robust_mask(table, eps, ids) if table is not None else None
+    if robust is not None:
+        if not bool(robust.any()):
+            return CheckResult("C21", "binarization test", None, {"reported_robust": 0},
+                               "not applicable: the evaluation reports no point robust, so "
+                               "there is no robustness claim whose attack to test.")
+        keep = robust.to(xs.device)
+        xs, ys = xs[keep], ys[keep]
+    return check_binarization(model, xs, ys, eps=eps, norm=norm, **kw)
+
+
 def run_audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
               table: ResultsTable | None = None, *, eps: float, norm: str = "linf",
               samples: torch.Tensor | None = None, surrogate: nn.Module | None = None,
@@ -572,10 +593,11 @@ def run_audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         results.append(check_transfer_mismatch(model, xs, ys, surrogate=surrogate, seed=seed,
                                                **kw))
         bar.update()
-        results.append(check_binarization(model, xs, ys, max_samples=binarization_samples,
-                                          attack=binarization_attack, seed=seed, **kw))
-        bar.update()
         ids = samples if samples is not None else torch.arange(x.shape[0])
+        results.append(_binarization_on_reported_robust(
+            model, xs, ys, table, ids[:max_samples], eps=eps, norm=norm,
+            max_samples=binarization_samples, attack=binarization_attack, seed=seed))
+        bar.update()
         if table is not None and table.attacks("random_search"):
             results.append(check_random_search_table(table, eps=eps))
         else:
