@@ -5,7 +5,9 @@ Table-level checks read a :class:`~robustact.evaluate.table.ResultsTable` whose
 give the reported figure; every other role is a second opinion on the same points. Everything is
 judged **per sample** (AUDIT.md): "extra broken" means a sample that is clean-correct, that no
 standard attack broke at ε, and that the compared attack broke. "Beyond noise" is more than
-max(1 sample, 0.5 pp) of the evaluated points (:func:`~robustact.evaluate.checks.beyond_noise`).
+max(1 sample, 0.5 pp) of the evaluated points (:func:`~robustact.evaluate.checks.beyond_noise`);
+for the generic second opinions (FGSM, Square) and C10 also more than 5 % of the points
+reported robust (``GENERIC_SURVIVOR_NOISE``, calibrated in docs/evaluation.md).
 
 The verdict follows AUDIT.md exactly:
 
@@ -76,6 +78,14 @@ LINF_CHANCE_EPS = 0.5
 #: T = 100 66 of 96 AutoAttack survivors on MNIST). AUDIT.md: a gap of a few points between
 #: sound attacks is normal for adversarially trained models.
 GENERIC_SURVIVOR_NOISE = 0.05
+
+
+def _noise_floor(n: int, survivors: int | None = None) -> float:
+    """AUDIT.md's floor, max(1 sample, 0.5 pp of the ``n`` points); with ``survivors`` (the
+    points reported robust) also ``GENERIC_SURVIVOR_NOISE`` of them, for the checks whose
+    attacks differ from the standard ones on a few per cent of the survivors anyway."""
+    floor = max(1.0, 0.005 * n)
+    return floor if survivors is None else max(floor, GENERIC_SURVIVOR_NOISE * survivors)
 
 
 def _pct(v: float) -> str:
@@ -174,9 +184,7 @@ def _extra_break(table: ResultsTable, role: str, cid: str, name: str, eps: float
     broken, attacked = s.broken(rows)
     extra = broken & robust
     n, k = len(s.ids), int(extra.sum())
-    floor = max(1.0, 0.005 * n)
-    if generic:
-        floor = max(floor, GENERIC_SURVIVOR_NOISE * int(robust.sum()))
+    floor = _noise_floor(n, int(robust.sum()) if generic else None)
     noisy = k > floor
     fired = noisy or (fire_on_any and k > 0)
     acc_std = float(robust.sum()) / n
@@ -250,8 +258,8 @@ def check_incomplete_optimization(table: ResultsTable, *, eps: float | None = No
     k = len(stalled) - len(answered)
     per = {a: int(over[rows["attack"] == a].sum()) for a in rows.attacks()}
     # as for the generic second opinions: a few per cent of the points a sound evaluation
-    # reports robust are still improving at the last step (GENERIC_SURVIVOR_NOISE)
-    floor = max(1.0, 0.005 * n, GENERIC_SURVIVOR_NOISE * int(robust.sum()))
+    # reports robust are still improving at the last step
+    floor = _noise_floor(n, int(robust.sum()))
     fired = k > floor
     ev = (f"{len(stalled)} of {n} points had a failed attack whose loss was still improving "
           f"(stall > {threshold:g}; "
