@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--init", default=None,
                    help="start from this checkpoint's weights (same architecture), e.g. a "
                         "fast-AT run to fine-tune with PGD-AT")
+    p.add_argument("--ema", type=float, default=None,
+                   help="average the weights (EMA decay per step, e.g. 0.999; TrainConfig.ema)")
     p.add_argument("--n-eval", type=int, default=1000)
     p.add_argument("--eval-only", action="store_true")
     p.add_argument("--autoattack", action="store_true")
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
         config = TrainConfig(epochs=a.epochs, batch_size=100, optimizer="adam", lr=a.lr,
                              weight_decay=0.0, schedule="cosine",
                              warmup_epochs=min(a.warmup, a.epochs), seed=a.seed,
-                             device=a.device, adv=spec)
+                             device=a.device, adv=spec, ema=a.ema)
         arch, kwargs = parse_spec(a.model)
         with seeded(a.seed, "model"):
             model = create_model(arch, dataset="mnist", **kwargs)
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["clean_accuracy"] = s["clean_accuracy"]
     results["robust_accuracy"] = min([s["per_eps"][repr(EPS)]["worst_case"], *robust])
     if a.autoattack:
-        from autoattack import AutoAttack  # noqa: PLC0415  (benchmark-only, optional)
+        from pyautoattack import AutoAttack  # noqa: PLC0415  (benchmark-only, optional)
         t0 = time.perf_counter()
         aa = AutoAttack(model, norm="Linf", eps=EPS, version="standard", device="cpu")
         x_adv = aa.run_standard_evaluation(x, y, bs=250)

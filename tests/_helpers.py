@@ -114,3 +114,19 @@ class RowCounter(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.rows += x.shape[0]
         return self.inner(x)
+
+
+class Interrupt(Exception):
+    """Raised by :class:`StopAfter`: stands for a run killed mid-training."""
+
+
+class StopAfter:
+    """Trainer callback that interrupts the run after epoch ``epoch``'s checkpoint is written,
+    so a resume test can continue from it."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_end(self, trainer: object, epoch: int, record: dict) -> None:
+        if epoch == self.epoch:
+            raise Interrupt

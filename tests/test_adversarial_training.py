@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import Interrupt, StopAfter
 from torch import nn
 from typer.testing import CliRunner
 
@@ -138,19 +139,6 @@ def test_guard_stays_quiet_without_a_collapse(digits: tuple,
     assert not any("catastrophic" in r.getMessage() for r in caplog.records)
 
 
-class _Interrupt(Exception):
-    pass
-
-
-class _StopAfter:
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_epoch_end(self, trainer: Trainer, epoch: int, record: dict) -> None:
-        if epoch == self.epoch:
-            raise _Interrupt
-
-
 @pytest.mark.parametrize("recipe", ADV_RECIPES)
 def test_resume_mid_run_is_bit_identical(recipe: str, digits: tuple, tmp_path: Path) -> None:
     train, _, _ = digits
@@ -159,9 +147,9 @@ def test_resume_mid_run_is_bit_identical(recipe: str, digits: tuple, tmp_path: P
     ref = _model()
     adversarial_train(ref, small, None, config)
     model = _model()
-    with pytest.raises(_Interrupt):
+    with pytest.raises(Interrupt):
         adversarial_train(model, small, None, config, out_dir=tmp_path,
-                          callbacks=[_StopAfter(2)])
+                          callbacks=[StopAfter(2)])
     model = _model()  # a fresh process would start from the initial weights
     history, _ = adversarial_train(model, small, None, config, out_dir=tmp_path, resume=True)
     assert [h["epoch"] for h in history] == [1, 2, 3]

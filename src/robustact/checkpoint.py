@@ -4,6 +4,8 @@ A checkpoint is a directory::
 
     model.safetensors   the model's state_dict
     optim.safetensors   every tensor of the optimizer state, keys ``state.{param_idx}.{name}``
+    NAME.safetensors    optional further tensor sets (``train_weights``: the raw weights of a
+                        run whose model file holds their average)
     card.json           what the weights are: model config (to rebuild it with ``create_model``),
                         defenses, train config, epoch, metrics, history, the non-tensor optimizer
                         and scheduler state, data description, versions, sha256 of each file
@@ -70,6 +72,7 @@ __all__ = [
     "load_weights",
     "load_state",
     "load_training_state",
+    "load_checkpoint_tensors",
     "read_card",
     "resolve_checkpoint",
     "flatten_optimizer_state",
@@ -298,11 +301,15 @@ def save_checkpoint(
     history: list[Mapping[str, Any]] | None = None,
     data: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    tensors: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
 ) -> Path:
     """Write a checkpoint directory atomically (see the module docstring); returns its path.
 
     ``model`` may be wrapped in (Distributed)DataParallel; the inner module is saved. ``config`` is
     the training config (a dataclass or dict), ``data`` a description of the training data.
+    ``tensors`` are further named tensor sets written as ``NAME.safetensors`` and hashed like
+    the others (the trainer keeps the raw weights there when the model file holds their
+    average); :func:`load_checkpoint_tensors` reads one back.
     """
     final = Path(directory)
     if final.name in ("", ".", ".."):
@@ -320,11 +327,16 @@ def save_checkpoint(
                              "bytes": (tmp / MODEL_FILE).stat().st_size}
         optim_meta = None
         if optimizer is not None:
-            tensors, optim_meta = flatten_optimizer_state(optimizer.state_dict())
+            optim_tensors, optim_meta = flatten_optimizer_state(optimizer.state_dict())
             optim_meta["class"] = type(optimizer).__name__
-            save_tensors(tmp / OPTIM_FILE, tensors, metadata={"format": FORMAT})
+            save_tensors(tmp / OPTIM_FILE, optim_tensors, metadata={"format": FORMAT})
             files[OPTIM_FILE] = {"sha256": sha256_file(tmp / OPTIM_FILE),
                                  "bytes": (tmp / OPTIM_FILE).stat().st_size}
+        for name, group in (tensors or {}).items():
+            file = _tensor_file(name)
+            save_tensors(tmp / file, {k: v.detach() for k, v in group.items()},
+                         metadata={"format": FORMAT})
+            files[file] = {"sha256": sha256_file(tmp / file), "bytes": (tmp / file).stat().st_size}
         card = {
             "format": FORMAT,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -349,6 +361,15 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _tensor_file(name: str) -> str:
+    """``NAME.safetensors`` for a named tensor set; the two reserved names are refused."""
+    file = f"{name}.safetensors"
+    if not name.isidentifier() or file in (MODEL_FILE, OPTIM_FILE):
+        raise ValueError(f"a checkpoint tensor set needs a plain name other than 'model' and "
+                         f"'optim', got {name!r}")
+    return file
 
 
 # --- loading ------------------------------------------------------------------------------------
@@ -477,6 +498,14 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
     _load_state(unwrap_model(model), state, str(ckpt / MODEL_FILE))
     model.eval()
     return model, card
+
+
+def load_checkpoint_tensors(path: str | os.PathLike[str], name: str,
+                            device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """A named tensor set written with ``save_checkpoint(..., tensors={name: ...})``, verified
+    against the card's sha256."""
+    ckpt = resolve_checkpoint(path)
+    return _verified_tensors(ckpt, read_card(ckpt), _tensor_file(name), device)
 
 
 def load_training_state(path: str | os.PathLike[str], model: nn.Module,

@@ -290,19 +290,22 @@ def train(
     adv_alpha: Annotated[str | None, typer.Option(
         help="Step size (pgd, trades: 2.5*eps/steps; fast: 1.25*eps).")] = None,
     trades_beta: Annotated[float | None, typer.Option(help="TRADES beta (6).")] = None,
+    ema: Annotated[float | None, typer.Option(
+        help="Average the weights over steps (EMA decay in (0, 1), e.g. 0.999); the average "
+             "is validated, saved and tested.")] = None,
 ) -> None:
     """Train a model and save OUT/final (safetensors + JSON card) with its test accuracy.
 
     For the output-activation defense train at T = 1 and raise T afterwards with `defend`.
-    With --adv the card records the recipe and its parameters; --resume without --adv takes
-    them from the interrupted run.
+    With --adv the card records the recipe and its parameters; --resume without --adv (or
+    --ema) takes them from the interrupted run.
     """
     _set_threads(threads)
     config = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule,
         milestones=tuple(_numbers(milestones, int, "--milestones")), gamma=gamma,
         weight_decay=weight_decay, augment=augment, seed=seed, device=device,
-        adv=_adv_spec(adv, adv_eps, adv_steps, adv_fraction, adv_alpha, trades_beta))
+        adv=_adv_spec(adv, adv_eps, adv_steps, adv_fraction, adv_alpha, trades_beta), ema=ema)
     cls = tuple(c.strip() for c in classes.split(",")) if classes else None
     if cls is not None and len(cls) != 2:
         raise ValueError(f"--classes needs exactly two classes, got {classes!r}")

@@ -223,8 +223,8 @@ def _train_classifier(
         raise ValueError(f"adversarial training (--adv {config.adv['recipe']}) cannot be "
                          "combined with --loss differential: the pairwise loss and the margin "
                          "bias are fitted on clean data; train one or the other")
-    if resume and out_dir is not None and config.adv is None:
-        config = _saved_adv(Path(out_dir) / "train" / "last", config)
+    if resume and out_dir is not None:
+        config = _saved_recipe(Path(out_dir) / "train" / "last", config)
     if loss == "differential" and classes is None:
         classes = ("cat", "dog")
     train, val, test = load_splits(dataset, data_root=data_root, val_fraction=val_fraction,
@@ -279,19 +279,22 @@ def _fit_recipe(model: nn.Module, train: Any, val: Any, config: TrainConfig, *, 
     return trainer.fit(resume=resume), {}
 
 
-def _saved_adv(last: Path, config: TrainConfig) -> TrainConfig:
-    """``config`` with the adversarial recipe of an interrupted run's card, if it had one.
+def _saved_recipe(last: Path, config: TrainConfig) -> TrainConfig:
+    """``config`` with the adversarial recipe and weight averaging of an interrupted run's
+    card, where ``config`` leaves them unset.
 
-    Why: ``train --resume`` without repeating ``--adv ...`` must continue the same recipe (the
-    card records it), not silently switch to plain training.
+    Why: ``train --resume`` without repeating ``--adv ...`` or ``--ema`` must continue the same
+    run (the card records both), not silently switch to plain training.
     """
     try:
-        saved = (read_card(last).get("train") or {}).get("adv")
+        saved = read_card(last).get("train") or {}
     except CheckpointError:
         return config
-    if saved:
-        log.info("resuming adversarial training with the run's recipe %s", saved)
-        return dataclasses.replace(config, adv=saved)
+    taken = {k: saved[k] for k in ("adv", "ema")
+             if getattr(config, k) is None and saved.get(k) is not None}
+    if taken:
+        log.info("resuming with the run's %s", ", ".join(f"{k}={v}" for k, v in taken.items()))
+        return dataclasses.replace(config, **taken)
     return config
 
 

@@ -5,7 +5,8 @@
   wrapper, callbacks) and the determinism contract;
 - :mod:`~robustact.train.batches`: dataset tensors, seeds, batch orders;
 - :mod:`~robustact.train.recipes`: differential training, FGSM batch hooks;
-- :mod:`~robustact.train.adversarial`: adversarial training (mix, PGD-AT, fast AT, TRADES).
+- :mod:`~robustact.train.adversarial`: adversarial training (mix, PGD-AT, fast AT, TRADES);
+- :mod:`~robustact.train.averaging`: the weight average (EMA) the trainer can keep.
 
 Checkpoints live in :mod:`robustact.checkpoint` (re-exported here for convenience).
 """
@@ -25,6 +26,7 @@ from robustact.train.adversarial import (
     adversarial_train,
 )
 from robustact.train.augment import crop_flip, get_augmentation, random_crop_flip
+from robustact.train.averaging import WeightAverage
 from robustact.train.batches import as_tensors, balanced_batches, derive_seed, seeded
 from robustact.train.config import (
     TrainConfig,
@@ -49,6 +51,7 @@ __all__ = [
     "TrainConfig",
     "Trainer",
     "TrainingDivergedError",
+    "WeightAverage",
     "balanced_batches",
     "crop_flip",
     "cross_entropy_loss",

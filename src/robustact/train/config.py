@@ -13,6 +13,7 @@ from typing import Any
 
 from robustact.core.validate import check_positive_int
 from robustact.train.augment import AUGMENTATIONS
+from robustact.train.averaging import check_decay
 from robustact.train.schedules import SCHEDULES
 
 __all__ = [
@@ -27,7 +28,7 @@ __all__ = [
 # Fields that define the training trajectory: a resumed run must use the same values.
 TRAJECTORY_FIELDS = ("batch_size", "optimizer", "lr", "momentum", "weight_decay", "nesterov",
                       "schedule", "milestones", "gamma", "warmup_epochs", "augment", "seed",
-                      "balanced", "epochs", "betas", "adv")
+                      "balanced", "epochs", "betas", "adv", "ema")
 
 
 #: Fields older cards may hold that no longer shape a run (``num_threads``: threads are the
@@ -52,7 +53,9 @@ class TrainConfig:
     updates (each update syncs the device); ``balanced`` draws class-balanced batches
     (differential training). ``adv`` is the adversarial-training recipe, a spec dict from
     :func:`robustact.train.adversarial.adversarial_spec` (None: plain training); recorded in
-    the card so a reader knows how the model was made. Thread counts are not part of a run:
+    the card so a reader knows how the model was made. ``ema`` (e.g. 0.999 per step) evaluates,
+    saves and hands back an exponential moving average of the weights
+    (:mod:`robustact.train.averaging`). Thread counts are not part of a run:
     the caller (the CLI) sets them, never the library.
     """
 
@@ -76,6 +79,7 @@ class TrainConfig:
     eval_batch_size: int = 512
     betas: tuple[float, float] = (0.9, 0.999)
     adv: dict[str, Any] | None = None
+    ema: float | None = None
 
     def __post_init__(self) -> None:
         self.milestones = tuple(int(m) for m in self.milestones)
@@ -108,6 +112,8 @@ class TrainConfig:
             raise bad("device", "'auto', 'cpu' or 'cuda[:i]'")
         if self.adv is not None and not (isinstance(self.adv, dict) and "recipe" in self.adv):
             raise bad("adv", "None or a recipe spec dict (see adversarial_spec)")
+        if self.ema is not None:
+            self.ema = check_decay(self.ema, "ema")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             raise ValueError("TrainConfig.nesterov needs optimizer 'sgd' with momentum > 0")
 

@@ -27,6 +27,7 @@ seeding applies but cuDNN/atomics may still be non-deterministic.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -42,6 +43,7 @@ from tqdm.auto import tqdm
 
 from robustact.checkpoint import (
     CheckpointError,
+    load_checkpoint_tensors,
     load_training_state,
     read_card,
     resolve_checkpoint,
@@ -49,6 +51,7 @@ from robustact.checkpoint import (
 )
 from robustact.core.validate import check_labels, resolve_device
 from robustact.train.augment import get_augmentation
+from robustact.train.averaging import WeightAverage
 from robustact.train.batches import (
     as_tensors,
     balanced_batches,
@@ -62,6 +65,10 @@ from robustact.train.schedules import LRSchedule
 __all__ = ["BatchHook", "Callback", "LossFn", "Trainer", "cross_entropy_loss"]
 
 log = logging.getLogger("robustact.train")
+
+#: the tensor set of a ``last`` checkpoint that holds the optimizer's (raw) weights when the
+#: model file holds their average (``TrainConfig.ema``)
+RAW_WEIGHTS = "train_weights"
 
 #: ``loss(model, x, y) -> (loss, logits or None)``
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor],
@@ -172,6 +179,7 @@ class Trainer:
             schedule=cfg.schedule, milestones=cfg.milestones, gamma=cfg.gamma,
             warmup_epochs=cfg.warmup_epochs)
         self.state = _Progress()
+        self.average = WeightAverage(self.model, cfg.ema) if cfg.ema is not None else None
 
     # -- helpers --------------------------------------------------------------------------------
     @staticmethod
@@ -244,6 +252,8 @@ class Trainer:
                 loss, logits = self.loss_fn(self.net, x, y)
                 loss.backward()
                 self.optimizer.step()
+                if self.average is not None:
+                    self.average.update(self.model)
                 self.state.global_step += 1
                 loss_sum += loss.detach().double() * y.shape[0]
                 seen += y.shape[0]
@@ -319,7 +329,18 @@ class Trainer:
             data=self.data_info,
             extra={"trainer": {"global_step": s.global_step, "best_val_acc": s.best_val_acc,
                                "best_epoch": s.best_epoch}},
+            # with an average in place the model file holds it; resume needs the raw weights
+            tensors=({RAW_WEIGHTS: self.average.raw}
+                     if with_optimizer and self.average is not None and self.average.raw
+                     else None),
         )
+
+    def _judged(self) -> contextlib.AbstractContextManager[Any]:
+        """The weights that are validated, saved and handed out: the average when there is
+        one (see :mod:`robustact.train.averaging`), else the trained weights themselves."""
+        if self.average is None:
+            return contextlib.nullcontext()
+        return self.average.applied(self.model)
 
     def _resume(self) -> None:
         if self.out_dir is None:
@@ -339,6 +360,11 @@ class Trainer:
                              + "; ".join(diff) + ")")
         card = load_training_state(last, self.model, self.optimizer, self.scheduler)
         t = (card.get("extra") or {}).get("trainer") or {}
+        if self.average is not None:  # the model file held the average: raw weights go back
+            self.average = WeightAverage(self.model, self.config.ema,
+                                         updates=int(t.get("global_step", 0)))
+            self.model.load_state_dict(load_checkpoint_tensors(last, RAW_WEIGHTS,
+                                                               device=self.device))
         self.state = _Progress(
             epoch=int(card["epoch"]), global_step=int(t.get("global_step", 0)),
             best_val_acc=t.get("best_val_acc"), best_epoch=t.get("best_epoch"),
@@ -357,39 +383,50 @@ class Trainer:
             self._resume()
         else:
             self.state = _Progress()
+            if cfg.ema is not None:  # a second fit starts its average afresh
+                self.average = WeightAverage(self.model, cfg.ema)
         self._call("on_fit_start")
         for epoch in range(self.state.epoch + 1, cfg.epochs + 1):
             t0 = time.perf_counter()
             with torch.random.fork_rng(devices=self._rng_devices()):
                 self._call("on_epoch_start", epoch)
                 train = self._train_epoch(epoch)
-                self._call("on_train_epoch_end", epoch)
-            val = self.evaluate() if self.val is not None else None
-            record = {
-                "epoch": epoch, **train,
-                "val_loss": val["loss"] if val else None,
-                "val_acc": val["acc"] if val else None,
-                "seconds": time.perf_counter() - t0,
-            }
-            s = self.state
-            s.epoch = epoch
-            s.history.append(record)
-            improved = val is not None and (
-                s.best_val_acc is None or val["acc"] > s.best_val_acc)
-            if improved:
-                s.best_val_acc, s.best_epoch = val["acc"], epoch
-            if self.out_dir is not None:
-                if improved:
-                    self._save("best", record, with_optimizer=False)
-                if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
-                    self._save("last", record, with_optimizer=True)
-            log.info("epoch %d/%d %s", epoch, cfg.epochs,
-                     " ".join(f"{k}={v:.4g}" for k, v in record.items()
-                              if isinstance(v, float)))
-            self._call("on_epoch_end", epoch, record)
+                with self._judged():
+                    self._call("on_train_epoch_end", epoch)
+            with self._judged():
+                self._end_epoch(epoch, train, t0)
+        if self.average is not None:
+            self.average.copy_to(self.model)
         self._call("on_fit_end", self.state.history)
         self.net.eval()  # hand back a model ready for evaluation and attacks
         return list(self.state.history)
+
+    def _end_epoch(self, epoch: int, train: dict[str, float], t0: float) -> None:
+        """Validate, record, checkpoint and tell the callbacks (with the judged weights)."""
+        cfg = self.config
+        val = self.evaluate() if self.val is not None else None
+        record = {
+            "epoch": epoch, **train,
+            "val_loss": val["loss"] if val else None,
+            "val_acc": val["acc"] if val else None,
+            "seconds": time.perf_counter() - t0,
+        }
+        s = self.state
+        s.epoch = epoch
+        s.history.append(record)
+        improved = val is not None and (
+            s.best_val_acc is None or val["acc"] > s.best_val_acc)
+        if improved:
+            s.best_val_acc, s.best_epoch = val["acc"], epoch
+        if self.out_dir is not None:
+            if improved:
+                self._save("best", record, with_optimizer=False)
+            if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
+                self._save("last", record, with_optimizer=True)
+        log.info("epoch %d/%d %s", epoch, cfg.epochs,
+                 " ".join(f"{k}={v:.4g}" for k, v in record.items()
+                          if isinstance(v, float)))
+        self._call("on_epoch_end", epoch, record)
 
 
 class _NoBar:
