@@ -341,6 +341,9 @@ def test_generic_attacks_count_the_survivors_in_their_noise_floor():
     assert verdict([two]).label == "no evidence of masking found"
     assert three.breaks_points and verdict([three]).label == "masking confirmed"
     assert run(check_single_step, "single_step", 2).kind == "info"
+    # another loss (DLR) is a generic second opinion too: 2 of 50 pass, 3 of 50 confirm
+    assert not run(check_loss_choice, "loss_variant", 2).fired
+    assert run(check_loss_choice, "loss_variant", 3).breaks_points
     adaptive = run(check_adaptive, "adaptive", 2)
     assert adaptive.breaks_points and adaptive.numbers["noise_threshold"] == 1.0
 
