@@ -15,7 +15,9 @@ Extension points (so new recipes slot in without touching the loop):
 - ``callbacks``: objects with any of ``on_fit_start(trainer)``, ``on_epoch_start(trainer,
   epoch)``, ``on_train_epoch_end(trainer, epoch)`` (after the optimizer steps, before validation
   and checkpointing, so a callback may adjust the model, e.g. set a bias), ``on_epoch_end(trainer,
-  epoch, record)`` (after the checkpoint) and ``on_fit_end(trainer, history)``.
+  epoch, record)`` (after the checkpoint) and ``on_fit_end(trainer, history)``. With a weight
+  average (``TrainConfig.ema``, :mod:`robustact.train.averaging`) the two epoch-end hooks,
+  validation and the checkpoints see the average, and ``fit`` hands it back.
 
 Determinism (CPU): epoch ``e`` (1-based) draws its shuffle order, its augmentation and, via
 ``torch.manual_seed`` inside ``torch.random.fork_rng``, every global-RNG consumer (dropout) from
