@@ -18,7 +18,7 @@ from robustact.core.storage import load_tensors
 from robustact.data import load_dataset
 from robustact.models import create_model
 from robustact.train import TrainConfig, Trainer, read_card, seeded
-from robustact.train.adversarial import adversarial_spec, recipe_parts
+from robustact.train.adversarial import adversarial_spec, adversarial_train
 from robustact.train.averaging import WeightAverage
 from robustact.train.loop import RAW_WEIGHTS
 
@@ -101,13 +101,13 @@ def test_trainer_judges_saves_and_returns_the_average_on_an_unchanged_trajectory
     assert read_card(tmp_path / "last")["train"]["ema"] == 0.9
 
 
-def _fit(model: nn.Module, data: tuple, config: TrainConfig, **kw: object) -> list[dict]:
-    """Plain or adversarial training (the recipe's hook and loss) of ``model``."""
-    resume = bool(kw.pop("resume", False))
-    hook, loss, extra = recipe_parts(config.adv, model) if config.adv else (None, None, [])
-    trainer = Trainer(model, *data, config, batch_hook=hook, loss=loss, progress=False,
-                      **kw)  # type: ignore[arg-type]
-    return trainer.fit(resume=resume)
+def _fit(model: nn.Module, data: tuple, config: TrainConfig, resume: bool = False,
+         **kw: object) -> list[dict]:
+    """Plain or adversarial training (the project's own entry point for a recipe)."""
+    if config.adv:
+        return adversarial_train(model, *data, config, resume=resume, **kw)[0]
+    return Trainer(model, *data, config, progress=False, **kw).fit(  # type: ignore[arg-type]
+        resume=resume)
 
 
 @pytest.mark.parametrize("adv", [None, "pgd", "trades"])

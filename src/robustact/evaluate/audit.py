@@ -39,6 +39,7 @@ from robustact.evaluate.checks import (
     check_binarization,
     check_random_search,
     check_transfer_mismatch,
+    noise_floor,
 )
 from robustact.evaluate.summary import worst_case
 from robustact.evaluate.table import ResultsTable
@@ -81,10 +82,10 @@ GENERIC_SURVIVOR_NOISE = 0.05
 
 
 def _noise_floor(n: int, survivors: int | None = None) -> float:
-    """AUDIT.md's floor, max(1 sample, 0.5 pp of the ``n`` points); with ``survivors`` (the
-    points reported robust) also ``GENERIC_SURVIVOR_NOISE`` of them, for the checks whose
+    """AUDIT.md's floor (:func:`~robustact.evaluate.checks.noise_floor`); with ``survivors``
+    (the points reported robust) also ``GENERIC_SURVIVOR_NOISE`` of them, for the checks whose
     attacks differ from the standard ones on a few per cent of the survivors anyway."""
-    floor = max(1.0, 0.005 * n)
+    floor = noise_floor(n)
     return floor if survivors is None else max(floor, GENERIC_SURVIVOR_NOISE * survivors)
 
 

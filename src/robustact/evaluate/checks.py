@@ -43,6 +43,7 @@ from robustact.losses.attack import ce_loss, dlr_loss, margin_loss
 __all__ = [
     "CheckResult",
     "beyond_noise",
+    "noise_floor",
     "correct_untied",
     "check_randomness",
     "check_probabilities",
@@ -98,9 +99,14 @@ def _decided(cid: str, name: str, fired: bool, numbers: dict[str, Any], kind: st
     return CheckResult(cid, name, fired, numbers, if_fired() if fired else if_passed(), kind=kind)
 
 
+def noise_floor(n: int) -> float:
+    """AUDIT.md's noise floor: max(1 sample, 0.5 pp) of the ``n`` evaluated points."""
+    return max(1.0, 0.005 * n)
+
+
 def beyond_noise(count: int, n: int) -> bool:
-    """AUDIT.md's noise rule: more than max(1 sample, 0.5 pp) of the ``n`` evaluated points."""
-    return count > max(1.0, 0.005 * n)
+    """AUDIT.md's noise rule: more than :func:`noise_floor` of the ``n`` evaluated points."""
+    return count > noise_floor(n)
 
 
 def _pct(v: float) -> str:

@@ -181,7 +181,8 @@ class Trainer:
             schedule=cfg.schedule, milestones=cfg.milestones, gamma=cfg.gamma,
             warmup_epochs=cfg.warmup_epochs)
         self.state = _Progress()
-        self.average = WeightAverage(self.model, cfg.ema) if cfg.ema is not None else None
+        #: the weight average (``config.ema``); made by ``fit``, from the checkpoint on resume
+        self.average: WeightAverage | None = None
 
     # -- helpers --------------------------------------------------------------------------------
     @staticmethod
@@ -362,7 +363,7 @@ class Trainer:
                              + "; ".join(diff) + ")")
         card = load_training_state(last, self.model, self.optimizer, self.scheduler)
         t = (card.get("extra") or {}).get("trainer") or {}
-        if self.average is not None:  # the model file held the average: raw weights go back
+        if self.config.ema is not None:  # the model file held the average: raw weights back
             self.average = WeightAverage(self.model, self.config.ema,
                                          updates=int(t.get("global_step", 0)))
             self.model.load_state_dict(load_checkpoint_tensors(last, RAW_WEIGHTS,
@@ -381,12 +382,11 @@ class Trainer:
         (the rate of the epoch's first step), seconds. The model is left in eval mode.
         """
         cfg = self.config
+        self.state, self.average = _Progress(), None
         if resume:
             self._resume()
-        else:
-            self.state = _Progress()
-            if cfg.ema is not None:  # a second fit starts its average afresh
-                self.average = WeightAverage(self.model, cfg.ema)
+        if cfg.ema is not None and self.average is None:  # a fresh run (or nothing to resume)
+            self.average = WeightAverage(self.model, cfg.ema)
         self._call("on_fit_start")
         for epoch in range(self.state.epoch + 1, cfg.epochs + 1):
             t0 = time.perf_counter()
