@@ -57,6 +57,7 @@ from robustact.evaluate.checks import (
 )
 from robustact.evaluate.selftest import broken_models, self_test
 from robustact.evaluate.table import ResultsTable
+from robustact.losses.attack import dlr_loss
 from robustact.models import create_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -114,6 +115,46 @@ def test_zero_gradients_reports_the_fraction_per_loss_and_start(healthy, broken)
     assert res.numbers["zero_or_nonfinite[margin at random start]"] == 1.0
     assert "100.0 %" in res.evidence
     assert set(res.numbers) >= {"zero_or_nonfinite[dlr at x]", "zero_or_nonfinite[ce at x]"}
+
+
+def test_zero_gradients_ignore_points_already_misclassified(healthy):
+    """DLR is constant (≡ 1) where the label ranks third, so its gradient is zero there by
+    construction: such misclassified points must not make C4 fire on a healthy model."""
+    model, x, y = healthy
+    with torch.no_grad():
+        z = model(x)
+    y_bad = y.clone()
+    y_bad[:8] = z.argsort(1, descending=True)[:8, 2]
+    assert float(dlr_loss(z[:8], y_bad[:8]).sub(1).abs().max()) < 1e-5  # constant there
+    res = check_zero_gradients(model, x, y_bad, eps=EPS)
+    assert res.fired is False, res
+    assert res.numbers["probed[x]"] <= 24 and res.numbers["zero_or_nonfinite[dlr at x]"] == 0
+
+
+def test_model_checks_run_in_true_float32_and_restore_the_settings(healthy):
+    """TF32 convolutions (PyTorch's CUDA default) blur the finite differences C7 takes; the
+    checks switch to IEEE float32 while they probe and put the caller's setting back."""
+    model, x, y = healthy
+    conv = torch.backends.cudnn.conv
+    seen = []
+
+    class Spy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            seen.append(conv.fp32_precision)
+            return self.inner(t)
+
+    before = conv.fp32_precision
+    conv.fp32_precision = "tf32"
+    try:
+        check_gradient_mismatch(Spy().eval(), x, y, eps=EPS)
+        assert seen and set(seen) == {"ieee"}
+        assert conv.fp32_precision == "tf32"
+    finally:
+        conv.fp32_precision = before
 
 
 def test_checks_leave_the_model_as_they_found_it(healthy, broken):

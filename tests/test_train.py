@@ -247,6 +247,8 @@ def test_trainer_accepts_dataset_objects_and_leaves_threads_alone() -> None:
     old_card = {**fast_config().to_dict(), "num_threads": 1}
     assert TrainConfig.from_dict(old_card) == fast_config()  # older cards still read back
     assert t.data_info["name"] == "blobs" and t.data_info["n_train"] == 32
+    # "dataset" is the key `robustact evaluate --model <run>/last` reads to find the test set.
+    assert t.data_info["dataset"] == "blobs"
 
 
 def test_extension_points_loss_hook_wrapper_callbacks() -> None:

@@ -182,10 +182,34 @@ def _pre_activation(model: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Te
 
 
 @contextlib.contextmanager
+def full_fp32() -> Iterator[None]:
+    """CUDA convolutions and matrix products in true float32 (no TF32) inside the block.
+
+    Why: PyTorch runs cuDNN convolutions in TF32 (a 10-bit mantissa) by default on Ampere and
+    later GPUs. C7 compares autograd with finite differences at steps of ε/100, far below that
+    resolution, so TF32 rounding looks like the loss jumping: on an H200, C7 fired on 30 % of a
+    sound fast-AT ResNet-20's CIFAR-10 points that pass it on a CPU (1 % raw disagreement, no
+    jump). Restores the caller's settings; a no-op on a CPU.
+    """
+    parts = [getattr(getattr(torch.backends, mod, None), attr, None)
+             for mod, attr in (("cudnn", "conv"), ("cuda", "matmul"))]
+    parts = [p for p in parts if p is not None and hasattr(p, "fp32_precision")]
+    saved = [p.fp32_precision for p in parts]
+    try:
+        for p in parts:
+            p.fp32_precision = "ieee"
+        yield
+    finally:
+        for p, v in zip(parts, saved, strict=True):
+            p.fp32_precision = v
+
+
+@contextlib.contextmanager
 def _probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Iterator[torch.Tensor]:
-    """Validated, dtype-matched inputs inside :func:`prepared_model` (eval, no param grads)."""
+    """Validated, dtype-matched inputs inside :func:`prepared_model` (eval, no param grads), in
+    true float32 (:func:`full_fp32`): the checks compare numbers at scales TF32 blurs."""
     xm = _check_inputs(model, x, y)
-    with prepared_model(model):
+    with prepared_model(model), full_fp32():
         yield xm
 
 
@@ -273,7 +297,14 @@ def check_zero_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                          seed: int = 0) -> CheckResult:
     """C4: per-sample input gradient of CE, margin (and DLR with ≥ 3 classes), at x and (given
     ``eps``) at a random start in the ε-ball; fires when any sample's gradient is all zero or
-    not finite."""
+    not finite.
+
+    Only points the model does not already misclassify count (a tied top output still counts):
+    an attack has nothing to do at a misclassified point, and there DLR can be constant by
+    construction, not by any fault of the model (label ranked third: numerator and denominator
+    are both z_π1 − z_y, so DLR ≡ 1 and its gradient is zero). Counting those made C4 fire on a
+    sound fast-AT ResNet-20 (5 of the first 100 CIFAR-10 test points, all misclassified).
+    """
     check_norm(norm)
     numbers: dict[str, Any] = {}
     worst_name, worst = "", 0.0
@@ -284,9 +315,14 @@ def check_zero_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
             starts["random start"] = random_start(xm, _need_eps(eps, "C4"), norm,
                                                   _gen(seed, xm.device))
         for where, pts in starts.items():
+            out = _outputs(model, pts)
+            live = ~((out.argmax(1) != y.to(out.device)) & ~top_ties(out)).to(pts.device)
+            numbers[f"probed[{where}]"] = int(live.sum())
+            if not live.any():
+                continue
             for lname, loss in _losses(k).items():
                 g, _ = _input_grad(model, pts, y, loss)
-                frac = float(_bad_rows(g, pts.shape[0], pts.device).float().mean())
+                frac = float(_bad_rows(g, pts.shape[0], pts.device)[live].float().mean())
                 key = f"{lname.upper()} input gradient at {where}"
                 numbers[f"zero_or_nonfinite[{lname} at {where}]"] = frac
                 if frac > worst:
@@ -297,10 +333,11 @@ def check_zero_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
         "C4", "zero / NaN / Inf gradients", fired, numbers,
         if_fired=lambda: (
             f"the {worst_name} is exactly zero or not finite for "
-            f"{_pct(worst)} of the samples: gradient attacks get no signal there."),
+            f"{_pct(worst)} of the samples not already misclassified: gradient attacks get "
+            "no signal there."),
         if_passed=lambda: (
             "input gradients (CE, margin" + (", DLR" if k >= 3 else "") +
-            ") are non-zero and finite for every sample" +
+            ") are non-zero and finite for every sample not already misclassified" +
             (" at x and at a random start." if eps is not None else " at x.")))
 
 

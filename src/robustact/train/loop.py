@@ -206,6 +206,8 @@ class Trainer:
             v = getattr(train_data, attr, None)
             if isinstance(v, (str, int)):
                 info[attr] = v
+        if isinstance(info.get("name"), str):  # the key `robustact evaluate`/`predict` read
+            info["dataset"] = info["name"]
         if val is not None:
             info["n_val"] = int(val[0].shape[0])
         return info
