@@ -3,8 +3,9 @@
 #
 # Why two phases: the device tool carries at most 64 MiB per call and has no network, so
 # CIFAR-10, packed losslessly by scripts/pack_cifar.py, travels in two halves (.gpu/a: data
-# batches 1-3; .gpu/b: batches 4-5, the test batch, and pyautoattack's sources). The machine keeps
-# /tmp between back-to-back calls.
+# batches 1-3; .gpu/b: batches 4-5, the test batch, and pyautoattack's sources in .gpu/b/pylib).
+# The machine keeps /tmp between back-to-back calls, but a carried folder only for the call that
+# names it: every `run` call carries .gpu/b.
 #   probe: unpack the first half; a CUDA smoke run of training, `robustact evaluate` and
 #          AutoAttack; time one fast-AT epoch on 10000 images to size the schedule.
 #   run:   unpack the second half; fast AT for as many epochs (at most 40) as fit BUDGET seconds;
@@ -57,6 +58,7 @@ probe)
 run)
   test -f /tmp/probe.json || { echo "no probe on this machine: run the probe phase first"; exit 3; }
   python3 scripts/pack_cifar.py unpack .gpu/b --to $D
+  rm -rf /tmp/ckpt /tmp/ev  # a rerun on the same machine starts afresh
   epochs=$(python3 -c "import json; p = json.load(open('/tmp/probe.json'))
 per_epoch = p['train_wall_seconds'] * 50000 / p['data']['n_train']
 print(max(1, min(40, int($budget // per_epoch))))")
