@@ -1,6 +1,6 @@
 """Attacks: ``attack(model, x, y, target=None) -> AttackResult`` (see :mod:`.base`).
 
-Fixed-budget gradient attacks (FGSM, BIM, I-FGSM, PGD, MIM, APGD), minimum-norm attacks
+Fixed-budget gradient attacks (FGSM, BIM, I-FGSM, PGD, MIM, APGD, APGD-T), minimum-norm attacks
 (DeepFool, C&W-L2, trust region), the query-based Square attack, the label-only (decision-
 based) RayS and HopSkipJump, BPDA and transfer wrappers for adaptive / black-box evaluation,
 and :func:`verify` to re-check any result independently.
@@ -8,6 +8,7 @@ and :func:`verify` to re-check any result independently.
 
 from robustact.attacks._utils import clip_to_box, normalize_direction, project, random_start
 from robustact.attacks.apgd import APGD
+from robustact.attacks.apgd_t import APGDT
 from robustact.attacks.base import Attack, AttackResult, LogitsView, lp_norms, prepared_model
 from robustact.attacks.bim import BIM, IFGSM
 from robustact.attacks.bpda import BPDA, default_substitutes, with_bpda
@@ -26,6 +27,7 @@ from robustact.attacks.verify import VerifiedResult, WorstCaseResult, robust_acc
 
 __all__ = [
     "APGD",
+    "APGDT",
     "Attack",
     "AttackResult",
     "BIM",

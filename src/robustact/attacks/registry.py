@@ -15,6 +15,7 @@ import inspect
 from typing import Any
 
 from robustact.attacks.apgd import APGD
+from robustact.attacks.apgd_t import APGDT
 from robustact.attacks.base import Attack
 from robustact.attacks.bim import BIM, IFGSM
 from robustact.attacks.cw import CarliniWagnerL2
@@ -55,7 +56,7 @@ DEFAULT_BUDGETS: dict[str, dict[str, float]] = {
 #: Every registered attack by its one name (the class's ``name``). The transfer attack is not
 #: here: its surrogate is a model, not a parameter a spec can carry.
 ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (
-    FGSM, BIM, IFGSM, PGD, MIM, APGD, DeepFool, CarliniWagnerL2, TrustRegion, Square,
+    FGSM, BIM, IFGSM, PGD, MIM, APGD, APGDT, DeepFool, CarliniWagnerL2, TrustRegion, Square,
     RayS, HopSkipJump, RandomSearch)}
 
 
