@@ -19,8 +19,7 @@ import torch
 
 from robustact.attacks import APGD, APGDT
 from robustact.attacks.registry import default_budget
-from robustact.checkpoint import load_checkpoint
-from robustact.data import load_dataset
+from robustact.workflows import load_evaluation_target
 
 
 def main() -> None:
@@ -31,11 +30,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    model, card = load_checkpoint(a.checkpoint, "cpu")
-    model.eval()
-    dataset = card["data"]["dataset"]
-    test = load_dataset(dataset, "test", root=a.data_root)
-    x, y = test.x()[:a.n], test.y()[:a.n]
+    target = load_evaluation_target(checkpoint=a.checkpoint, n=a.n, data_root=a.data_root,
+                                    device="cpu")
+    model, dataset, x, y = target.model.eval(), target.dataset, target.data.x(), target.data.y()
     eps, keys = default_budget(dataset, "linf"), torch.arange(len(y))
     with torch.no_grad():
         robust = model(x).argmax(1) == y

@@ -14,9 +14,8 @@ import json
 import torch
 
 from robustact.attacks.registry import default_budget
-from robustact.checkpoint import load_checkpoint
-from robustact.data import load_dataset
 from robustact.evaluate.checks import check_gradient_mismatch, check_zero_gradients
+from robustact.workflows import load_evaluation_target
 
 
 def main() -> None:
@@ -26,10 +25,9 @@ def main() -> None:
     p.add_argument("--data-root", default=None)
     a = p.parse_args()
     torch.set_num_threads(1)
-    model, card = load_checkpoint(a.checkpoint, "cpu")
-    dataset = card["data"]["dataset"]
-    test = load_dataset(dataset, "test", root=a.data_root)
-    x, y = test.x()[:a.n], test.y()[:a.n]
+    target = load_evaluation_target(checkpoint=a.checkpoint, n=a.n, data_root=a.data_root,
+                                    device="cpu")
+    model, dataset, x, y = target.model, target.dataset, target.data.x(), target.data.y()
     eps = default_budget(dataset, "linf")
     out = {"checkpoint": a.checkpoint, "dataset": dataset, "n": a.n, "eps": eps,
            "torch": torch.__version__, "device": "cpu"}

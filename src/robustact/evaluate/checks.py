@@ -316,7 +316,7 @@ def check_zero_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                                                   _gen(seed, xm.device))
         for where, pts in starts.items():
             out = _outputs(model, pts)
-            live = ~((out.argmax(1) != y.to(out.device)) & ~top_ties(out)).to(pts.device)
+            live = ~((out.argmax(1) != y) & ~top_ties(out))
             numbers[f"probed[{where}]"] = int(live.sum())
             if not live.any():
                 continue
