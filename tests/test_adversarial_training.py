@@ -194,9 +194,9 @@ def _one_error_line(res: object, *needles: str) -> None:
 
 
 @pytest.mark.parametrize(("args", "needles"), [
-    (["--adv", "fast", "--adv-eps", "1.5"], ("adversarial eps", "(0, 1]")),
-    (["--adv", "pgd", "--adv-eps", "0"], ("adversarial eps", "0")),
-    (["--adv", "pgd", "--adv-eps", "-8/255"], ("adversarial eps",)),
+    (["--adv", "fast", "--adv-eps", "1.5"], ("eps must be in (0, 1] for linf", "got 1.5")),
+    (["--adv", "pgd", "--adv-eps", "0"], ("eps must be in (0, 1]", "got 0.0")),
+    (["--adv", "pgd", "--adv-eps", "-8/255"], ("eps must be in (0, 1]",)),
     (["--adv", "mix", "--adv-eps", "0.1", "--adv-fraction", "0"], ("fraction", "(0, 1]")),
     (["--adv", "mix", "--adv-eps", "0.1", "--adv-fraction", "1.5"], ("fraction",)),
     (["--adv", "pgd", "--adv-eps", "0.1", "--adv-fraction", "0.5"], ("takes no fraction",)),

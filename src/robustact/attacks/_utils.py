@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from robustact.core.budget import NORMS, check_norm
+from robustact.core.budget import check_budget as _check_budget
 from robustact.losses.attack import AttackLoss, dlr_loss, dlr_targeted_loss
 
 __all__ = [
@@ -35,19 +37,13 @@ __all__ = [
     "random_start",
 ]
 
-#: Norms whose projection and steepest-ascent direction are implemented here.
-BALL_NORMS = ("linf", "l2")
-
-
-def check_norm(norm: str, allowed: tuple[str, ...] = BALL_NORMS) -> str:
-    """Return ``norm`` if it is one of ``allowed``, else raise a ValueError naming the choices."""
-    if not isinstance(norm, str) or norm not in allowed:
-        raise ValueError(f"unknown norm {norm!r}; choose from {allowed}")
-    return norm
+#: Norms whose projection and steepest-ascent direction are implemented here: the budget
+#: norms of :mod:`robustact.core.budget`, whose ``check_norm`` is re-exported here.
+BALL_NORMS = NORMS
 
 
 def check_eps(eps: float, name: str = "eps") -> float:
-    """A budget must be a finite, non-negative real number (ε = 0 is allowed: a no-op attack)."""
+    """A finite, non-negative number: step sizes, decays, tolerances (ε: :func:`check_budget`)."""
     if isinstance(eps, bool) or not isinstance(eps, (int, float)):
         raise TypeError(f"{name} must be a number, got {type(eps).__name__}")
     if not math.isfinite(eps) or eps < 0:
@@ -56,17 +52,13 @@ def check_eps(eps: float, name: str = "eps") -> float:
 
 
 def check_budget(eps: float, norm: str) -> float:
-    """An attack's budget ε for ``norm``: :func:`check_eps`, and ε ≤ 1 for L∞.
+    """An attack's budget ε for ``norm``: the one rule, :func:`robustact.core.budget.check_budget`.
 
-    Images are in [0, 1], so an L∞ ε above 1 constrains nothing: it is almost surely a budget
-    in grey levels (8 for 8/255). An L2 (or L1) ε has no such bound: the [0, 1] box has
-    diameter √d in L2 (28 on MNIST), and min-norm comparisons use budgets above 1 legitimately.
+    Attacks accept ε = 0 (a no-op that returns x: the engine's ε grid starts there). An L2 ε is
+    not bounded by √d here: an attack is built before it sees data; the engine, which knows d,
+    checks that bound before building its attacks.
     """
-    eps = check_eps(eps)
-    if norm == "linf" and eps > 1.0:
-        raise ValueError(f"eps must be in [0, 1] for linf (images are in [0, 1]; write e.g. "
-                         f"8/255 for 8 grey levels), got {eps:g}")
-    return eps
+    return _check_budget(eps, norm, allow_zero=True)
 
 
 def check_positive(value: float, name: str) -> float:

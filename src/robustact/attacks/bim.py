@@ -12,7 +12,7 @@ Both are the :class:`~robustact.attacks.pgd.PGD` loop without a random start, in
 
 from __future__ import annotations
 
-from robustact.attacks._utils import check_eps, check_int
+from robustact.attacks._utils import check_budget, check_eps, check_int
 from robustact.attacks.pgd import PGD
 from robustact.losses.attack import AttackLoss
 
@@ -32,7 +32,7 @@ class BIM(PGD):
                  loss: str | AttackLoss = "ce", early_stop: bool = True,
                  logits_from: str | None = None, force_eval: bool = False,
                  seed: int = 0) -> None:
-        eps = check_eps(eps)
+        eps = check_budget(eps, "linf")
         if alpha is None:
             alpha = 1.0 / 255.0
         if steps is None:

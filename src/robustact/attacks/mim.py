@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from robustact.attacks._utils import check_eps, normalize_direction
+from robustact.attacks._utils import check_budget, check_eps, normalize_direction
 from robustact.attacks.pgd import PGD
 from robustact.losses.attack import AttackLoss
 
@@ -34,7 +34,7 @@ class MIM(PGD):
                  decay: float = 1.0, *, norm: str = "linf", loss: str | AttackLoss = "ce",
                  early_stop: bool = True, logits_from: str | None = None,
                  force_eval: bool = False, seed: int = 0) -> None:
-        eps = check_eps(eps)
+        eps = check_budget(eps, norm)
         if alpha is None:
             alpha = eps / steps if isinstance(steps, int) and steps > 0 else 0.0
         super().__init__(eps, alpha, steps, norm=norm, random_start=False, restarts=1,

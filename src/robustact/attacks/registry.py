@@ -6,7 +6,8 @@ entries — so results files can record exactly what ran and re-run it: every at
 rebuilds the attack. ``name`` may also be a spec string in the one grammar of
 :mod:`robustact.core.spec` (``"pgd:eps=8/255,steps=40"``). Each attack has one name, its class's
 ``name``; unknown parameters, missing ones and wrongly typed ones are one-line errors naming
-the attack, never silently ignored.
+the attack, never silently ignored. ``DEFAULT_BUDGETS`` and ``default_budget`` are the ones of
+:mod:`robustact.core.budget` (the one budget rule), re-exported here where callers found them.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from robustact.attacks.random_search import RandomSearch
 from robustact.attacks.rays import RayS
 from robustact.attacks.square import Square
 from robustact.attacks.trust_region import TrustRegion
+from robustact.core.budget import DEFAULT_BUDGETS, default_budget
 from robustact.core.spec import ParameterError, parse_spec
 
 __all__ = [
@@ -39,19 +41,6 @@ __all__ = [
     "default_budget",
     "resolve_attack",
 ]
-
-#: The budget ε a fixed-budget attack gets when none is given, by dataset and norm, in [0, 1]
-#: pixel units. L∞: the standard threat models (MNIST 0.3, Madry et al.; CIFAR 8/255,
-#: RobustBench); sklearn's 8×8 digits have 17 grey levels, and 0.1 (≈ 1.6 levels) is the ε the
-#: demo reports. L2: MNIST 2.0 and CIFAR 0.5 as commonly reported; digits 0.5 (64 pixels: a bit
-#: below 0.8, the L2 size of a full 0.1 L∞ corner).
-DEFAULT_BUDGETS: dict[str, dict[str, float]] = {
-    "mnist": {"linf": 0.3, "l2": 2.0},
-    "cifar10": {"linf": 8 / 255, "l2": 0.5},
-    "cifar100": {"linf": 8 / 255, "l2": 0.5},
-    "digits": {"linf": 0.1, "l2": 0.5},
-}
-
 
 #: Every registered attack by its one name (the class's ``name``). The transfer attack is not
 #: here: its surrogate is a model, not a parameter a spec can carry.
@@ -76,16 +65,6 @@ def _lookup(name: str) -> type[Attack]:
     if key not in classes:
         raise ValueError(f"unknown attack {name!r}; available: {', '.join(sorted(classes))}")
     return classes[key]
-
-
-def default_budget(dataset: str, norm: str) -> float:
-    """The ε of :data:`DEFAULT_BUDGETS` for ``dataset`` and ``norm``; ValueError if none."""
-    budgets = DEFAULT_BUDGETS.get(dataset, {})
-    if norm not in budgets:
-        known = ", ".join(f"{d} ({'/'.join(b)})" for d, b in DEFAULT_BUDGETS.items())
-        raise ValueError(f"no default eps for dataset {dataset!r} and norm {norm!r} (defaults "
-                         f"exist for {known}); give eps explicitly")
-    return budgets[norm]
 
 
 def resolve_attack(name: str, params: dict[str, Any] | None = None, *,

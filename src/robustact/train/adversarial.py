@@ -46,6 +46,7 @@ from torch import nn
 
 from robustact.attacks.pgd import PGD
 from robustact.checkpoint import CheckpointError, load_weights, read_card, save_checkpoint
+from robustact.core.budget import check_budget
 from robustact.train.batches import as_tensors, to_float
 from robustact.train.config import TrainConfig
 from robustact.train.loop import BatchHook, LossFn, Trainer
@@ -97,7 +98,7 @@ def adversarial_spec(recipe: str, eps: float, *, steps: int | None = None,
     if recipe not in ADV_RECIPES:
         raise ValueError(f"unknown adversarial training recipe {recipe!r}; "
                          f"choose from {', '.join(ADV_RECIPES)}")
-    eps = _number(eps, "adversarial eps", 0.0, 1.0)
+    eps = check_budget(eps, "linf")  # the recipes' attacks are L∞: the one budget rule
     uses = {"mix": {"fraction"}, "pgd": {"steps", "alpha"}, "fast": {"alpha"},
             "trades": {"steps", "alpha", "beta"}}[recipe]
     given = {"steps": steps, "alpha": alpha, "fraction": fraction, "beta": beta}
