@@ -59,6 +59,7 @@ import harness as H
 from robustact import attacks as ra
 from robustact.data import ImageDataset
 from robustact.models import create_model
+from robustact.models.predict import predict
 
 AttackFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -423,8 +424,8 @@ def main(argv: list[str] | None = None) -> None:
         p.requires_grad_(False)  # the same for every library: no weight gradients
     test = H.load_data(args.dataset, "test", args.data_root, quick=args.quick)
     x, y = test.x(slice(0, args.n)), test.y(slice(0, args.n))
-    with torch.no_grad():
-        correct = model(x).argmax(1) == y
+    correct = predict(model, (x, y)).correct  # a tied top output is not correct
+    assert correct is not None
     s = {**SETTINGS[args.dataset], **(QUICK_SETTINGS if args.quick else {})}
     print(f"{args.dataset}: {model_info['source']}; clean accuracy on the first {args.n} test "
           f"images {float(correct.float().mean()):.4f}", flush=True)

@@ -36,9 +36,9 @@ import harness as H
 
 from robustact.data import train_val_split
 from robustact.models import create_model
+from robustact.models.predict import accuracy
 from robustact.nn.splash import calibrate_splash
 from robustact.train import TrainConfig, Trainer, save_checkpoint
-from robustact.workflows import accuracy
 
 #: The ten activations of the comparison, name -> factory spec.
 ACTIVATIONS: dict[str, str] = {

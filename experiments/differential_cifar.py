@@ -41,9 +41,9 @@ import harness as H
 from robustact.attacks import PGD
 from robustact.data import binary_task
 from robustact.models import create_model
+from robustact.models.predict import accuracy
 from robustact.train import TrainConfig, Trainer, save_checkpoint
 from robustact.train.recipes import differential_train
-from robustact.workflows import accuracy
 
 EPS_255 = (1, 2, 4, 8)  # default L-inf budgets, units of 1/255
 LOSSES = ("ce", "margin")

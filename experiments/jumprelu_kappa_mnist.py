@@ -54,8 +54,8 @@ from robustact.defenses.jumprelu_retrofit import (
     tune_jumprelu,
 )
 from robustact.models import create_model
+from robustact.models.predict import accuracy
 from robustact.train import TrainConfig, Trainer, load_checkpoint, save_checkpoint
-from robustact.workflows import accuracy
 
 MAX_DROPS = (0.5, 1.0)  # percentage points
 

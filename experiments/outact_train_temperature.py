@@ -1,7 +1,7 @@
 """Does a model learn when trained *with* a high-temperature output activation?
 
 Why this script: ``robustact train`` refuses an output-activation temperature above
-``robustact.workflows.MAX_TRAIN_TEMPERATURE`` (and warns above ``WARN_TRAIN_TEMPERATURE``)
+``robustact.runs.train.MAX_TRAIN_TEMPERATURE`` (and warns above ``WARN_TRAIN_TEMPERATURE``)
 without ``--force``; the thresholds come from this sweep. SmallCNN on sklearn's digits (offline,
 no data root), each f in {sigmoid, tanh, softsign, arctan} × T × optimizer (SGD lr 0.05 and Adam
 lr 2e-3, batch 64, the library's other defaults), same seed and split for every cell; reported:
@@ -25,9 +25,10 @@ import harness as H
 
 from robustact.defenses import add_output_activation
 from robustact.models import create_model
+from robustact.models.predict import accuracy
 from robustact.nn.bounded import OUTPUT_FUNCTIONS
+from robustact.runs.train import MAX_TRAIN_TEMPERATURE, load_splits
 from robustact.train import TrainConfig, Trainer
-from robustact.workflows import MAX_TRAIN_TEMPERATURE, accuracy, load_splits
 
 SCRIPT = "outact_train_temperature"
 OPTIMIZERS = (("sgd", 0.05), ("adam", 2e-3))

@@ -34,6 +34,7 @@ from robustact.data import (
     resolve_data_root,
 )
 from robustact.data.root import DEFAULT_ROOT, ENV_VAR, check_split
+from robustact.models.predict import predict
 
 __all__ = [
     "REPO_ROOT",
@@ -304,12 +305,14 @@ def attack_metrics(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.T
                          f"{x.shape[0]} and {y.shape[0]}")
     t0 = time.perf_counter()
     device = next(model.parameters()).device
+    # the one prediction function (a tied top output is not correct), as `robustact evaluate`
+    clean_all = predict(model, (x, y), batch_size=batch_size, device=device).correct
+    assert clean_all is not None
     succ, clean, norms, rel = [], [], [], []
     norm = "linf"
     for i in range(0, x.shape[0], batch_size):
         xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
-        with torch.no_grad():
-            clean.append((model(xb).argmax(1) == yb).cpu())
+        clean.append(clean_all[i:i + batch_size])
         res = attack(model, xb, yb)
         norm = res.norm
         delta, xn = (res.x_adv - xb).flatten(1), xb.flatten(1)

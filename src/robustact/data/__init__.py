@@ -5,6 +5,8 @@
   :func:`load_cifar100`, :func:`load_digits` directly.
 - :func:`resolve_data_root` — argument, else ``$ROBUSTACT_DATA``, else ``~/.cache/robustact/data``.
 - :func:`train_val_split`, :func:`binary_task` — seeded stratified splits, two-class tasks.
+- :func:`as_tensors`, :func:`as_images`, :func:`to_float` — checked ``(images, labels)`` from a
+  dataset or a pair, uint8 batches as floats (training, prediction and evaluation share them).
 
 Missing files raise :class:`DatasetNotFoundError`; ``download=True`` fetches them with
 checksums (:mod:`robustact.data.download`). Unreadable files (truncated, corrupted) raise
@@ -26,6 +28,7 @@ from robustact.data.mnist import load_mnist, read_idx
 from robustact.data.registry import load_dataset
 from robustact.data.root import ENV_VAR, DataFormatError, DatasetNotFoundError, resolve_data_root
 from robustact.data.splits import binary_task, split_indices, train_val_split
+from robustact.data.tensors import as_images, as_tensors, to_float
 
 __all__ = [
     "ImageDataset",
@@ -52,4 +55,7 @@ __all__ = [
     "train_val_split",
     "split_indices",
     "binary_task",
+    "as_images",
+    "as_tensors",
+    "to_float",
 ]

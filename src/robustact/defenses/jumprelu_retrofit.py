@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from robustact.core.validate import check_eval_mode, check_images, check_labels
 from robustact.defenses.base import DefenseWrapper
+from robustact.models.predict import accuracy
 from robustact.nn.jumprelu import JumpReLU, check_kappa
 from robustact.nn.surgery import JumpReLUMode, replace_modules, set_module
 
@@ -202,12 +203,10 @@ class KappaTuning:
                 **self.info}
 
 
-@torch.no_grad()
 def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
-    correct = 0
-    for i in range(0, x.shape[0], batch_size):
-        correct += int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
-    return correct / x.shape[0]
+    """Clean accuracy by the one prediction function (a tied top output is not correct), so the
+    tuner's curve matches what ``robustact evaluate`` reports for the retrofitted model."""
+    return accuracy(model, (x, y), batch_size=batch_size)
 
 
 def tune_jumprelu(model: nn.Module, x_val: torch.Tensor, y_val: torch.Tensor,

@@ -2,7 +2,8 @@
 
 Why apart from the loop: the same seeding (``derive_seed``, ``seeded``) serves model
 construction, shuffling, augmentation and dropout, and evaluation code reads datasets through
-``as_tensors`` too; none of that needs the trainer.
+``as_tensors`` too; none of that needs the trainer. (``as_tensors`` and ``to_float`` live in
+:mod:`robustact.data.tensors` and are re-exported here.)
 """
 
 from __future__ import annotations
@@ -11,41 +12,15 @@ import hashlib
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import torch
 
-from robustact.core.validate import check_images, check_labels
+# Moved down to the data layer (the models layer needs them and may not import training);
+# re-exported so ``from robustact.train.batches import as_tensors`` keeps working.
+from robustact.data.tensors import as_tensors, to_float
 
 __all__ = ["as_tensors", "balanced_batches", "balanced_layout", "derive_seed", "seeded",
            "to_float"]
-
-
-def as_tensors(data: Any, name: str = "train_data") -> tuple[torch.Tensor, torch.Tensor]:
-    """``(images, labels)`` from a tuple or an object with ``.images``/``.labels``.
-
-    Images are uint8 (kept as is, converted per batch, 4× less memory) or float in [0, 1].
-    """
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        x, y = data
-    elif hasattr(data, "images") and hasattr(data, "labels"):
-        x, y = data.images, data.labels
-    else:
-        raise TypeError(f"{name} must be (images, labels) or have .images and .labels, "
-                        f"got {type(data).__name__}")
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} images must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype == torch.uint8:
-        if x.ndim != 4:
-            raise ValueError(f"{name} images must be (N, C, H, W), got shape {tuple(x.shape)}")
-    else:
-        check_images(x, f"{name} images")
-    check_labels(y, x.shape[0], name=f"{name} labels")
-    return x, y.long()
-
-
-def to_float(xb: torch.Tensor) -> torch.Tensor:
-    return xb.float().div_(255.0) if xb.dtype == torch.uint8 else xb.float()
 
 
 def derive_seed(seed: int, epoch: int, stream: str) -> int:

@@ -52,6 +52,7 @@ from robustact.checkpoint import (
     save_checkpoint,
 )
 from robustact.core.validate import check_labels, resolve_device
+from robustact.models.predict import correct_untied, predict
 from robustact.train.augment import get_augmentation
 from robustact.train.averaging import WeightAverage
 from robustact.train.batches import (
@@ -263,7 +264,7 @@ class Trainer:
                 loss_sum += loss.detach().double() * y.shape[0]
                 seen += y.shape[0]
                 if logits is not None:
-                    correct += (logits.detach().argmax(1) == y).sum()
+                    correct += correct_untied(logits.detach(), y).sum()
                     counted += y.shape[0]
                 if (step + 1) % cfg.log_every == 0 or step + 1 == len(batches):
                     # Checked here, not every step, to avoid a device sync per step.
@@ -294,12 +295,13 @@ class Trainer:
             f"training diverged: non-finite loss in epoch {epoch} by step {step + 1} of {steps} "
             f"(learning rate {lr:.3g}); lower the learning rate (--lr){kept}")
 
-    @torch.no_grad()
     def evaluate(self, data: Any = None) -> dict[str, float]:
         """Cross-entropy loss and accuracy in eval mode (on the validation data by default).
 
-        The loss is cross-entropy of the logits whatever the training loss: a pairwise loss
-        needs both classes in every batch, which unbalanced validation batches do not guarantee.
+        The accuracy is :func:`robustact.models.predict.predict`'s (a tied top output is not
+        correct), so the number training logs is the one ``robustact evaluate`` reports. The
+        loss is cross-entropy of the logits whatever the training loss: a pairwise loss needs
+        both classes in every batch, which unbalanced validation batches do not guarantee.
         """
         if data is None:
             if self.val is None:
@@ -307,20 +309,20 @@ class Trainer:
             x_all, y_all = self.val
         else:
             x_all, y_all = as_tensors(data, "data")
+        loss_sum = 0.0
+
+        def add_loss(logits: torch.Tensor, yb: torch.Tensor | None) -> None:
+            nonlocal loss_sum
+            loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
+
         was_training = self.net.training
         self.net.eval()
-        loss_sum, correct = 0.0, 0
         try:
-            for start in range(0, x_all.shape[0], self.config.eval_batch_size):
-                xb = to_float(x_all[start:start + self.config.eval_batch_size].to(self.device))
-                yb = y_all[start:start + self.config.eval_batch_size].to(self.device)
-                logits = self.net(xb)
-                loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
-                correct += int((logits.argmax(1) == yb).sum())
+            p = predict(self.net, (x_all, y_all), batch_size=self.config.eval_batch_size,
+                        device=self.device, on_batch=add_loss)
         finally:
             self.net.train(was_training)
-        n = x_all.shape[0]
-        return {"loss": loss_sum / n, "acc": correct / n}
+        return {"loss": loss_sum / p.n, "acc": p.accuracy}
 
     # -- checkpoints ----------------------------------------------------------------------------
     def _save(self, name: str, record: dict[str, Any], with_optimizer: bool) -> None:
