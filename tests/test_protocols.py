@@ -1,0 +1,259 @@
+"""Evaluation protocols as versioned data files: the shipped files, old versions that still run,
+user files, the one-attack protocol, the listing, and the fingerprints old run folders need."""
+
+from __future__ import annotations
+
+import json
+import math
+from importlib import resources
+from pathlib import Path
+
+import pytest
+import torch
+from _helpers import gen, random_weights
+from torch import nn
+
+import robustact.protocols as shipped
+from robustact.attacks.registry import ATTACKS, create_attack
+from robustact.defenses import retrofit_jumprelu
+from robustact.evaluate import evaluate, load_table, summarize
+from robustact.evaluate.protocols import (
+    FIELDS,
+    PROTOCOLS,
+    available_protocols,
+    format_protocols,
+    get_protocol,
+    one_attack_protocol,
+    protocol_fingerprint,
+    protocol_names,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+FAST = {"steps": 2, "n_queries": 20}
+EPS = 0.1
+SHIPPED = ("quick@1", "quick@2", "standard@1", "standard@2", "thorough@1", "thorough@2")
+#: protocol_fingerprint of each latest protocol's entries, computed from the dict-based
+#: protocols.py before the protocols became files (without and with FAST): run folders made
+#: then hold these, so a change here means those folders no longer resume.
+PINNED = {"quick": ("242fe3bc98e43c2c", "53130b4498924f9e"),
+          "standard": ("6e8bd00dad9f7089", "a46b108fe9171543"),
+          "thorough": ("bdbeb97290581c12", "38d40afad4a4ea64")}
+
+
+@pytest.fixture(scope="module")
+def mlp() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A random 10-class MLP on 4x4 images and 6 inputs it classifies as their labels."""
+    g = gen(0)
+    model = random_weights(lambda: nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(),
+                                                 nn.Linear(12, 10)), g)
+    x = torch.rand(6, 1, 4, 4, generator=g)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, x, y
+
+
+def _shipped_files() -> dict[str, dict]:
+    files = [f for f in resources.files(shipped).iterdir() if f.name.endswith(".json")]
+    return {f.name: json.loads(f.read_text(encoding="utf-8")) for f in files}
+
+
+def _run(model, x, y, protocol, **kw):
+    kw.setdefault("overrides", FAST)
+    return evaluate(model, x, y, protocol, eps=EPS, progress=False, **kw)
+
+
+def test_every_shipped_file_loads_and_validates():
+    files = _shipped_files()
+    assert sorted(files) == sorted(f"{i}.json" for i in SHIPPED)
+    for fname, raw in files.items():
+        assert tuple(raw) == FIELDS, fname  # every field written out, in the documented order
+        assert fname == f"{raw['name']}@{raw['version']}.json"
+        assert raw["eps_grid"] == [0, 0.25, 0.5, 1, 2]
+        assert raw["adaptive"] == ("last" if raw["version"] == 1 else "before_costly")
+        assert raw["description"] and raw["changes"]
+        p = get_protocol(fname.removesuffix(".json"))
+        assert p["id"] == fname.removesuffix(".json") and p["source"] == fname
+        for e in p["entries"]:
+            if e["attack"]["name"] in ATTACKS:
+                create_attack(**e["attack"], **({} if e["eps"] == "none" else {"eps": 0.1}))
+
+
+def test_version_1_is_the_code_before_protocols_v2():
+    """standard@1 had DeepFool last; quick and thorough only changed the adaptive placement."""
+    v1 = {n: get_protocol(f"{n}@1") for n in protocol_names()}
+    v2 = {n: get_protocol(f"{n}@2") for n in protocol_names()}
+    assert v1["standard"]["entries"] == [*v2["standard"]["entries"], {
+        "key": "deepfool", "attack": {"name": "deepfool"}, "role": "min_norm", "eps": "none",
+        "on": "all"}]
+    for n in ("quick", "thorough"):
+        assert v1[n]["entries"] == v2[n]["entries"]
+    assert "deepfool" in [e["key"] for e in v2["thorough"]["entries"]]
+
+
+def test_plain_name_means_the_latest_version():
+    for n in protocol_names():
+        latest = get_protocol(n)
+        assert latest["id"] == f"{n}@2" == get_protocol(f"{n}@2")["id"]
+        assert latest["entries"] == get_protocol(f"{n}@2")["entries"]
+        assert PROTOCOLS[n]["version"] == 2
+        assert PROTOCOLS[n]["entries"] == latest["entries"]
+
+
+def test_fingerprints_of_version_2_are_pinned():
+    for n, (plain, fast) in PINNED.items():
+        assert protocol_fingerprint(get_protocol(n)["entries"]) == plain, n
+        assert protocol_fingerprint(get_protocol(n, FAST)["entries"]) == fast, n
+
+
+def test_run_folder_fingerprint_is_pinned(mlp, tmp_path):
+    """The whole resume fingerprint of a run, as written before protocols became files."""
+    model, x, y = mlp
+    runs = {"standard": (model, "080e0e7b92563ec6"),
+            "quick": (retrofit_jumprelu(model, 0.1).eval(), "04490200448ea3dd")}
+    for name, (m, entries_fp) in runs.items():
+        _run(m, x, y, name, out=str(tmp_path / name))
+        fp = json.loads((tmp_path / name / "table.json").read_text())["fingerprint"]
+        assert fp["protocol"] == f"{name}@2"
+        assert fp["entries"] == entries_fp, name
+        assert fp["eps_grid"] == [0.0, 0.025, 0.05, 0.1, 0.2]
+
+
+def test_standard_at_1_runs_with_adaptive_attacks_last(mlp, tmp_path):
+    model, x, y = mlp
+    defended = retrofit_jumprelu(model, 0.1).eval()
+    t1 = _run(defended, x, y, "standard@1", out=str(tmp_path / "v1"))
+    assert t1.meta["protocol"] == "standard@1"
+    assert load_table(tmp_path / "v1").meta["protocol"] == "standard@1"
+    order1 = list(t1.meta["attacks"])
+    assert "deepfool" in order1
+    adaptive = [k for k, a in t1.meta["attacks"].items() if a["role"] in ("adaptive", "transfer")]
+    assert adaptive and order1[-len(adaptive):] == adaptive  # v1: after every entry
+    order2 = list(_run(defended, x, y, "standard").meta["attacks"])
+    assert "deepfool" not in order2
+    assert order2.index(adaptive[0]) < order2.index("square")  # v2: before the costly ones
+
+
+def _copy(tmp_path: Path, name: str, edit) -> Path:
+    raw = json.loads((resources.files(shipped) / f"{name}.json").read_text(encoding="utf-8"))
+    edit(raw)
+    path = tmp_path / "my.json"
+    path.write_text(json.dumps(raw, indent=2), encoding="utf-8")
+    return path
+
+
+def test_a_user_file_copied_and_edited_is_accepted(mlp, tmp_path):
+    def edit(raw):
+        raw["name"] = "my-standard"
+        raw["entries"] = [e for e in raw["entries"] if e["key"] != "square"]
+        raw["eps_grid"] = [0.5, 1]
+
+    path = _copy(tmp_path, "standard@2", edit)
+    for given in (path, str(path)):
+        p = get_protocol(given)
+        assert p["id"] == "my-standard@2" and p["source"] == str(path)
+        assert "square" not in [e["key"] for e in p["entries"]]
+    model, x, y = mlp
+    t = _run(model, x, y, str(path))
+    assert t.meta["protocol"] == "my-standard@2"
+    assert t.meta["eps_grid"] == [0.05, 0.1]  # the file's grid: 0.5 eps and eps
+    assert "square" not in t.attacks()
+    exact = _copy(tmp_path, "standard@2", lambda raw: None)  # an unedited copy is that protocol
+    assert get_protocol(exact)["entries"] == get_protocol("standard@2")["entries"]
+
+
+def _drop_entries(raw):
+    del raw["entries"]
+
+
+def _keep_name(raw):
+    raw["entries"] = raw["entries"][:2]
+
+
+def _unshipped_version(raw):
+    raw["version"] = 9
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda raw: raw.update(colour="red"), "unknown field"),
+    (lambda raw: raw["entries"][0].update(role="main"), "role"),
+    (_drop_entries, "entries"),
+    (lambda raw: raw.update(adaptive="first"), "adaptive"),
+    (lambda raw: raw.update(eps_grid=[-1, 1]), "eps_grid"),
+    (lambda raw: raw.update(version="2"), "version"),
+    (_keep_name, "its own 'name'"),
+    (_unshipped_version, "standard@1, standard@2"),
+])
+def test_a_broken_user_file_is_refused_in_one_line(tmp_path, edit, problem):
+    path = _copy(tmp_path, "standard@2", edit)
+    with pytest.raises(ValueError) as err:
+        get_protocol(path)
+    msg = str(err.value)
+    assert "\n" not in msg and str(path) in msg and problem in msg, msg
+
+
+def test_a_file_that_is_not_json_or_not_there_is_refused(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"name": "x", "entries": [}')
+    with pytest.raises(ValueError, match=r"bad\.json'?: not JSON .*line 1"):
+        get_protocol(bad)
+    with pytest.raises(ValueError, match="not found"):
+        get_protocol(str(tmp_path / "missing.json"))
+    with pytest.raises(ValueError, match="unknown version '9'.*standard@1, standard@2"):
+        get_protocol("standard@9")
+    with pytest.raises(ValueError, match="unknown protocol 'fast'.*quick, standard, thorough"):
+        get_protocol("fast")
+
+
+def test_one_attack_protocol_for_pgd_runs(mlp):
+    model, x, y = mlp
+    proto = one_attack_protocol({"name": "pgd", "steps": 2})
+    assert get_protocol(proto)["id"] == "attack:pgd@1"
+    defended = retrofit_jumprelu(model, 0.1).eval()  # adaptive "none": no entries added
+    t = _run(defended, x, y, proto)
+    assert t.attacks() == ["pgd"]
+    assert t.meta["eps_grid"] == [EPS] and set(t["eps"].tolist()) == {EPS}
+    assert t.meta["attacks"]["pgd"]["role"] == "standard"
+    assert t.meta["attacks"]["pgd"]["steps"] == 2
+
+
+def test_one_attack_protocol_for_deepfool_runs(mlp):
+    model, x, y = mlp
+    proto = one_attack_protocol({"name": "DeepFool:steps=3"})
+    entry = proto["entries"][0]
+    assert (entry["eps"], entry["role"], entry["attack"]) == (
+        "none", "min_norm", {"name": "deepfool", "steps": 3})
+    t = _run(model, x, y, proto)
+    assert t.attacks() == ["deepfool"] and all(math.isinf(e) for e in t["eps"])
+    s = summarize(t)
+    assert s["min_norm"]["deepfool"]["attacked"] == 6
+    bpda = one_attack_protocol({"name": "apgd"}, through="bpda")["entries"][0]
+    assert (bpda["key"], bpda["through"]) == ("bpda-apgd", "bpda")
+
+
+@pytest.mark.parametrize("spec, kw, problem", [
+    ({"name": "pgd", "eps": 0.3}, {}, "eps"),
+    ({"name": "pgd", "stepz": 3}, {}, "stepz"),
+    ({"name": "nope"}, {}, "unknown attack"),
+    ({"steps": 3}, {}, "name"),
+    ({"name": "pgd"}, {"through": "magic"}, "through"),
+])
+def test_one_attack_protocol_refuses_bad_specs(spec, kw, problem):
+    with pytest.raises(ValueError, match=problem):
+        one_attack_protocol(spec, **kw)
+
+
+def test_available_protocols_lists_every_shipped_version():
+    listed = available_protocols()
+    assert [p["id"] for p in listed] == list(SHIPPED)
+    assert [p["latest"] for p in listed] == [False, True] * 3
+    for p in listed:
+        assert set(p) >= {"id", "name", "version", "latest", "description", "changes",
+                          "eps_grid", "adaptive", "entries"}
+    text = format_protocols(listed)
+    for p in listed:
+        assert p["id"] in text
+    assert text.count("latest") == 3
+    assert "apgd:steps=100,loss=dlr" in text and "deepfool" in text
+    listed[0]["entries"].clear()  # a copy: the shipped protocols are untouched
+    assert get_protocol("quick@1")["entries"]
