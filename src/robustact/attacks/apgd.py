@@ -94,8 +94,28 @@ class APGD(Attack):
             raise ValueError(f"rho and momentum must lie in [0, 1], got {rho} and {momentum}")
         self.early_stop = bool(early_stop)
 
-    # Long by design: APGD's step, momentum and checkpoint rule (Croce & Hein 2020, Algorithm 1)
-    # share per-sample state at every iteration; kept as one loop so it reads against the paper.
+    def _step(self, x_cur: torch.Tensor, x_prev: torch.Tensor, grad: torch.Tensor,
+              eta: torch.Tensor, x: torch.Tensor, first: bool) -> torch.Tensor:
+        """APGD's update (Croce & Hein 2020, Algorithm 1): z = P(x_k + η·dir(∇f(x_k))); the
+        first step is z, later ones x_{k+1} = P(x_k + α(z − x_k) + (1 − α)(x_k − x_{k−1}))."""
+        z = clip_to_box(x_cur + normalize_direction(grad, self.norm).mul_(eta),
+                        x, self.eps, self.norm)
+        if first:
+            return z
+        a = self.momentum
+        return clip_to_box(x_cur + a * (z - x_cur) + (1.0 - a) * (x_cur - x_prev),
+                           x, self.eps, self.norm)
+
+    def _halve(self, losses: torch.Tensor, last_w: int, t: int, f_max: torch.Tensor,
+               f_max_at_last_w: torch.Tensor, reduced_last: torch.Tensor) -> torch.Tensor:
+        """The checkpoint rule at step ``t`` (previous checkpoint ``last_w``), per sample: halve
+        η when (1) fewer than ρ·(t − w) of the steps since then increased the loss, or (2) η was
+        not halved at w and the best loss has not improved since then."""
+        increased = (losses[last_w + 1:t + 1] > losses[last_w:t]).sum(0)
+        cond1 = increased < self.rho * (t - last_w)
+        cond2 = ~reduced_last & (f_max <= f_max_at_last_w)
+        return cond1 | cond2
+
     def _run(self, view: LogitsView, x: torch.Tensor, y: torch.Tensor,
              target: torch.Tensor | None, x0: torch.Tensor,
              rec: StepRecorder | None = None, rows: torch.Tensor | None = None,
@@ -127,35 +147,25 @@ class APGD(Attack):
         eta = torch.full((m,) + col[1:], 2.0 * self.eps, dtype=x.dtype, device=x.device)
         losses = torch.empty(self.steps + 1, m, dtype=x.dtype, device=x.device)
         losses[0] = loss
-        x_max, f_max, grad_max = x_cur.clone(), loss.clone(), grad.clone()
-        x_prev = x_cur
+        x_prev, x_max, f_max, grad_max = x_cur, x_cur.clone(), loss.clone(), grad.clone()
         last_w, f_max_at_last_w = 0, f_max.clone()
         reduced_last = torch.zeros(m, dtype=torch.bool, device=x.device)
 
         for k in range(self.steps):
-            z = clip_to_box(x_cur + normalize_direction(grad, self.norm).mul_(eta),
-                            xs, self.eps, self.norm)
-            if k == 0:
-                x_new = z
-            else:
-                a = self.momentum
-                x_new = clip_to_box(x_cur + a * (z - x_cur) + (1.0 - a) * (x_cur - x_prev),
-                                    xs, self.eps, self.norm)
-            x_prev, x_cur = x_cur, x_new
-            need_grad = k < self.steps - 1  # the last point only needs its loss
+            x_prev, x_cur = x_cur, self._step(x_cur, x_prev, grad, eta, xs, first=k == 0)
             loss, g_new, logits = loss_and_grad(view, x_cur, self.loss_fn, ys, ts,
-                                                need_grad=need_grad)
+                                                need_grad=k < self.steps - 1)
             losses[k + 1] = loss
+            adv = self.is_adversarial(logits, ys, ts)
             if rec is not None:
-                rec.step(compose_rows(rows, act), k + 1, restart, loss, g_new,
-                         self.is_adversarial(logits, ys, ts))
+                rec.step(compose_rows(rows, act), k + 1, restart, loss, g_new, adv)
             better = loss > f_max
             x_max = torch.where(better.view(col), x_cur, x_max)
             f_max = torch.where(better, loss, f_max)
             best_loss[act] = f_max
             # First adversarial iterate of each sample is its result. With early stopping
             # nothing in the batch has been found yet; without, earlier hits are kept.
-            hit = self.is_adversarial(logits, ys, ts) & ~found[act]
+            hit = adv & ~found[act]
             result[act[hit]] = x_cur[hit]
             found[act[hit]] = True
             if g_new is None:  # the last step: only its loss was needed
@@ -175,10 +185,7 @@ class APGD(Attack):
 
             t = k + 1
             if t in checkpoints and t < self.steps:
-                increased = (losses[last_w + 1:t + 1] > losses[last_w:t]).sum(0)
-                cond1 = increased < self.rho * (t - last_w)
-                cond2 = ~reduced_last & (f_max <= f_max_at_last_w)
-                reduce = cond1 | cond2
+                reduce = self._halve(losses, last_w, t, f_max, f_max_at_last_w, reduced_last)
                 rs = reduce.view(col)
                 eta = torch.where(rs, eta * 0.5, eta)
                 x_cur = torch.where(rs, x_max, x_cur)

@@ -68,6 +68,36 @@ def p_schedule(p_init: float, it: int, n_queries: int) -> float:
     return p_init / (2 ** halvings)
 
 
+class _Draws:
+    """Square's random draws from the attack's generator (a call without ``keys``).
+
+    ``rows`` are the samples' rows in the call's batch; :class:`_KeyedDraws` has the same
+    methods, so the search reads the same with or without keys.
+    """
+
+    def __init__(self, gen: torch.Generator, device: torch.device) -> None:
+        self.gen, self.device = gen, device
+
+    def stripes(self, rows: torch.Tensor, c: int, w: int) -> torch.Tensor:
+        """The start's vertex per (sample, channel, column): 1 = upper, shape (n, c, 1, w)."""
+        return torch.randint(0, 2, (rows.numel(), c, 1, w), generator=self.gen,
+                             device=self.device)
+
+    def position(self, it: int, rows: int, cols: int) -> tuple[int, int]:
+        """Iteration ``it``'s window corner, shared by the batch."""
+        r0 = int(torch.randint(0, rows, (1,), generator=self.gen, device=self.device))
+        c0 = int(torch.randint(0, cols, (1,), generator=self.gen, device=self.device))
+        return r0, c0
+
+    def signs(self, rows: torch.Tensor, it: int, c: int) -> torch.Tensor:
+        """The window's new vertex per (sample, channel): 1 = upper."""
+        return torch.randint(0, 2, (rows.numel(), c), generator=self.gen, device=self.device)
+
+    def flips(self, rows: torch.Tensor, it: int, c: int) -> torch.Tensor:
+        """Per sample, a uniform non-zero c-bit pattern (see :func:`_redraw_repeats`)."""
+        return torch.randint(1, 2 ** c, (rows.numel(),), generator=self.gen, device=self.device)
+
+
 class _KeyedDraws:
     """Square's random draws keyed per sample (``attack(..., keys=ids)``): a sample's signs
     depend on (seed, its key, iteration), the window position on (seed, iteration), so a
@@ -79,10 +109,47 @@ class _KeyedDraws:
     def bits(self, rows: torch.Tensor, stream: int, count: int) -> torch.Tensor:
         return keyed_bits(self.seed, self.keys[rows], stream, count)
 
+    def stripes(self, rows: torch.Tensor, c: int, w: int) -> torch.Tensor:
+        return self.bits(rows, 0, c * w).remainder(2).view(-1, c, 1, w)
+
     def position(self, it: int, rows: int, cols: int) -> tuple[int, int]:
         b = keyed_bits(self.seed, torch.full((1,), -1, device=self.keys.device),
                        3 * it + 1, 2)[0].tolist()
         return b[0] % rows, b[1] % cols
+
+    def signs(self, rows: torch.Tensor, it: int, c: int) -> torch.Tensor:
+        return self.bits(rows, 3 * it + 2, c).remainder(2)
+
+    def flips(self, rows: torch.Tensor, it: int, c: int) -> torch.Tensor:
+        return 1 + self.bits(rows, 3 * it + 3, 1)[:, 0].remainder(2 ** c - 1)
+
+
+def _stripes(xa: torch.Tensor, bits: torch.Tensor, eps: float
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The vertical-stripes start (vertex ``bits`` per channel and column) and ``aux``.
+
+    Every pixel of the search's current point sits at a vertex of its box ∩ [0, 1]: x + ε or
+    x − ε, clamped (the stripes start there and every window is set to one). ``aux`` keeps, per
+    pixel, which vertex (1.0 = upper) and the two vertex values, computed once (bitwise what
+    x ± ε then clamp gives); a draw that would repeat the current window is detected by summing
+    that indicator over the window.
+    """
+    hi, lo = (xa + eps).clamp(0.0, 1.0), (xa - eps).clamp(0.0, 1.0)
+    aux = torch.stack([bits.to(xa.dtype).expand(-1, -1, xa.shape[2], -1), hi, lo], dim=1)
+    return torch.where(bits.bool(), hi, lo), aux
+
+
+def _redraw_repeats(sgn: torch.Tensor, up: torch.Tensor, flip: torch.Tensor,
+                    ar_c: torch.Tensor) -> torch.Tensor:
+    """``sgn`` with each draw that reproduces the current window (``up``: its vertex indicators)
+    replaced, uniformly, by one of the 2^c − 1 other sign vectors.
+
+    Such a draw wastes a query. XOR with ``flip`` (a random non-zero bit pattern) gives the
+    distribution of redrawing until different, without a loop or a host sync.
+    """
+    n_up = up.sum((2, 3))
+    same = torch.where(sgn.bool(), n_up == up.shape[2] * up.shape[3], n_up == 0).all(1)
+    return sgn ^ (((flip[:, None] >> ar_c) & 1) * same[:, None])
 
 
 class Square(Attack):
@@ -122,9 +189,6 @@ class Square(Attack):
             zl, z = view(x)
             return self.loss_fn(zl, label, target is not None), self.is_adversarial(z, y, target)
 
-    # Long by design: Square's iteration (window size schedule, vertex draw, accept/reject) as one
-    # loop, in the order of Algorithm 2 of Andriushchenko et al.: split up, its per-sample state
-    # would have to be threaded through every piece.
     def perturb(self, view: LogitsView, x: torch.Tensor, y: torch.Tensor,
                 target: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, Any]]:
         n, c, h, w = x.shape
@@ -132,8 +196,8 @@ class Square(Attack):
         if self.eps == 0.0:
             return x.clone(), {"queries": queries, "eps": self.eps}
         keys = view.keys
-        gen = self.generator(x.device) if keys is None else None
-        draw = _KeyedDraws(self.seed, keys) if keys is not None else None
+        draw = (_KeyedDraws(self.seed, keys) if keys is not None
+                else _Draws(self.generator(x.device), x.device))
         label = target if target is not None else y
         eps = self.eps
 
@@ -150,18 +214,7 @@ class Square(Attack):
         xa = x[idx]
         ya, la = y[idx], label[idx]
         ta = None if target is None else target[idx]
-        # Every pixel of the search's current point sits at a vertex of its box ∩ [0, 1]:
-        # x + ε or x − ε, clamped (the stripes start there and every window is set to one).
-        # ``aux`` keeps, per pixel, which vertex (1.0 = upper) and the two vertex values,
-        # computed once (bitwise what x ± ε then clamp gives); a draw that would repeat the
-        # current window is detected by summing that indicator over the window.
-        if draw is None:
-            bits = torch.randint(0, 2, (idx.numel(), c, 1, w), generator=gen, device=x.device)
-        else:
-            bits = draw.bits(idx, 0, c * w).remainder(2).view(-1, c, 1, w)
-        hi, lo = (xa + eps).clamp(0.0, 1.0), (xa - eps).clamp(0.0, 1.0)
-        aux = torch.stack([bits.to(x.dtype).expand(-1, -1, h, -1), hi, lo], dim=1)
-        xb = torch.where(bits.bool(), hi, lo)  # vertical stripes
+        xb, aux = _stripes(xa, draw.stripes(idx, c, w), eps)  # vertical stripes
         lb, adv = self._objective(view, xb, la, ya, ta)
         queries[idx] += 1
         meta = torch.stack([idx, ya, la] + ([] if ta is None else [ta]), dim=1)
@@ -183,32 +236,15 @@ class Square(Attack):
             ta = meta[:, 3] if target is not None else None
             p = p_schedule(self.p_init, it, self.n_queries)
             s = min(max(int(round(math.sqrt(p * h * w))), 1), h, w)
-            if draw is None:
-                r0 = int(torch.randint(0, h - s + 1, (1,), generator=gen, device=x.device))
-                c0 = int(torch.randint(0, w - s + 1, (1,), generator=gen, device=x.device))
-            else:  # keyed by (seed, iteration) only: the same for every batch
-                r0, c0 = draw.position(it, h - s + 1, w - s + 1)
+            r0, c0 = draw.position(it, h - s + 1, w - s + 1)
             # Views: a window is a slice, never a mask. The candidate is written into the
             # batch in place and reverted where rejected, so the model is handed ``xb`` itself
             # (as with any input batch, a model must not modify its input in place).
             cur = xb[:, :, r0:r0 + s, c0:c0 + s]
             up, hi_w, lo_w = aux[:, :, :, r0:r0 + s, c0:c0 + s].unbind(1)
-            if draw is None:
-                sgn = torch.randint(0, 2, (m, c), generator=gen, device=x.device)
-            else:
-                sgn = draw.bits(meta[:, 0], 3 * it + 2, c).remainder(2)
-            if redraw:
-                # A draw that reproduces the current window wastes a query. Such a draw is
-                # replaced uniformly by one of the 2^c − 1 other sign vectors (XOR with a
-                # random non-zero bit pattern): the distribution of redrawing until
-                # different, without a loop or a host sync.
-                n_up = up.sum((2, 3))
-                same = torch.where(sgn.bool(), n_up == s * s, n_up == 0).all(1)
-                if draw is None:
-                    flip = torch.randint(1, 2 ** c, (m,), generator=gen, device=x.device)
-                else:
-                    flip = 1 + draw.bits(meta[:, 0], 3 * it + 3, 1)[:, 0].remainder(2 ** c - 1)
-                sgn = sgn ^ (((flip[:, None] >> ar_c) & 1) * same[:, None])
+            sgn = draw.signs(meta[:, 0], it, c)
+            if redraw:  # a draw repeating the current window would waste a query
+                sgn = _redraw_repeats(sgn, up, draw.flips(meta[:, 0], it, c), ar_c)
             sgn_f = sgn.to(x.dtype)[:, :, None, None]
             old = cur.clone()
             # lerp at weight 0 or 1 returns its end points exactly: the vertex values

@@ -1,21 +1,17 @@
-"""The gradient-masking audit: table-level checks, the verdict, and :func:`run_audit`.
+"""The gradient-masking audit: table-level checks and :func:`run_audit`.
 
 Table-level checks read a :class:`~robustact.evaluate.table.ResultsTable` whose
 ``meta["attacks"][key]["role"]`` says what each attack is for (``ROLES``): the *standard* attacks
 give the reported figure; every other role is a second opinion on the same points. Everything is
 judged **per sample** (AUDIT.md): "extra broken" means a sample that is clean-correct, that no
 standard attack broke at ε, and that the compared attack broke. "Beyond noise" is more than
-max(1 sample, 0.5 pp) of the evaluated points (:func:`~robustact.evaluate.checks.beyond_noise`);
+max(1 sample, 0.5 pp) of the evaluated points (:func:`~robustact.evaluate.check_base.beyond_noise`);
 for the generic second opinions (FGSM, Square) and C10 also more than 5 % of the points
 reported robust (``GENERIC_SURVIVOR_NOISE``, calibrated in docs/evaluation.md).
 
-The verdict follows AUDIT.md exactly:
-
-- **masking confirmed**: some attack broke extra points beyond noise (a check with
-  ``breaks_points``);
-- **masking suspected**: otherwise, some diagnostic or attack check fired;
-- **no evidence of masking found**: nothing fired. Never "robust": passing is necessary, not
-  sufficient (Popovic et al., CVPR-W 2022).
+:func:`run_audit` runs them with the model-level checks (:mod:`robustact.evaluate.checks`,
+:mod:`robustact.evaluate.attack_checks`) and judges all of them by AUDIT.md's verdict
+(:mod:`robustact.evaluate.verdict`; re-exported here with :class:`AuditReport`).
 """
 
 from __future__ import annotations
@@ -23,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,17 +28,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from robustact.attacks.base import Attack
-from robustact.evaluate.checks import (
-    MODEL_CHECKS,
-    CheckResult,
-    beyond_noise,
+from robustact.core.budget import check_budget
+from robustact.evaluate.attack_checks import (
     check_binarization,
     check_random_search,
     check_transfer_mismatch,
-    noise_floor,
 )
+from robustact.evaluate.check_base import CheckResult, beyond_noise, noise_floor, pct
+from robustact.evaluate.checks import MODEL_CHECKS
 from robustact.evaluate.summary import worst_case
 from robustact.evaluate.table import ResultsTable
+from robustact.evaluate.verdict import VERDICTS, AuditReport, Verdict, verdict
 
 __all__ = [
     "AuditReport",
@@ -66,8 +62,6 @@ __all__ = [
     "check_label_only",
 ]
 
-VERDICTS = ("masking confirmed", "masking suspected", "no evidence of masking found")
-
 #: C10's threshold on the stall statistic (IoAF I4).
 STALL_THRESHOLD = 0.05
 #: An L∞ budget this large lets every image become uniform grey: accuracy must be at chance.
@@ -82,15 +76,11 @@ GENERIC_SURVIVOR_NOISE = 0.05
 
 
 def _noise_floor(n: int, survivors: int | None = None) -> float:
-    """AUDIT.md's floor (:func:`~robustact.evaluate.checks.noise_floor`); with ``survivors``
+    """AUDIT.md's floor (:func:`~robustact.evaluate.check_base.noise_floor`); with ``survivors``
     (the points reported robust) also ``GENERIC_SURVIVOR_NOISE`` of them, for the checks whose
     attacks differ from the standard ones on a few per cent of the survivors anyway."""
     floor = noise_floor(n)
     return floor if survivors is None else max(floor, GENERIC_SURVIVOR_NOISE * survivors)
-
-
-def _pct(v: float) -> str:
-    return f"{100 * v:.1f} %"
 
 
 # -- per-sample bookkeeping ---------------------------------------------------------------------
@@ -197,7 +187,7 @@ def _extra_break(table: ResultsTable, role: str, cid: str, name: str, eps: float
                "noise_threshold": floor}
     label = ", ".join(keys)
     ev = (f"{label} ({what}) broke {k} of the {int(robust.sum())} points the standard attacks "
-          f"left robust at ε = {e:g} (robust accuracy {_pct(acc_std)} → {_pct(acc_with)}, "
+          f"left robust at ε = {e:g} (robust accuracy {pct(acc_std)} → {pct(acc_with)}, "
           f"n = {n})")
     kind = "attack"
     if noisy:
@@ -306,7 +296,7 @@ def check_unbounded(table: ResultsTable, *, eps: float | None = None) -> CheckRe
     n, k = len(s.ids), int(broken.sum())
     fired = k < n
     ev = (f"the unbounded attack ({', '.join(keys)}) broke {k} of {n} correctly classified "
-          f"points ({_pct(k / n)})" +
+          f"points ({pct(k / n)})" +
           (": below 100 %, so the loss or the attack is broken." if fired else "."))
     return CheckResult("C13", "unbounded attack", fired,
                        {"success_rate": k / n, "failed": n - k, "n": n}, ev)
@@ -360,13 +350,13 @@ def check_monotone_eps(table: ResultsTable, *, eps: float | None = None,
                "samples_non_monotone": k, "missed_at_eps": missed_at_main,
                "chance": majority, "above_chance_at_large_eps": above_chance}
     parts = [f"robust accuracy over ε {', '.join(f'{e:g}' for e in grid)}: "
-             f"{', '.join(_pct(a) for a in accs)}"]
+             f"{', '.join(pct(a) for a in accs)}"]
     if rises:
         parts.append(f"it rises with ε ({'; '.join(f'{a:g} → {b:g}' for a, b in rises)})")
     if k:
         parts.append(f"{k} points broken at a smaller ε survive a larger one")
     if above_chance:
-        parts.append(f"at ε = {grid[-1]:g} it stays above chance ({_pct(majority)})")
+        parts.append(f"at ε = {grid[-1]:g} it stays above chance ({pct(majority)})")
     ev = "; ".join(parts) + (": the attack is not finding what exists." if fired else ".")
     breaks = beyond_noise(missed_at_main, n)
     return CheckResult("C14", "monotone in ε, chance at large ε", fired, numbers, ev,
@@ -446,7 +436,7 @@ def check_worst_case(table: ResultsTable, *, eps: float | None = None) -> CheckR
     if robust_std is not None:
         numbers["robust_accuracy_standard"] = float(robust_std.sum()) / n
     ev = (f"per-sample worst case over {len(single)} attacks at ε = {e:g}: robust accuracy "
-          f"{_pct(acc)} (strongest single attack {best}: {_pct(single[best])}).")
+          f"{pct(acc)} (strongest single attack {best}: {pct(single[best])}).")
     return CheckResult("C22", "per-sample worst case", False, numbers, ev, kind="info")
 
 
@@ -458,86 +448,7 @@ TABLE_CHECKS: tuple[Callable[..., CheckResult], ...] = (
 )
 
 
-# -- the verdict --------------------------------------------------------------------------------
-
-@dataclass
-class Verdict:
-    """``label`` in :data:`VERDICTS`, the sentences behind it, and the checks it read."""
-
-    label: str
-    evidence: list[str]
-    checks: list[CheckResult]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "evidence": list(self.evidence),
-                "checks": [c.as_dict() for c in self.checks]}
-
-
-def _sentence(c: CheckResult) -> str:
-    return f"{c.id} {c.name}: {c.evidence}"
-
-
-def verdict(checks: Sequence[CheckResult]) -> Verdict:
-    """AUDIT.md's rules: confirmed if some check broke extra points beyond noise; suspected if
-    some non-informational check fired; otherwise no evidence of masking found."""
-    checks = list(checks)
-    confirming = [c for c in checks if c.fired and c.breaks_points]
-    firing = [c for c in checks if c.fired and c.kind != "info" and not c.breaks_points]
-    notes = [c for c in checks if c.fired and c.kind == "info"]
-    if confirming:
-        label = VERDICTS[0]
-        evidence = [_sentence(c) for c in confirming + firing]
-    elif firing:
-        label = VERDICTS[1]
-        evidence = [_sentence(c) for c in firing]
-        evidence.append("no attack has yet broken extra points beyond noise: run the adaptive "
-                        "attacks the fired checks point to.")
-    else:
-        label = VERDICTS[2]
-        ran = sum(c.fired is not None for c in checks)
-        evidence = [f"all {ran} applicable checks passed; this is necessary, not sufficient, for "
-                    "a sound evaluation (Popovic et al., CVPR-W 2022)."]
-    evidence += [_sentence(c) for c in notes]
-    return Verdict(label, evidence, checks)
-
-
 # -- the whole audit ----------------------------------------------------------------------------
-
-@dataclass
-class AuditReport:
-    """Every check's result, the verdict, and what the audit itself cost."""
-
-    checks: list[CheckResult]
-    verdict: Verdict
-    seconds: float
-    model_forward_rows: int
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def check(self, cid: str) -> CheckResult:
-        for c in self.checks:
-            if c.id == cid:
-                return c
-        raise KeyError(f"no check {cid!r} in this audit")
-
-    def fired(self) -> list[str]:
-        return [c.id for c in self.checks if c.fired]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"verdict": self.verdict.label, "evidence": list(self.verdict.evidence),
-                "checks": [c.as_dict() for c in self.checks], "seconds": self.seconds,
-                "model_forward_rows": self.model_forward_rows, **self.meta}
-
-    def lines(self) -> list[str]:
-        """Plain text: the verdict, its evidence, then one line per check."""
-        out = [f"verdict: {self.verdict.label}"]
-        out += [f"  - {s}" for s in self.verdict.evidence]
-        for c in self.checks:
-            state = "n/a" if c.fired is None else ("FIRED" if c.fired else "pass")
-            out.append(f"{c.id:>5} {state:<5} {c.name}: {c.evidence}")
-        out.append(f"audit cost: {self.seconds:.2f} s, {self.model_forward_rows} model "
-                   "forward rows")
-        return out
-
 
 def _robust_mask(table: ResultsTable, eps: float, samples: torch.Tensor) -> torch.Tensor | None:
     """Per row of ``samples``: does the evaluation report the sample robust at ``eps`` (every
@@ -590,6 +501,7 @@ def run_audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     ``progress``: a tqdm bar over the model-level checks (random search and binarization can
     take minutes on a large model).
     """
+    eps = check_budget(eps, norm, int(x[0].numel()))  # the one budget rule, before any work
     start = time.perf_counter()
     rows = [0]
 

@@ -1,8 +1,10 @@
-"""Model-level diagnostics of the gradient-masking audit (AUDIT.md C1–C8, C12, C17, C21, C23, ties).
+"""Model-level diagnostics of the gradient-masking audit (AUDIT.md C1–C8, C23, ties).
 
 Each check is a function ``(model, x, y, *, eps, norm, ...) -> CheckResult``: it probes the model
 itself (forward passes, input gradients, finite differences, random points), never the results
-table (the table-level checks are in :mod:`robustact.evaluate.audit`). A check *fires* when it
+table (the table-level checks are in :mod:`robustact.evaluate.audit`; C12, C17 and C21,
+which run a search of their own, in :mod:`robustact.evaluate.attack_checks`; what all checks share
+in :mod:`robustact.evaluate.check_base`; this module re-exports both). A check *fires* when it
 sees what a masked gradient looks like; ``fired is None`` means it does not apply here (the reason
 is the evidence). Every result carries its numbers and one or two plain sentences with them, so
 the verdict can quote the evidence rather than a flag.
@@ -20,25 +22,35 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from robustact.attacks._utils import check_norm, normalize_direction, random_start
-from robustact.attacks.base import Attack, prepared_model
-from robustact.attacks.pgd import PGD
-from robustact.core.validate import (
-    check_images,
-    check_labels,
-    check_model_output,
-    match_model_dtype,
-    top_ties,
+from robustact.attacks._utils import check_norm, random_start
+from robustact.core.validate import top_ties
+from robustact.evaluate.attack_checks import (
+    check_binarization,
+    check_random_search,
+    check_transfer_mismatch,
 )
-from robustact.losses.attack import ce_loss, dlr_loss, margin_loss
+from robustact.evaluate.check_base import (
+    CheckResult,
+    attack_losses,
+    batch_outputs,
+    beyond_noise,
+    correct_untied,
+    decided,
+    input_grad,
+    need_eps,
+    noise_floor,
+    pct,
+    pre_activation,
+    probe,
+    seeded_generator,
+)
+from robustact.losses.attack import ce_loss, margin_loss
 
 __all__ = [
     "CheckResult",
@@ -68,151 +80,6 @@ __all__ = [
 SATURATION_RATIO = 1e-20
 
 
-@dataclass
-class CheckResult:
-    """One check's outcome.
-
-    ``kind`` says what firing means for the verdict: ``"diagnostic"`` (fires → masking suspected),
-    ``"attack"`` (fires because an attack broke points the standard evaluation reported robust;
-    with ``breaks_points`` beyond noise → masking confirmed), ``"info"`` (always reported, never
-    changes the verdict: per-sample worst case, few classes, tie rate).
-    """
-
-    id: str
-    name: str
-    fired: bool | None
-    numbers: dict[str, Any] = field(default_factory=dict)
-    evidence: str = ""
-    kind: str = "diagnostic"
-    breaks_points: bool = False
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "fired": self.fired, "kind": self.kind,
-                "breaks_points": self.breaks_points, "numbers": dict(self.numbers),
-                "evidence": self.evidence}
-
-
-def _decided(cid: str, name: str, fired: bool, numbers: dict[str, Any], kind: str = "diagnostic",
-             *, if_fired: Callable[[], str], if_passed: Callable[[], str]) -> CheckResult:
-    """A check's result with the evidence sentence for its outcome; each sentence is built only
-    when it applies (a fired sentence may quote numbers that exist only then)."""
-    return CheckResult(cid, name, fired, numbers, if_fired() if fired else if_passed(), kind=kind)
-
-
-def noise_floor(n: int) -> float:
-    """AUDIT.md's noise floor: max(1 sample, 0.5 pp) of the ``n`` evaluated points."""
-    return max(1.0, 0.005 * n)
-
-
-def beyond_noise(count: int, n: int) -> bool:
-    """AUDIT.md's noise rule: more than :func:`noise_floor` of the ``n`` evaluated points."""
-    return count > noise_floor(n)
-
-
-def _pct(v: float) -> str:
-    return f"{100 * v:.1f} %"
-
-
-def correct_untied(outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per sample: the prediction is right AND the top output is not tied.
-
-    Why a tie is not correct: ``argmax`` breaks ties by index, so a tied "correct" prediction is
-    an accident of class order, not a decision of the model.
-    """
-    return (outputs.argmax(1) == y) & ~top_ties(outputs)
-
-
-# -- shared machinery ---------------------------------------------------------------------------
-
-def _check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    check_images(x, ndim=None)
-    check_labels(y, x.shape[0])
-    return match_model_dtype(model, x)
-
-
-def _need_eps(eps: float | None, what: str) -> float:
-    if eps is None or isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (
-            math.isfinite(eps) and eps > 0):
-        raise ValueError(f"{what} needs a finite budget eps > 0, got {eps!r}")
-    return float(eps)
-
-
-def _gen(seed: int, device: torch.device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed)
-
-
-def _outputs(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-             batch_size: int = 1024) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([check_model_output(model(c)) for c in x.split(batch_size)])
-
-
-def _losses(num_classes: int) -> dict[str, Callable[..., torch.Tensor]]:
-    """The attack losses the gradient checks probe: CE, margin, and DLR where it is defined."""
-    out: dict[str, Callable[..., torch.Tensor]] = {"ce": ce_loss, "margin": margin_loss}
-    if num_classes >= 3:
-        out["dlr"] = dlr_loss
-    return out
-
-
-def _input_grad(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-                loss: Callable[..., torch.Tensor]) -> tuple[torch.Tensor | None, str | None]:
-    """Per-sample input gradient of ``loss(fn(x), y)`` (samples are independent, so the gradient
-    of the sum is each sample's own); ``(None, why)`` when none reaches x."""
-    xr = x.detach().clone().requires_grad_(True)
-    try:
-        with torch.enable_grad():
-            z = check_model_output(fn(xr))
-            if not z.requires_grad:
-                return None, "the output does not depend on x through autograd"
-            (g,) = torch.autograd.grad(loss(z, y).sum(), xr, allow_unused=True)
-    except RuntimeError as e:
-        return None, f"backward raised {type(e).__name__}: {str(e).splitlines()[0][:200]}"
-    if g is None:
-        return None, "no gradient reaches x"
-    return g, None
-
-
-def _pre_activation(model: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
-    """The model's pre-activation logits if it exposes them (``logits(x)``), else its output."""
-    fn = getattr(model, "logits", None)
-    if callable(fn):
-        return fn, "the pre-activation logits"
-    return model, "the outputs (no pre-activation logits exposed)"
-
-
-@contextlib.contextmanager
-def full_fp32() -> Iterator[None]:
-    """CUDA convolutions and matrix products in true float32 (no TF32) inside the block.
-
-    Why: PyTorch runs cuDNN convolutions in TF32 (a 10-bit mantissa) by default on Ampere and
-    later GPUs. C7 compares autograd with finite differences at steps of ε/100, far below that
-    resolution, so TF32 rounding looks like the loss jumping: on an H200, C7 fired on 30 % of a
-    sound fast-AT ResNet-20's CIFAR-10 points that pass it on a CPU (1 % raw disagreement, no
-    jump). Restores the caller's settings; a no-op on a CPU.
-    """
-    parts = [getattr(getattr(torch.backends, mod, None), attr, None)
-             for mod, attr in (("cudnn", "conv"), ("cuda", "matmul"))]
-    parts = [p for p in parts if p is not None and hasattr(p, "fp32_precision")]
-    saved = [p.fp32_precision for p in parts]
-    try:
-        for p in parts:
-            p.fp32_precision = "ieee"
-        yield
-    finally:
-        for p, v in zip(parts, saved, strict=True):
-            p.fp32_precision = v
-
-
-@contextlib.contextmanager
-def _probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Iterator[torch.Tensor]:
-    """Validated, dtype-matched inputs inside :func:`prepared_model` (eval, no param grads), in
-    true float32 (:func:`full_fp32`): the checks compare numbers at scales TF32 blurs."""
-    xm = _check_inputs(model, x, y)
-    with prepared_model(model), full_fp32():
-        yield xm
-
-
 # -- C1 -----------------------------------------------------------------------------------------
 
 def check_randomness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
@@ -220,8 +87,8 @@ def check_randomness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                      tol: float = 1e-4) -> CheckResult:
     """C1: ``passes`` forward passes of one batch; fires if predictions or normalized outputs
     (each row divided by its largest magnitude) change by more than ``tol`` → use EOT."""
-    with _probe(model, x, y) as xm:
-        outs = [_outputs(model, xm) for _ in range(passes)]
+    with probe(model, x, y) as xm:
+        outs = [batch_outputs(model, xm) for _ in range(passes)]
     ref = outs[0]
     scale = ref.abs().amax(1, keepdim=True).clamp_min(1e-12)
     diffs = torch.stack([((o - ref) / scale).abs().amax(1) for o in outs[1:]])
@@ -230,11 +97,11 @@ def check_randomness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     changed = float(preds_changed.float().mean())
     fired = bool(changed > 0 or max_diff > tol)
     numbers = {"passes": passes, "pred_changed_fraction": changed, "max_rel_output_diff": max_diff}
-    return _decided(
+    return decided(
         "C1", "randomness", fired, numbers,
         if_fired=lambda: (
             f"{passes} forward passes of the same batch disagree: predictions change on "
-            f"{_pct(changed)} of the samples and outputs by up to {max_diff:.3g} (relative); "
+            f"{pct(changed)} of the samples and outputs by up to {max_diff:.3g} (relative); "
             "the model is randomized, so attack it with EOT."),
         if_passed=lambda: (
             f"{passes} forward passes of the same batch agree (max relative difference "
@@ -248,8 +115,8 @@ def check_probabilities(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                         tol: float = 1e-5) -> CheckResult:
     """C2: fires when every output row lies in [0, 1] and sums to 1 (±``tol``): the model
     returns probabilities, and losses computed on them saturate."""
-    with _probe(model, x, y) as xm:
-        z = _outputs(model, xm)
+    with probe(model, x, y) as xm:
+        z = batch_outputs(model, xm)
     in_unit = ((z >= 0) & (z <= 1)).all(1)
     sums_one = (z.sum(1) - 1).abs() <= tol
     prob_rows = float((in_unit & sums_one).float().mean())
@@ -263,8 +130,8 @@ def check_probabilities(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
         ev = ("every output row lies in [0, 1] and sums to 1: the model returns probabilities, "
               "not logits, so CE and margin losses on them saturate.")
     else:
-        ev = (f"outputs are not probabilities ({_pct(prob_rows)} of rows sum to 1 within "
-              f"[0, 1]; {_pct(bounded)} of rows lie in [0, 1]).")
+        ev = (f"outputs are not probabilities ({pct(prob_rows)} of rows sum to 1 within "
+              f"[0, 1]; {pct(bounded)} of rows lie in [0, 1]).")
     return CheckResult("C2", "probabilities, not logits", fired, numbers, ev)
 
 
@@ -274,8 +141,8 @@ def check_broken_graph(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                        eps: float | None = None, norm: str = "linf") -> CheckResult:
     """C3: backward of the CE loss to the input; fires on an exception or when no gradient
     reaches x (a detach, a non-differentiable comparison, a numpy round trip)."""
-    with _probe(model, x, y) as xm:
-        g, why = _input_grad(model, xm, y, ce_loss)
+    with probe(model, x, y) as xm:
+        g, why = input_grad(model, xm, y, ce_loss)
     fired = g is None
     ev = (f"no input gradient: {why}; gradient attacks cannot run on this model as it is."
           if fired else "a CE input gradient reaches x.")
@@ -308,20 +175,20 @@ def check_zero_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     check_norm(norm)
     numbers: dict[str, Any] = {}
     worst_name, worst = "", 0.0
-    with _probe(model, x, y) as xm:
-        k = _outputs(model, xm[:1]).shape[1]
+    with probe(model, x, y) as xm:
+        k = batch_outputs(model, xm[:1]).shape[1]
         starts = {"x": xm}
         if eps is not None:
-            starts["random start"] = random_start(xm, _need_eps(eps, "C4"), norm,
-                                                  _gen(seed, xm.device))
+            starts["random start"] = random_start(xm, need_eps(eps, "C4"), norm,
+                                                  seeded_generator(seed, xm.device))
         for where, pts in starts.items():
-            out = _outputs(model, pts)
+            out = batch_outputs(model, pts)
             live = ~((out.argmax(1) != y) & ~top_ties(out))
             numbers[f"probed[{where}]"] = int(live.sum())
             if not live.any():
                 continue
-            for lname, loss in _losses(k).items():
-                g, _ = _input_grad(model, pts, y, loss)
+            for lname, loss in attack_losses(k).items():
+                g, _ = input_grad(model, pts, y, loss)
                 frac = float(_bad_rows(g, pts.shape[0], pts.device)[live].float().mean())
                 key = f"{lname.upper()} input gradient at {where}"
                 numbers[f"zero_or_nonfinite[{lname} at {where}]"] = frac
@@ -329,11 +196,11 @@ def check_zero_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                     worst_name, worst = key, frac
     numbers["max_fraction"] = worst
     fired = worst > 0
-    return _decided(
+    return decided(
         "C4", "zero / NaN / Inf gradients", fired, numbers,
         if_fired=lambda: (
             f"the {worst_name} is exactly zero or not finite for "
-            f"{_pct(worst)} of the samples not already misclassified: gradient attacks get "
+            f"{pct(worst)} of the samples not already misclassified: gradient attacks get "
             "no signal there."),
         if_passed=lambda: (
             "input gradients (CE, margin" + (", DLR" if k >= 3 else "") +
@@ -356,13 +223,13 @@ def check_saturation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     ≥ 1 − 1e-6.
     """
     if logits_fn is None:
-        logits_fn, where = _pre_activation(model)
+        logits_fn, where = pre_activation(model)
     else:
         where = "the given logits"
-    with _probe(model, x, y) as xm:
-        g_ce, _ = _input_grad(model, xm, y, ce_loss)
-        g_m, _ = _input_grad(logits_fn, xm, y, margin_loss)
-        z = _outputs(model, xm)
+    with probe(model, x, y) as xm:
+        g_ce, _ = input_grad(model, xm, y, ce_loss)
+        g_m, _ = input_grad(logits_fn, xm, y, margin_loss)
+        z = batch_outputs(model, xm)
     n = xm.shape[0]
     zero = torch.zeros(n, device=xm.device)
     ce_n = g_ce.flatten(1).norm(dim=1) if g_ce is not None else zero
@@ -376,15 +243,15 @@ def check_saturation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     numbers = {"ce_grad_zero_margin_not_fraction": frac, "max_prob_ge_1-1e-6_fraction": conf,
                "margin_on": where, "ratio": ratio}
     fired = frac > 0
-    return _decided(
+    return decided(
         "C5", "output saturation", fired, numbers,
         if_fired=lambda: (
             f"the CE input gradient is ≈ 0 (below {ratio:g} of the margin gradient on {where}) "
-            f"for {_pct(frac)} of the samples while the margin gradient is not: the output "
+            f"for {pct(frac)} of the samples while the margin gradient is not: the output "
             "saturates, so attack the logits with a margin loss."),
         if_passed=lambda: (
             f"the CE gradient is not vanishing next to the margin gradient on {where} "
-            f"({_pct(conf)} of samples have max probability ≥ 1 − 1e-6)."))
+            f"({pct(conf)} of samples have max probability ≥ 1 − 1e-6)."))
 
 
 # -- C6 -----------------------------------------------------------------------------------------
@@ -421,7 +288,7 @@ def check_forward_optimization(model: nn.Module, x: torch.Tensor, y: torch.Tenso
                                eps: float | None = None, norm: str = "linf") -> CheckResult:
     """C6: fires when one forward pass calls backward/grad (an optimization inside the model,
     e.g. input purification by gradient steps: attacks then differentiate through a solver)."""
-    with _probe(model, x, y) as xm, _count_backward_calls() as calls, torch.enable_grad():
+    with probe(model, x, y) as xm, _count_backward_calls() as calls, torch.enable_grad():
         model(xm)
     fired = calls[0] > 0
     ev = (f"one forward pass made {calls[0]} backward/grad calls: the model optimizes inside "
@@ -447,6 +314,34 @@ def _jumps(f: Callable[[torch.Tensor], torch.Tensor], f_minus: torch.Tensor,
         hi, f_hi = torch.where(left, mid, hi), torch.where(left, f_mid, f_hi)
         lo, f_lo = torch.where(left, lo, mid), torch.where(left, f_lo, f_mid)
     return (f_hi - f_lo).abs() > 0.1 * (f_plus - f_minus).abs().clamp_min(1e-12)
+
+
+def _direction_mismatch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, g: torch.Tensor,
+                        d: torch.Tensor, h: float, rel_tol: float, bisections: int
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """C7 along one direction ``d``, per sample: the relative error of autograd's directional
+    derivative (``g``·d) against the central difference at step ``h``, whether it exceeds
+    ``rel_tol``, and whether the margin loss jumps on [x − h·d, x + h·d] (:func:`_jumps`)."""
+
+    def loss_at(t: torch.Tensor, d: torch.Tensor, rows: Any = slice(None)) -> torch.Tensor:
+        """The margin loss at x + t·h·d for ``rows`` of the batch (t per row, in [-1, 1])."""
+        return margin_loss(model(x[rows] + (t * h).view(-1, *[1] * (x.ndim - 1)) * d), y[rows])
+
+    ad = (g * d).flatten(1).sum(1)
+    with torch.no_grad():
+        one = torch.ones(x.shape[0], device=x.device, dtype=x.dtype)
+        lp, lm = loss_at(one, d), loss_at(-one, d)
+        fd = (lp - lm) / (2 * h)
+        scale = torch.maximum(torch.maximum(ad.abs(), fd.abs()), torch.full_like(ad, 1e-3))
+        rel = (ad - fd).abs() / scale
+        off = rel > rel_tol
+        # Only the disagreeing rows: an agreeing direction counts either way.
+        rows = off.nonzero().flatten()
+        jump = torch.zeros_like(off)
+        if rows.numel():
+            jump[rows] = _jumps(lambda t, r=rows, dr=d[rows]: loss_at(t, dr, r),
+                                lm[rows], lp[rows], bisections)
+    return rel, off, jump
 
 
 def check_gradient_mismatch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
@@ -477,41 +372,21 @@ def check_gradient_mismatch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
     (jumps, quantization) → BPDA. A gradient that is wrong where the function is smooth (a
     killed or detached path) is C3/C4's and the gradient-free attacks' to find.
     """
-    h = float(step) if step is not None else (_need_eps(eps, "C7") / 100 if eps else 0.003)
-    with _probe(model, x, y) as xm:
-        g, why = _input_grad(model, xm, y, margin_loss)
+    h = float(step) if step is not None else (need_eps(eps, "C7") / 100 if eps else 0.003)
+    with probe(model, x, y) as xm:
+        g, why = input_grad(model, xm, y, margin_loss)
         if g is None:
             return CheckResult("C7", "gradient vs function mismatch", None, {},
                                f"not applicable: {why}.")
-        gen = _gen(seed, xm.device)
+        gen = seeded_generator(seed, xm.device)
         bad = torch.zeros(xm.shape[0], device=xm.device)
         raw = torch.zeros(xm.shape[0], device=xm.device)
         rels, jumps = [], 0
-
-        def loss_at(t: torch.Tensor, d: torch.Tensor, rows: Any = slice(None)) -> torch.Tensor:
-            """The margin loss at x + t·h·d for ``rows`` of the batch (t per row, in [-1, 1])."""
-            return margin_loss(model(xm[rows] + (t * h).view(-1, *[1] * (xm.ndim - 1)) * d),
-                               y[rows])
-
         for _ in range(directions):
             d = torch.randint(0, 2, xm.shape, generator=gen, device=xm.device).to(xm.dtype) * 2 - 1
             # Keep both probes inside [0, 1]: drop coordinates where x ± h would leave the box.
             d = torch.where((xm + h > 1) | (xm - h < 0), torch.zeros_like(d), d)
-            ad = (g * d).flatten(1).sum(1)
-            with torch.no_grad():
-                one = torch.ones(xm.shape[0], device=xm.device, dtype=xm.dtype)
-                lp, lm = loss_at(one, d), loss_at(-one, d)
-                fd = (lp - lm) / (2 * h)
-                scale = torch.maximum(torch.maximum(ad.abs(), fd.abs()),
-                                      torch.full_like(ad, 1e-3))
-                rel = (ad - fd).abs() / scale
-                off = rel > rel_tol
-                # Only the disagreeing rows: an agreeing direction counts either way.
-                rows = off.nonzero().flatten()
-                jump = torch.zeros_like(off)
-                if rows.numel():
-                    jump[rows] = _jumps(lambda t, r=rows, dr=d[rows]: loss_at(t, dr, r),
-                                        lm[rows], lp[rows], bisections)
+            rel, off, jump = _direction_mismatch(model, xm, y, g, d, h, rel_tol, bisections)
             rels.append(rel)
             raw += off.float()
             jumps += int((off & jump).sum())
@@ -524,20 +399,20 @@ def check_gradient_mismatch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
     numbers = {"mismatch_fraction": frac, "raw_mismatch_fraction": raw_frac,
                "median_rel_error": med, "fd_step": h, "directions": directions,
                "jump_directions": jumps}
-    return _decided(
+    return decided(
         "C7", "gradient vs function mismatch", fired, numbers,
         if_fired=lambda: (
-            f"autograd and finite differences (step {h:.3g}) disagree on {_pct(raw_frac)} of "
+            f"autograd and finite differences (step {h:.3g}) disagree on {pct(raw_frac)} of "
             f"the samples (median relative error {med:.2g}), and the loss jumps there on "
-            f"{_pct(frac)} ({jumps} directions): the gradient does not describe the function "
+            f"{pct(frac)} ({jumps} directions): the gradient does not describe the function "
             "(jumps or quantization); use BPDA."),
         if_passed=lambda: (
-            f"{_pct(raw_frac)} of the samples disagree with finite differences at step {h:.3g} "
-            f"(median relative error {med:.2g}), but the loss jumps on only {_pct(frac)}: "
+            f"{pct(raw_frac)} of the samples disagree with finite differences at step {h:.3g} "
+            f"(median relative error {med:.2g}), but the loss jumps on only {pct(frac)}: "
             "kinks of a continuous (piecewise-linear) function explain the rest."
             if raw_frac > max_fraction else
             f"autograd agrees with finite differences (median relative error {med:.2g}; "
-            f"{_pct(raw_frac)} of samples disagree at step {h:.3g})."))
+            f"{pct(raw_frac)} of samples disagree at step {h:.3g})."))
 
 
 # -- C8 -----------------------------------------------------------------------------------------
@@ -562,224 +437,29 @@ def check_unstable_predictions(model: nn.Module, x: torch.Tensor, y: torch.Tenso
     0.748), and at 100 draws C8 was 1.0 of the 1.3 s audit of a LeNet-5 whose evaluation took
     0.9 s.
     """
-    e = _need_eps(eps, "C8") / 2
+    e = need_eps(eps, "C8") / 2
     check_norm(norm)
-    with _probe(model, x, y) as xm:
-        gen = _gen(seed, xm.device)
-        l0 = margin_loss(_outputs(model, xm), y)
+    with probe(model, x, y) as xm:
+        gen = seeded_generator(seed, xm.device)
+        l0 = margin_loss(batch_outputs(model, xm), y)
         n = xm.shape[0]
         rep = xm.repeat_interleave(draws, 0)
         pts = random_start(rep, e, norm, gen)
         yr = y.repeat_interleave(draws)
-        l1 = margin_loss(_outputs(model, pts, batch_size), yr).view(n, draws)
+        l1 = margin_loss(batch_outputs(model, pts, batch_size), yr).view(n, draws)
     rel = ((l1 - l0[:, None]).abs() / l0.abs().clamp_min(1e-12)[:, None]).clamp(max=1.0)
     per_sample = rel.mean(1)
     score = float(per_sample.mean())
     over = float((per_sample > threshold).float().mean())
     fired = score > threshold
     numbers = {"mean_rel_loss_change": score, "samples_over_threshold": over, "draws": draws}
-    return _decided(
+    return decided(
         "C8", "unstable predictions", fired, numbers,
         if_fired=lambda: (
-            f"random points within ε/2 change the margin loss by {_pct(score)} on average "
+            f"random points within ε/2 change the margin loss by {pct(score)} on average "
             f"(relative, capped at 1): the loss surface is noisy; use EOT and smaller steps."),
         if_passed=lambda: (
-            f"random points within ε/2 change the margin loss by {_pct(score)} on average."))
-
-
-# -- C12 ----------------------------------------------------------------------------------------
-
-def check_transfer_mismatch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
-                            eps: float | None = None, norm: str = "linf",
-                            surrogate: nn.Module | None = None,
-                            x_adv: torch.Tensor | None = None, steps: int = 20,
-                            seed: int = 0) -> CheckResult:
-    """C12 (IoAF I5): adversarials crafted on ``surrogate`` (given as ``x_adv`` or made here by
-    PGD at ε) that fool the surrogate but not the model; fires when such label mismatches
-    exceed noise → the surrogate is a poor stand-in: attack the model end to end."""
-    if surrogate is None:
-        return CheckResult("C12", "transfer failure", None, {},
-                           "not applicable: no surrogate model given.")
-    with _probe(model, x, y) as xm:
-        if x_adv is None:
-            x_adv = PGD(_need_eps(eps, "C12"), steps=steps, norm=norm, seed=seed)(
-                surrogate, xm, y).x_adv
-        with prepared_model(surrogate):
-            s_ok = _outputs(surrogate, x_adv).argmax(1) != y
-        m_ok = _outputs(model, x_adv).argmax(1) != y
-    mismatch = int((s_ok & ~m_ok).sum())
-    n = xm.shape[0]
-    fired = beyond_noise(mismatch, n)
-    numbers = {"surrogate_success": float(s_ok.float().mean()),
-               "model_success": float(m_ok.float().mean()), "mismatch": mismatch, "n": n}
-    ev = (f"{mismatch} of {n} adversarials fool the surrogate but not the model "
-          f"(surrogate success {_pct(numbers['surrogate_success'])}, model "
-          f"{_pct(numbers['model_success'])})" +
-          (": the surrogate misleads, attack end to end." if fired else "."))
-    return CheckResult("C12", "transfer failure", fired, numbers, ev)
-
-
-# -- C17 ----------------------------------------------------------------------------------------
-
-def check_random_search(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
-                        eps: float | None = None, norm: str = "linf", points: int = 10_000,
-                        robust: torch.Tensor | None = None, max_samples: int = 100,
-                        seed: int = 0, batch_size: int = 8192) -> CheckResult:
-    """C17: ``points`` uniform points of the ε-ball per sample (first ``max_samples`` samples).
-
-    ``robust`` (bool per sample): the samples the evaluation reports robust (the audit passes
-    the per-sample worst case of its table). The check fires, as an attack, when random search
-    breaks some of them beyond noise; without ``robust`` it reports what it found and does not
-    apply.
-
-    Cost: points are drawn only for the clean-correct samples still in question (with
-    ``robust``, those the attacks left robust: a sample they broke cannot be *extra* broken),
-    and a sample stops drawing at its first misclassified point. On an undefended model the
-    attacks break almost everything, so the check costs one forward pass per sample instead of
-    ``points`` (measured: 14.7 s → 0.01 s of CPU for 100 MNIST images and 1000 points).
-    """
-    e = _need_eps(eps, "C17")
-    check_norm(norm)
-    n = min(x.shape[0], max_samples)
-    with _probe(model, x[:n], y[:n]) as xm:
-        yy = y[:n]
-        gen = _gen(seed, xm.device)
-        correct = correct_untied(_outputs(model, xm), yy)
-        broken = torch.zeros(n, dtype=torch.bool, device=xm.device)
-        todo = correct.clone()
-        if robust is not None:
-            todo &= robust[:n].to(todo.device)
-        done = 0
-        while done < points and bool(todo.any()):
-            idx = todo.nonzero().flatten()
-            per_chunk = max(1, batch_size // idx.numel())
-            m = min(per_chunk, points - done)
-            pts = random_start(xm[idx].repeat_interleave(m, 0), e, norm, gen)
-            wrong = ~correct_untied(_outputs(model, pts, batch_size),
-                                    yy[idx].repeat_interleave(m))
-            hit = wrong.view(idx.numel(), m).any(1)
-            broken[idx[hit]] = True
-            todo[idx[hit]] = False
-            done += m
-    broken &= correct
-    numbers: dict[str, Any] = {"points_per_sample": points, "samples": n,
-                               "broken": int(broken.sum()), "clean_correct": int(correct.sum())}
-    if robust is None:
-        return CheckResult("C17", "random search", None, numbers,
-                           f"random search broke {int(broken.sum())} of {int(correct.sum())} "
-                           "correctly classified samples; not applicable as a check: no "
-                           "standard-attack results to compare with.", kind="attack")
-    extra = int((broken & robust[:n].to(broken.device)).sum())
-    numbers["extra_broken"] = extra
-    fired = beyond_noise(extra, n)
-    n_robust = int((robust[:n].to(correct.device) & correct).sum())
-    numbers["reported_robust"] = n_robust
-    ev = (f"{points} random points per sample in the ε-ball broke {extra} of the {n_robust} "
-          f"samples (of the first {n}) that the evaluation reported robust" +
-          (": the gradients mislead the attacks." if fired else "."))
-    return CheckResult("C17", "random search", fired, numbers, ev, kind="attack",
-                       breaks_points=fired)
-
-
-# -- C21 ----------------------------------------------------------------------------------------
-
-class _Readout(nn.Module):
-    """Binary task of the binarization test: 2 logits (0, w·features(x) + b)."""
-
-    def __init__(self, model: nn.Module, w: torch.Tensor, b: torch.Tensor) -> None:
-        super().__init__()
-        self.model = model
-        self.w = nn.Parameter(w, requires_grad=False)
-        self.b = nn.Parameter(b, requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.model.features(x).flatten(1) @ self.w + self.b
-        return torch.stack([torch.zeros_like(s), s], 1)
-
-
-def _fit_readout(f_in: torch.Tensor, f_b: torch.Tensor, steps: int
-                 ) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """A linear readout scoring the boundary point above 0 and every inner point below 0
-    (balanced logistic loss, Adam on standardized features); returns (w, b, separates)."""
-    mu = f_in.mean(0)
-    sd = f_in.std(0).clamp_min(1e-6)
-    a_in, a_b = (f_in - mu) / sd, (f_b - mu) / sd
-    w = torch.zeros(f_in.shape[1], requires_grad=True)
-    b = torch.zeros((), requires_grad=True)
-    opt = torch.optim.Adam([w, b], lr=0.1)
-    with torch.enable_grad():
-        for _ in range(steps):
-            opt.zero_grad()
-            loss = (torch.nn.functional.softplus(a_in @ w + b).mean()
-                    + torch.nn.functional.softplus(-(a_b @ w + b)).mean())
-            loss.backward()
-            opt.step()
-    with torch.no_grad():
-        w_raw = w / sd
-        b_raw = b - (mu * w_raw).sum()
-        sep = bool((f_in @ w_raw + b_raw < 0).all() and (f_b @ w_raw + b_raw > 0).all())
-    return w_raw.detach(), b_raw.detach(), sep
-
-
-def check_binarization(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
-                       eps: float | None = None, norm: str = "linf", inner: int = 999,
-                       max_samples: int = 20, attack: Attack | None = None,
-                       readout_steps: int = 300, min_success: float = 0.9,
-                       seed: int = 0) -> CheckResult:
-    """C21, binarization test (after Zimmermann et al., NeurIPS 2022), our version:
-
-    per sample, ``inner`` points uniform in the ε/2-ball and one boundary point at a random
-    vertex of the ε-ball (L∞; a random point on the ε-sphere for L2). A linear readout on the
-    penultimate features (``model.features``) is fitted to score the boundary point positive and
-    the inner points (and x) negative; where it cannot separate them the sample is excluded
-    (the test is invalid there). The same attack (``attack``, default PGD-20 at ε) then runs on
-    the binary task "features → readout" from x. A point scoring positive exists in the ε-ball
-    by construction, so a sound attack succeeds on nearly every sample; fires when its success
-    rate is below ``min_success``. Not applicable for models without ``features(x)``.
-    """
-    e = _need_eps(eps, "C21")
-    check_norm(norm)
-    if not callable(getattr(model, "features", None)):
-        return CheckResult("C21", "binarization test", None, {},
-                           "not applicable: the model has no features(x) for the readout.")
-    attack = attack if attack is not None else PGD(e, steps=20, norm=norm, seed=seed)
-    n = min(x.shape[0], max_samples)
-    fitted, succeeded = 0, 0
-    with _probe(model, x[:n], y[:n]) as xm:
-        gen = _gen(seed, xm.device)
-        for i in range(n):
-            xi = xm[i:i + 1]
-            pts = random_start(xi.expand(inner, *xi.shape[1:]), e / 2, norm, gen)
-            if norm == "linf":
-                s = torch.randint(0, 2, xi.shape, generator=gen, device=xi.device) * 2 - 1
-                xb = (xi + e * s.to(xi.dtype)).clamp(0, 1)
-            else:
-                d = normalize_direction(torch.randn(xi.shape, generator=gen, device=xi.device,
-                                                    dtype=xi.dtype), "l2")
-                xb = (xi + e * d).clamp(0, 1)
-            with torch.no_grad():
-                f_in = model.features(torch.cat([xi, pts])).flatten(1).float().cpu()
-                f_b = model.features(xb).flatten(1).float().cpu()
-            w, b, sep = _fit_readout(f_in, f_b, readout_steps)
-            if not sep:
-                continue
-            fitted += 1
-            binary = _Readout(model, w.to(xi.device, xi.dtype), b.to(xi.device, xi.dtype))
-            res = attack(binary.eval(), xi, torch.zeros(1, dtype=torch.long, device=xi.device))
-            succeeded += int(res.success.sum())
-    numbers = {"samples": n, "readout_fits": fitted, "attack_success": succeeded,
-               "inner_points": inner}
-    if fitted == 0:
-        return CheckResult("C21", "binarization test", None, numbers,
-                           f"not applicable: the linear readout could not separate the boundary "
-                           f"point from the inner points on any of {n} samples.")
-    rate = succeeded / fitted
-    numbers["success_rate"] = rate
-    fired = rate < min_success
-    ev = (f"on the binarized task (a reachable target in the ε-ball by construction) the attack "
-          f"succeeded on {succeeded} of {fitted} samples ({_pct(rate)})" +
-          (": the attack is too weak for this model." if fired else "."))
-    return CheckResult("C21", "binarization test", fired, numbers, ev)
+            f"random points within ε/2 change the margin loss by {pct(score)} on average."))
 
 
 # -- C23, ties ------------------------------------------------------------------------------------
@@ -787,8 +467,8 @@ def check_binarization(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
 def check_few_classes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                       eps: float | None = None, norm: str = "linf") -> CheckResult:
     """C23: 2 classes → no DLR and no targeted attacks; 3 → no targeted DLR (information)."""
-    with _probe(model, x[:1], y[:1]) as xm:
-        k = int(_outputs(model, xm).shape[1])
+    with probe(model, x[:1], y[:1]) as xm:
+        k = int(batch_outputs(model, xm).shape[1])
     fired = k <= 3
     if k == 2:
         ev = "2 classes: DLR and targeted attacks are undefined; use CE and margin losses."
@@ -803,20 +483,20 @@ def check_ties(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                eps: float | None = None, norm: str = "linf") -> CheckResult:
     """Tied top outputs: the fraction of samples whose largest output occurs more than once
     (float saturation); a tied prediction counts as not correct."""
-    with _probe(model, x, y) as xm:
-        z = _outputs(model, xm)
+    with probe(model, x, y) as xm:
+        z = batch_outputs(model, xm)
     tied = top_ties(z)
     rate = float(tied.float().mean())
     acc_argmax = float((z.argmax(1) == y.to(z.device)).float().mean())
     acc = float(correct_untied(z, y.to(z.device)).float().mean())
     numbers = {"tie_rate": rate, "clean_accuracy": acc, "clean_accuracy_argmax": acc_argmax}
     fired = rate > 0
-    return _decided(
+    return decided(
         "ties", "tied top outputs", fired, numbers, kind="info",
         if_fired=lambda: (
-            f"{_pct(rate)} of the samples have tied top outputs (float saturation): argmax "
+            f"{pct(rate)} of the samples have tied top outputs (float saturation): argmax "
             f"breaks ties by index; counting a tie as not correct, clean accuracy is "
-            f"{_pct(acc)} (argmax alone: {_pct(acc_argmax)})."),
+            f"{pct(acc)} (argmax alone: {pct(acc_argmax)})."),
         if_passed=lambda: (
             "no sample has tied top outputs."))
 
