@@ -19,7 +19,8 @@ import torch
 
 from robustact.attacks import APGD, APGDT
 from robustact.attacks.registry import default_budget
-from robustact.workflows import load_evaluation_target
+from robustact.models.predict import predict
+from robustact.runs.sources import ModelSource, load_target
 
 
 def main() -> None:
@@ -30,12 +31,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    target = load_evaluation_target(checkpoint=a.checkpoint, n=a.n, data_root=a.data_root,
-                                    device="cpu")
+    target = load_target(ModelSource(checkpoint=a.checkpoint), n=a.n, data_root=a.data_root,
+                         device="cpu")
     model, dataset, x, y = target.model.eval(), target.dataset, target.data.x(), target.data.y()
     eps, keys = default_budget(dataset, "linf"), torch.arange(len(y))
-    with torch.no_grad():
-        robust = model(x).argmax(1) == y
+    robust = predict(model, (x, y)).correct  # a tied top output is not correct
+    assert robust is not None
     out: dict = {"checkpoint": a.checkpoint, "dataset": dataset, "n": len(y), "eps": eps,
                  "clean": int(robust.sum())}
     for name, attack in (("apgd-ce", APGD(eps, loss="ce")), ("apgd-dlr", APGD(eps, loss="dlr")),

@@ -15,7 +15,7 @@ import torch
 
 from robustact.attacks.registry import default_budget
 from robustact.evaluate.checks import check_gradient_mismatch, check_zero_gradients
-from robustact.workflows import load_evaluation_target
+from robustact.runs.sources import ModelSource, load_target
 
 
 def main() -> None:
@@ -25,8 +25,8 @@ def main() -> None:
     p.add_argument("--data-root", default=None)
     a = p.parse_args()
     torch.set_num_threads(1)
-    target = load_evaluation_target(checkpoint=a.checkpoint, n=a.n, data_root=a.data_root,
-                                    device="cpu")
+    target = load_target(ModelSource(checkpoint=a.checkpoint), n=a.n, data_root=a.data_root,
+                         device="cpu")
     model, dataset, x, y = target.model, target.dataset, target.data.x(), target.data.y()
     eps = default_budget(dataset, "linf")
     out = {"checkpoint": a.checkpoint, "dataset": dataset, "n": a.n, "eps": eps,

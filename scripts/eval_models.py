@@ -55,8 +55,8 @@ from robustact.defenses.output_activation import (
 from robustact.evaluate import evaluate, summarize, worst_case
 from robustact.evaluate.audit import run_audit
 from robustact.models import create_model
+from robustact.runs.train import load_splits, train_classifier
 from robustact.train import TrainConfig
-from robustact.workflows import load_splits, train_classifier
 
 __all__ = ["MODEL_NAMES", "QUICK_AUDIT", "QUICK_OVERRIDES", "PassCounter",
            "autoattack_available", "compare", "get_models", "prepare", "robustact_masks",

@@ -17,7 +17,7 @@ from torch import nn
 from typer.main import get_command
 from typer.testing import CliRunner
 
-import robustact.cli as cli_module
+import robustact.cli.evaluate as cli_module
 import robustact.data.mnist as mnist_mod
 from robustact.attacks import PGD, verify
 from robustact.attacks.registry import available_attacks
@@ -26,8 +26,8 @@ from robustact.cli import app
 from robustact.core.validate import check_positive_int, match_model_dtype
 from robustact.data import DataFormatError, load_cifar10, load_mnist
 from robustact.models import create_model
+from robustact.models.predict import accuracy
 from robustact.train import TrainConfig, Trainer, TrainingDivergedError, load_checkpoint
-from robustact.workflows import accuracy
 
 runner = CliRunner()
 
@@ -215,7 +215,7 @@ def test_unexpected_errors_are_one_line_with_the_debug_hint(
     def broken(*a: object, **k: object) -> None:
         raise exc
 
-    monkeypatch.setattr(cli_module, "evaluate_checkpoint", broken)  # the name the CLI calls
+    monkeypatch.setattr(cli_module, "clean_accuracy", broken)  # the name the CLI calls
     res = runner.invoke(app, ["eval", "--model", str(trained)])
     line = one_error_line(res, type(exc).__name__, "--debug", code=1)
     assert "second line" not in line

@@ -15,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 import robustact
-import robustact.cli as cli
+import robustact.cli.common as cli
 from robustact.cli import app
 from robustact.core.storage import read_json
 
@@ -98,7 +98,7 @@ def test_default_threads_follow_free_cores(monkeypatch: pytest.MonkeyPatch) -> N
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)),
                             raising=False)
         monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
-        return cli._default_threads()
+        return cli.default_threads()
 
     assert machine(2, 0.1) == 2      # idle 2-core machine: both cores
     assert machine(2, 1.7) == 1      # two busy processes already: one thread
@@ -110,7 +110,7 @@ def test_default_threads_follow_free_cores(monkeypatch: pytest.MonkeyPatch) -> N
 def test_no_threads_option_uses_the_default(trained: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     torch.set_num_threads(2)
-    monkeypatch.setattr(cli, "_default_threads", lambda: 1)
+    monkeypatch.setattr(cli, "default_threads", lambda: 1)
     res = runner.invoke(app, ["eval", "--model", str(trained / "final"), "--device", "cpu"])
     assert res.exit_code == 0, res.output
     assert torch.get_num_threads() == 1

@@ -147,15 +147,17 @@ def test_attack_writes_a_new_folder_per_run_and_refuses_to_overwrite(
     for _ in range(2):
         res = runner.invoke(app, args)
         assert res.exit_code == 0, res.output
-        out = json.loads(res.stdout)["out"]
-        assert f"results written to {out}" in res.output
+        out = res.stdout.strip().splitlines()[-1].split()[1]  # "results: OUT (report: ...)"
         assert Path(out).parent == Path("runs/attack")
         assert Path(out).name.startswith("sig-final-fgsm-")
         assert (tmp_path / out / "summary.json").is_file()
         folders.append(out)
     assert folders[0] != folders[1]  # same second, still two folders
+    # a rerun into a finished folder resumes it, like `evaluate`: nothing is attacked again
+    before = (tmp_path / folders[0] / "table.json").read_bytes()
     res = runner.invoke(app, [*args, "--out", folders[0]])
-    assert res.exit_code == 2 and "already holds an attack's results" in res.output
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / folders[0] / "table.json").read_bytes() == before
     res = runner.invoke(app, [*args, "--out", folders[0], "--force"])
     assert res.exit_code == 0, res.output
     # A failed attack leaves no empty default folder behind.

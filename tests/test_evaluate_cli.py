@@ -320,7 +320,7 @@ def test_bad_model_file_is_one_line_and_writes_nothing(files: dict[str, Path], t
     (["--norm", "l2", "--eps", "9"], "eps must be in (0, 8] for l2"),
     (["--weights", "x.pt"], "only apply to --model-file"),
     (["--n", "0"], "--n"),
-    (["--protocol", "fast"], "--protocol"),
+    (["--protocol", "fast"], "unknown protocol 'fast'"),
 ])
 def test_bad_options_are_one_line(ckpt: Path, tmp_path: Path, args: list[str],
                                   needle: str) -> None:
@@ -351,7 +351,7 @@ def test_evaluate_model_passes_adaptive_overrides_and_curves(ckpt: Path, tmp_pat
     protocol overrides (recorded), and with an extra curve in the reports."""
     from robustact.defenses import retrofit_jumprelu
     from robustact.report import Curve
-    from robustact.workflows import evaluate_model
+    from robustact.runs.evaluate import evaluate_model
 
     model, _ = load_checkpoint(ckpt)
     jump = retrofit_jumprelu(model, 0.5).eval()

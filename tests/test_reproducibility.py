@@ -60,7 +60,7 @@ def test_seeded_restores_the_rng_and_streams_differ() -> None:
 
 @pytest.mark.slow
 def test_demo_same_seed_gives_identical_results(tmp_path: Path) -> None:
-    from robustact.demo import run_demo
+    from robustact.runs.demo import run_demo
 
     torch.manual_seed(1)
     s1 = run_demo(tmp_path / "d1", epochs=1, seed=3, progress=False, n_attack=16)

@@ -208,7 +208,7 @@ def test_transfer_spec_names_the_inner_attack() -> None:
     ({"eps": 0.3, "steps": 2.5}, "steps must be an integer"),
     ({"eps": "0.3"}, "eps must be a number"),
     ({}, "attack 'pgd' needs eps"),
-    ({"eps": 1.5}, r"eps must be in \[0, 1\] for linf"),
+    ({"eps": 1.5}, r"eps must be in \(0, 1\] for linf"),
     ({"eps": 0.3, "stepz": 3}, "does not take stepz"),
 ])
 def test_bad_attack_parameters_are_one_line(params: dict, needle: str) -> None:
@@ -276,18 +276,18 @@ def test_attack_without_eps_uses_the_dataset_default(checkpoint: Path, tmp_path:
     assert res.exit_code == 0, res.output
     assert "no --eps given: using eps=0.1" in res.output
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
-    assert summary["defaults"] == {"eps": 0.1} and summary["attack_spec"]["eps"] == 0.1
+    assert summary["eps"] == 0.1 and summary["attacks"]["pgd"]["eps"] == 0.1
 
 
 def test_attack_eps_as_a_fraction(checkpoint: Path, tmp_path: Path) -> None:
     res = _attack(checkpoint, tmp_path / "a", "--eps", "8/255", "--alpha", "2/255")
     assert res.exit_code == 0, res.output
-    spec = json.loads((tmp_path / "a" / "summary.json").read_text())["attack_spec"]
+    spec = json.loads((tmp_path / "a" / "summary.json").read_text())["attacks"]["pgd"]
     assert spec["eps"] == 8 / 255 and spec["alpha"] == 2 / 255
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--eps", "1.5"], "eps must be in [0, 1] for linf"),
+    (["--eps", "1.5"], "eps must be in (0, 1] for linf"),
     (["--eps", "0.3", "--param", "early_stop=maybe"], "early_stop must be true or false"),
     (["--eps", "0.3", "--param", "eps=0.1"], "eps given twice"),
     (["--param", "steps=4"], "steps given twice"),

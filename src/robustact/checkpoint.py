@@ -25,8 +25,8 @@ Card integrity: the card fields that change what the loaded model computes (``mo
 :func:`read_card`. Why: a hand edit of, say, the output-activation temperature would otherwise
 be accepted silently and every later number would describe a different model than the one that
 was evaluated. The explicit ways to change a defense write a new checkpoint
-(``robustact defend``, ``robustact retrofit``). Cards written before this check have no
-``integrity`` entry and are read as before.
+(``robustact defend``, ``robustact retrofit``). A card without an ``integrity`` entry is
+refused: every card robustact writes has one, so its absence means the field was deleted.
 
 A process killed mid-save leaves its ``.NAME.tmp-HOST-PID-RANDOM`` folder behind; the next save
 of ``NAME`` and the next resume from it remove such folders whose writer is gone (same host, PID
@@ -89,7 +89,7 @@ MODEL_FILE = "model.safetensors"
 OPTIM_FILE = "optim.safetensors"
 FORMAT = "robustact-checkpoint/1"
 #: Card fields that change the loaded model's behaviour; each is hashed into card["integrity"].
-INTEGRITY_FIELDS = ("model", "defenses", "data", "files")
+INTEGRITY_FIELDS = ("model", "defenses", "data", "files", "source")
 
 #: A temporary folder whose writer cannot be checked (another host, or a name without a PID from
 #: an older version) is only removed once it is this old: no save takes that long.
@@ -127,8 +127,13 @@ def _integrity(card: Mapping[str, Any]) -> dict[str, str]:
 
 def _check_integrity(card: Mapping[str, Any], card_path: Path) -> None:
     recorded = card.get("integrity")
-    if recorded is None:  # a card written before integrity digests existed
-        return
+    if recorded is None:
+        # Every card robustact has written since 0.1.0 carries its digests: a card without them
+        # was edited by hand (the field deleted), and trusting it would be trusting the edit.
+        raise CheckpointError(
+            f"{card_path} has no 'integrity' digests (deleted by hand?); robustact does not "
+            "trust an unverifiable card: restore it from the original, or re-create the "
+            "checkpoint (`robustact defend` / `robustact retrofit` write new ones)")
     if not isinstance(recorded, Mapping):
         raise CheckpointError(f"{card_path} has a malformed 'integrity' entry")
     edited = [name for name, digest in recorded.items()
@@ -302,6 +307,7 @@ def save_checkpoint(
     data: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
     tensors: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+    source: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint directory atomically (see the module docstring); returns its path.
 
@@ -309,7 +315,8 @@ def save_checkpoint(
     the training config (a dataclass or dict), ``data`` a description of the training data.
     ``tensors`` are further named tensor sets written as ``NAME.safetensors`` and hashed like
     the others (the trainer keeps the raw weights there when the model file holds their
-    average); :func:`load_checkpoint_tensors` reads one back.
+    average); :func:`load_checkpoint_tensors` reads one back. ``source`` records how to
+    rebuild a model that has no registry config (a user's model file; integrity-checked).
     """
     final = Path(directory)
     if final.name in ("", ".", ".."):
@@ -353,6 +360,8 @@ def save_checkpoint(
             "environment": environment_info(),
             "files": files,
         }
+        if source is not None:  # a model built outside the registry (a user's model file)
+            card["source"] = dict(source)
         card["integrity"] = _integrity(card)
         atomic_write_json(tmp / CARD_FILE, card)  # last: a card implies complete weights
         _fsync_dir(tmp)

@@ -47,33 +47,39 @@ from robustact.attacks.bpda import with_bpda
 from robustact.attacks.registry import ATTACKS, attack_parameters, create_attack
 from robustact.attacks.transfer import TransferAttack
 from robustact.attacks.verify import verify
+from robustact.core.budget import budget_ceiling, check_budget
 from robustact.core.runlock import RunLock
 from robustact.core.storage import environment_info
 from robustact.core.validate import (
     check_eval_mode,
     check_images,
     check_labels,
-    check_logits,
-    check_model_output,
     check_positive_int,
     match_model_dtype,
+    top_ties,
 )
 from robustact.defenses.registry import describe_defenses, strip_defenses
 from robustact.evaluate.protocols import (
-    adaptive_attacks,
+    DEFAULT_EPS_GRID,
     get_protocol,
+    protocol_entries,
     protocol_fingerprint,
-    with_adaptive,
 )
 from robustact.evaluate.storage import RunFolder
 from robustact.evaluate.table import COLUMNS, ResultsTable
+from robustact.models.predict import predict
 
 __all__ = ["evaluate", "default_eps_grid", "model_fingerprint", "clean_predictions"]
 
 
-def default_eps_grid(eps: float) -> list[float]:
-    """0, ε/4, ε/2, ε, 2ε (2ε capped at 1 for images in [0, 1] under L∞ by the caller)."""
-    return [0.0, eps / 4, eps / 2, eps, 2 * eps]
+def default_eps_grid(eps: float, multiples: Sequence[float] = DEFAULT_EPS_GRID) -> list[float]:
+    """``multiples`` of ε, by default 0, ε/4, ε/2, ε, 2ε (a protocol's ``eps_grid`` field).
+
+    2ε is capped at 1 for images in [0, 1] under L∞ by the caller. The products are exact for
+    these power-of-two multiples, so the grid (part of a run folder's fingerprint) is the same
+    floats as the ε/4, ε/2, 2ε it replaced.
+    """
+    return [m * eps for m in multiples]
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -101,26 +107,20 @@ def _batches(n: int, size: int) -> list[slice]:
 
 
 def _top_tie(z: torch.Tensor) -> torch.Tensor:
-    """Per row: the top output is shared by two or more classes."""
-    top = z.topk(2, dim=1).values
-    return top[:, 0] == top[:, 1]
+    """Per row: the top output is shared by two or more classes (the one rule, ``top_ties``)."""
+    return top_ties(z)
 
 
 def clean_predictions(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
                       ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(pred, correct, num_classes) on clean inputs; a tied top output is not correct."""
-    preds, correct, k = [], [], 0
-    with torch.inference_mode():
-        for s in _batches(x.shape[0], batch_size):
-            z = check_model_output(model(match_model_dtype(model, x[s])))
-            check_logits(z, x[s].shape[0], name="model output")
-            k = z.shape[1]
-            p = z.argmax(1)
-            preds.append(p)
-            correct.append((p == y[s]) & ~_top_tie(z))
-    pred, ok = torch.cat(preds), torch.cat(correct)
-    check_labels(y, x.shape[0], num_classes=k)
-    return pred, ok, k
+    """(pred, correct, num_classes) on clean inputs, on the CPU; a tied top output is not correct.
+
+    Why a wrapper of :func:`robustact.models.predict.predict`: one prediction function, so the
+    engine's clean accuracy is the one every other command (eval, training, the κ tuner) reports.
+    """
+    p = predict(model, (x, y), batch_size=batch_size, device=x.device)
+    assert p.correct is not None  # labels were given
+    return p.pred, p.correct, p.num_classes
 
 
 def _smooth_jump(kappa: float) -> Any:
@@ -209,20 +209,22 @@ def _result_rows(res: AttackResult, success: torch.Tensor, rows: dict[str, np.nd
     rows["seconds"][where] = seconds / max(n, 1)
 
 
-def _budgets(eps: float, eps_grid: Sequence[float] | None, norm: str
-             ) -> tuple[float, list[float]]:
-    """The checked main ε and the sorted ε grid (holding ε; L∞ budgets capped at 1)."""
-    if norm not in ("linf", "l2"):
-        raise ValueError(f"unknown norm {norm!r}; choose from ('linf', 'l2')")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (
-            math.isfinite(eps) and eps > 0):
-        raise ValueError(f"eps must be a positive finite number, got {eps!r}")
-    grid = [float(e) for e in (eps_grid if eps_grid is not None else default_eps_grid(eps))]
-    if any(not math.isfinite(e) or e < 0 for e in grid):
-        raise ValueError(f"eps_grid must hold finite budgets >= 0, got {grid}")
-    if norm == "linf":
-        grid = [min(e, 1.0) for e in grid]
-    return float(eps), sorted({*grid, float(eps)})
+def _budgets(eps: float, eps_grid: Sequence[float] | None, norm: str, dim: int | None = None,
+             multiples: Sequence[float] = DEFAULT_EPS_GRID) -> tuple[float, list[float]]:
+    """The checked main ε and the sorted ε grid holding it, by the one budget rule.
+
+    ε is in (0, 1] for L∞, (0, √dim] for L2 (:func:`robustact.core.budget.check_budget`); an
+    explicit grid may also hold 0 (the clean point) but nothing beyond that range (an 8 there is
+    the same typo as ``eps=8``). Without one, the grid is the protocol's ``multiples`` of ε, its
+    2ε capped at the range's top.
+    """
+    eps = check_budget(eps, norm, dim)
+    if eps_grid is None:
+        top = budget_ceiling(norm, dim)
+        grid = [min(e, top) for e in default_eps_grid(eps, multiples)]
+    else:
+        grid = [check_budget(e, norm, dim, name="eps_grid", allow_zero=True) for e in eps_grid]
+    return eps, sorted({*grid, eps})
 
 
 def _sample_ids(sample_ids: torch.Tensor | None, n: int) -> torch.Tensor:
@@ -251,15 +253,14 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              device: str | torch.device | None = None, seed: int = 0,
              progress: bool = True, sample_ids: torch.Tensor | None = None,
              adaptive: bool = True, overrides: Mapping[str, Any] | None = None,
-             meta: Mapping[str, Any] | None = None) -> ResultsTable:
+             meta: Mapping[str, Any] | None = None, locked: bool = False) -> ResultsTable:
     """Run ``protocol`` on ``(x, y)`` and return the per-sample results table.
 
     Args:
         model: classifier in eval mode; inputs in [0, 1], logits out.
         x, y: the evaluation data (all of it: the table has one row per sample per cell).
-        protocol: ``"quick"``, ``"standard"``, ``"thorough"`` (optionally ``"name@version"``)
-            or a custom ``{"name", "version", "entries"}`` (see :mod:`.protocols`).
-        eps: the main budget ε (pixel units); ``eps_grid`` default 0, ε/4, ε/2, ε, 2ε.
+        protocol: a name (``"standard"``, ``"standard@1"``), a protocol file's path or a dict.
+        eps: the main budget ε (pixel units); ``eps_grid`` default: the protocol's ε multiples.
         norm: "linf" or "l2".
         out: results folder; finished cells are written there and skipped on a rerun.
         batch_size: samples per attack call (results do not depend on it).
@@ -268,24 +269,25 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         progress: tqdm bars with ETA (cells, and batches within a cell).
         sample_ids: the samples' ids (default 0..N-1): the keys of their randomness and the
             table's ``sample`` column; give a shard its global ids.
-        adaptive: add :func:`~.protocols.adaptive_attacks` entries for the model's defenses.
+        adaptive: add :func:`~.protocols.adaptive_attacks` entries where the protocol says.
         overrides: attack parameters set in every entry taking them (e.g. ``{"steps": 5}``).
         meta: extra table metadata (dataset, split, model description).
+        locked: the caller already holds ``out``'s run lock (the lock is not re-entrant).
     """
     check_eval_mode(model, "evaluating it")
     check_images(x)
     check_labels(y, x.shape[0])
     batch_size = check_positive_int(batch_size, "batch_size")
-    eps, grid = _budgets(eps, eps_grid, norm)
+    proto = get_protocol(protocol, overrides)
+    eps, grid = _budgets(eps, eps_grid, norm, math.prod(x.shape[1:]), proto["eps_grid"])
     n = x.shape[0]
     ids = _sample_ids(sample_ids, n)
     dev = torch.device(device) if device is not None else next(
         (p.device for p in model.parameters()), x.device)
     x, y, ids = x.to(dev), y.to(dev), ids.to(dev).to(torch.int64)
 
-    proto = get_protocol(protocol, overrides)
     pred, correct, k = clean_predictions(model, x, y, batch_size)
-    entries_raw = with_adaptive(list(proto["entries"]), adaptive_attacks(model) if adaptive else [])
+    entries_raw = protocol_entries(proto, model, adaptive=adaptive)
     entries = [_Entry(e, norm, seed, k) for e in entries_raw]
     if len({e.key for e in entries}) != len(entries):
         raise ValueError("an adaptive attack's key collides with a protocol entry's key")
@@ -314,7 +316,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     with ExitStack() as stack:
         folder = None
         if out is not None:
-            stack.enter_context(RunLock(out, "evaluation"))
+            if not locked:  # the caller (robustact.runs) may hold the run folder's lock
+                stack.enter_context(RunLock(out, "evaluation"))
             folder = RunFolder(out, table_meta, fingerprint)
             folder.write_clean(clean)
             folder.save_manifest()
@@ -332,7 +335,7 @@ def _cells(entries: list[_Entry], grid: list[float], eps: float, norm: str, x: t
         for e in entries:
             if e.mode == "grid" or (e.mode == "main" and e_val == eps):
                 out.append((e, e_val, e_val))
-    big = 1.0 if norm == "linf" else float(math.sqrt(x[0].numel()))
+    big = budget_ceiling(norm, x[0].numel())  # the whole box: "max" mode's ε
     for e in entries:
         if e.mode == "none":
             out.append((e, math.inf, None))
@@ -370,12 +373,12 @@ def _run_cells(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Te
         else:
             if e.through == "twin" and twin is None:
                 twin = strip_defenses(model).eval()
-            t, mismatch, secs = _run_cell(model, x, y, ids, pred, correct_np, e, e_val,
-                                          attack_eps, broken.get(e_val), batch_size, progress,
-                                          twin)
+            t, mismatch, secs, adv = _run_cell(
+                model, x, y, ids, pred, correct_np, e, e_val, attack_eps, broken.get(e_val),
+                batch_size, progress, twin, keep=folder is not None and e_val == eps)
             if folder is not None:
                 folder.add(t, attack=e.key, eps=e_val, norm=norm, seconds=secs,
-                           mismatch=mismatch)
+                           mismatch=mismatch, adversarial=adv)
         if e_val in broken:
             broken[e_val] |= t["success"]
         tables.append(t)
@@ -385,8 +388,12 @@ def _run_cells(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Te
 def _run_cell(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
               pred: torch.Tensor, correct: np.ndarray, e: _Entry, e_val: float,
               attack_eps: float | None, broken: np.ndarray | None, batch_size: int,
-              progress: bool, twin: nn.Module | None) -> tuple[ResultsTable, int, float]:
+              progress: bool, twin: nn.Module | None, keep: bool = False
+              ) -> tuple[ResultsTable, int, float, dict[str, torch.Tensor] | None]:
+    """One (attack, ε) cell: its rows, the re-check mismatches, its seconds and, with
+    ``keep``, the adversarial examples of the points it broke (sample ids and x_adv)."""
     n = x.shape[0]
+    kept: dict[str, list[torch.Tensor]] = {"sample": [], "x_adv": []}
     rows = _empty_rows(n)
     rows["sample"][:] = ids.cpu().numpy()
     rows["label"][:] = y.cpu().numpy()
@@ -427,9 +434,13 @@ def _run_cell(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Ten
             rows["linf"][where] = delta.abs().amax(1).float().cpu().numpy()
             rows["l2"][where] = delta.norm(dim=1).float().cpu().numpy()
             _result_rows(res, success, rows, where, time.perf_counter() - t0)
+            if keep:
+                kept["sample"].append(ids[b][success].cpu())
+                kept["x_adv"].append(res.x_adv[success].detach().cpu())
     secs = time.perf_counter() - start
+    adv = {k: torch.cat(v) for k, v in kept.items()} if keep and kept["sample"] else None
     cols: dict[str, np.ndarray] = dict(rows)
     cols["attack"] = np.full(n, e.key, dtype=object)
     cols["norm"] = np.full(n, e.norm, dtype=object)
-    return ResultsTable(cols), mismatch, secs
+    return ResultsTable(cols), mismatch, secs, adv
 

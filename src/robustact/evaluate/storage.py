@@ -12,6 +12,9 @@ files are readable without robustact (safetensors + JSON; never pickle)::
       cells/0001.safetensors  robustact.evaluate.table.COLUMNS as a 1-D tensor (bool, int64,
       ...                     float32/float64); the string columns ``attack`` and ``norm`` are
                               constant per cell and stored in the manifest's cell entry
+      cells/0003.adv.safetensors  for cells at the main ε: ``sample`` (ids of the points the
+                              cell broke) and ``x_adv`` (their adversarial examples, in the
+                              model's input dtype); :func:`load_adversarial` gathers them
 
 A cell entry is ``{"attack", "eps", "norm", "file", "rows", "seconds", "mismatch"}`` (``eps`` may
 be ``Infinity`` in the JSON for minimum-norm and unbounded cells). Every file is written
@@ -38,10 +41,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from robustact.core.runfolder import RunRefused
 from robustact.core.storage import atomic_write_json, load_tensors, read_json, save_tensors
 from robustact.evaluate.table import COLUMNS, ResultsTable
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "ResultsFolderMismatch", "RunFolder", "load_table"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "ResultsFolderMismatch", "RunFolder", "load_table",
+           "load_adversarial"]
 
 FORMAT = "robustact-results"
 FORMAT_VERSION = 1
@@ -51,7 +56,7 @@ _STRING_COLUMNS = ("attack", "norm")
 CLEAN_FIELDS = ("sample", "label", "clean_pred", "clean_correct", "x_linf", "x_l2")
 
 
-class ResultsFolderMismatch(ValueError):
+class ResultsFolderMismatch(RunRefused):
     """The folder holds results of a different evaluation (protocol, model, data, ...)."""
 
 
@@ -144,15 +149,21 @@ class RunFolder:
         save_tensors(self.path / CLEAN, {k: _to_tensor(np.asarray(v)) for k, v in clean.items()})
 
     def add(self, table: ResultsTable, *, attack: str, eps: float, norm: str,
-            seconds: float, mismatch: int) -> None:
-        """Write one finished cell, then the manifest that lists it (both atomic)."""
+            seconds: float, mismatch: int,
+            adversarial: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Write one finished cell (and the adversarial examples of the points it broke,
+        ``{"sample", "x_adv"}``, if given), then the manifest that lists it (all atomic)."""
         i = len(self.manifest["cells"])
         file = f"cells/{i:04d}.safetensors"
         save_tensors(self.path / file, {c: _to_tensor(table[c]) for c in COLUMNS
                                         if c not in _STRING_COLUMNS})
-        self.manifest["cells"].append({"attack": attack, "eps": float(eps), "norm": norm,
-                                       "file": file, "rows": len(table),
-                                       "seconds": float(seconds), "mismatch": int(mismatch)})
+        entry = {"attack": attack, "eps": float(eps), "norm": norm, "file": file,
+                 "rows": len(table), "seconds": float(seconds), "mismatch": int(mismatch)}
+        if adversarial is not None:
+            entry["adversarial"] = f"cells/{i:04d}.adv.safetensors"
+            save_tensors(self.path / entry["adversarial"],
+                         {k: v.contiguous() for k, v in adversarial.items()})
+        self.manifest["cells"].append(entry)
         self.save_manifest()
 
     def save_manifest(self) -> None:
@@ -167,3 +178,28 @@ def _jsonable(v: Any) -> Any:
     if isinstance(v, dict):
         return {k: _jsonable(x) for k, x in v.items()}
     return v
+
+
+def load_adversarial(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The adversarial example of every point broken at the main ε, gathered from the cells.
+
+    Returns ``{"sample": (M,) int64, "x_adv": (M, ...), "attack": [M names]}`` in sample
+    order, one example per broken point: the one from the first attack of the cascade that
+    broke it (each is a witness; the cascade only attacks a point until one breaks it). None
+    when the run kept none (an older run folder, or no point broken).
+    """
+    folder = Path(path)
+    man = _read_manifest(folder)
+    found: dict[int, tuple[torch.Tensor, str]] = {}
+    for cell in man["cells"]:
+        if "adversarial" not in cell:
+            continue
+        t = load_tensors(folder / cell["adversarial"])
+        for sid, xa in zip(t["sample"].tolist(), t["x_adv"], strict=True):
+            found.setdefault(int(sid), (xa, cell["attack"]))
+    if not found:
+        return None
+    order = sorted(found)
+    return {"sample": torch.tensor(order, dtype=torch.int64),
+            "x_adv": torch.stack([found[i][0] for i in order]),
+            "attack": [found[i][1] for i in order]}

@@ -40,6 +40,7 @@ from robustact.report.figures import (
 from robustact.report.markdown import Report
 
 __all__ = ["REPORT_FORMAT", "NOT_AUDITED", "evaluation_record", "write_reports",
+           "write_views", "summary_view", "keep_earlier_audit",
            "render_html", "render_markdown", "template_environment"]
 
 REPORT_FORMAT = "robustact-report"
@@ -130,18 +131,20 @@ def _min_norm(table: ResultsTable, summary: Mapping[str, Any]) -> dict[str, Any]
 
 def _verdict(audit: AuditReport | None) -> dict[str, Any]:
     if audit is None:
-        return {"label": NOT_AUDITED, "audited": False, "evidence": [
+        return {"label": NOT_AUDITED, "audited": False, "fired": [], "notes": [], "evidence": [
             "the gradient-masking audit did not run: the robust accuracies below are what the "
             "attacks that ran could not break, with no check that those attacks worked."]}
     return {"label": audit.verdict.label, "audited": True,
-            "evidence": list(audit.verdict.evidence)}
+            "evidence": list(audit.verdict.evidence), "fired": audit.fired(),
+            "notes": [c.id for c in audit.checks if c.fired and c.kind == "info"]}
 
 
 def evaluation_record(table: ResultsTable, audit: AuditReport | None = None, *,
                       info: Mapping[str, Any] | None = None,
-                      extra_curves: Mapping[str, Curve | Mapping[str, Any]] | None = None
-                      ) -> dict[str, Any]:
-    """Every number of the evaluation as plain JSON (NaN and ∞ as ``null``).
+                      extra_curves: Mapping[str, Curve | Mapping[str, Any]] | None = None,
+                      run: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Every number of the evaluation as plain JSON (NaN and ∞ as ``null``): THE record of a
+    run, of which summary.json, report.md and report.html are views (:func:`write_views`).
 
     Keys: ``summary`` (n, clean and worst-case robust accuracy at the main ε), ``per_eps`` (per ε:
     each attack's cell — attacked, broken, success rate, accuracy against it alone and after it
@@ -149,7 +152,8 @@ def evaluation_record(table: ResultsTable, audit: AuditReport | None = None, *,
     ``min_norm`` (stats and every successful ‖δ‖), ``cost``, ``audit`` (every check with its
     numbers and evidence, or ``None``), ``verdict``, ``protocol`` (id, overrides, ε, grid, norm,
     seed, attack specs with roles, unavailable attacks), ``model``, ``data``, ``environment``,
-    ``info`` (the caller's: name, description, dataset, ...) and ``extra_curves``.
+    ``info`` (the caller's: name, description, dataset, ...), ``extra_curves`` and ``run``
+    (the caller's: command line, seconds, the table's identity).
     """
     if len(table) == 0:
         raise ValueError("the results table is empty: nothing to report (did the evaluation "
@@ -190,6 +194,7 @@ def evaluation_record(table: ResultsTable, audit: AuditReport | None = None, *,
                  "fingerprint": meta.get("data_fingerprint")},
         "environment": {**meta.get("environment", {}), "device": meta.get("device")},
         "extra_curves": curves,
+        "run": dict(run or {}),
     }
     return _plain(record)
 
@@ -345,24 +350,88 @@ def _figures(record: Mapping[str, Any]) -> dict[str, Any]:
     return figs
 
 
+def summary_view(record: Mapping[str, Any], paths: Mapping[str, Any] | None = None
+                 ) -> dict[str, Any]:
+    """The compact ``summary.json``: a view of ``record`` (clean and robust accuracy, each
+    attack's cell at ε, the worst case per ε, the verdict, the cost), so it can never say
+    something the reports do not."""
+    s, p, run = record["summary"], record["protocol"], record.get("run") or {}
+    at_eps = next((c for c in record["per_eps"]
+                   if s["eps"] is not None and math.isclose(c["eps"], s["eps"])), None)
+    verdict = record["verdict"]
+    return {
+        "model": record["info"], "protocol": p["id"], "norm": p["norm"], "eps": s["eps"],
+        "eps_grid": p["eps_grid"], "n": s["n"], "seed": p["seed"],
+        "clean_accuracy": s["clean_accuracy"], "robust_accuracy": s["robust_accuracy"],
+        "attacks_at_eps": list(at_eps["attacks"]) if at_eps else [],
+        "worst_case": {repr(float(c["eps"])): c["worst_case"] for c in record["per_eps"]},
+        "min_norm": {k: {f: v for f, v in m.items() if f != "norms"}
+                     for k, m in record["min_norm"].items()},
+        "unavailable": p["unavailable"], "attacks": p["attacks"],
+        "verdict": {k: verdict.get(k) for k in ("label", "evidence", "fired", "notes")}
+        | ({"from_earlier_run": True} if verdict.get("from_earlier_run") else {}),
+        "cost": {"forward_per_image": record["cost"]["forward_per_image"],
+                 "backward_per_image": record["cost"]["backward_per_image"],
+                 "per_attack": record["cost"]["per_attack"]},
+        "seconds": run.get("seconds", {}), "command": run.get("command"),
+        "environment": record["environment"], "device": record["environment"].get("device"),
+        "table": run.get("table"),
+        "reports": {k: str(v) for k, v in (paths or {}).items()},
+    }
+
+
+def keep_earlier_audit(record: dict[str, Any], earlier: str | os.PathLike[str]) -> dict[str, Any]:
+    """``record`` (of a run without the audit) with the audit of an earlier record at
+    ``earlier``, when that one audited the very same table; else ``record`` unchanged.
+
+    Why: rerunning a finished, audited evaluation with ``--no-audit`` (to redraw the reports,
+    say) must neither throw away the audit's verdict nor leave one file saying it and another
+    not: the verdict moves into the new record, marked as from the earlier run, and every view
+    shows it.
+    """
+    try:
+        old = json.loads(Path(earlier).read_text())
+    except (OSError, ValueError):
+        return record
+    same = (isinstance(old, dict) and (old.get("run") or {}).get("table") is not None
+            and old["run"]["table"] == (record.get("run") or {}).get("table"))
+    if not same or not (old.get("verdict") or {}).get("audited"):
+        return record
+    seconds = dict((record.get("run") or {}).get("seconds") or {})
+    for k in ("audit", "audit_model_forward_rows"):
+        seconds[k] = ((old.get("run") or {}).get("seconds") or {}).get(k)
+    note = ("this verdict is the audit of an earlier run of this same results table (this run "
+            "skipped the audit)")
+    return {**record, "audit": old["audit"],
+            "verdict": {**old["verdict"], "from_earlier_run": True,
+                        "evidence": [*old["verdict"]["evidence"], note]},
+            "run": {**record["run"], "seconds": seconds}}
+
+
+def write_views(out_dir: str | os.PathLike[str], record: Mapping[str, Any]) -> dict[str, Path]:
+    """Write every view of ``record`` into ``out_dir``, each file atomically: ``report.json``
+    (the record itself), ``report.md`` (PNG plots beside it), ``report.html`` and
+    ``summary.json`` (last: a summary implies the reports it names are complete)."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"report folder {out} is a file")
+    figs = _figures(record)
+    paths = {"json": atomic_write_json(out / "report.json", record)}
+    paths["markdown"] = render_markdown(record, out, figs).write("report.md")
+    paths["html"] = atomic_write_bytes(out / "report.html", render_html(record, figs).encode())
+    paths["summary"] = atomic_write_json(out / "summary.json", summary_view(record, paths))
+    return paths
+
+
 def write_reports(out_dir: str | os.PathLike[str], table: ResultsTable,
                   audit: AuditReport | None = None, *, info: Mapping[str, Any] | None = None,
-                  extra_curves: Mapping[str, Curve | Mapping[str, Any]] | None = None
-                  ) -> dict[str, Path]:
-    """Write ``report.json``, ``report.md`` (PNG plots beside it) and ``report.html`` into
-    ``out_dir`` (e.g. the results folder itself), each atomically; returns name → path.
+                  extra_curves: Mapping[str, Curve | Mapping[str, Any]] | None = None,
+                  run: Mapping[str, Any] | None = None) -> dict[str, Path]:
+    """Build the record of ``table`` (and ``audit``) and write all its views
+    (:func:`write_views`); returns name → path.
 
     ``extra_curves``: sweeps to show with the evaluation, e.g. ``{"kappa": Curve.from_pairs(
     tuning.curve, xlabel="κ", label="validation accuracy", chosen=tuning.kappa)}``.
     """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"report folder {out} is a file")
-    record = evaluation_record(table, audit, info=info, extra_curves=extra_curves)
-    figs = _figures(record)
-    paths = {"json": atomic_write_json(out / "report.json", record)}
-    md = render_markdown(record, out, figs)
-    paths["markdown"] = md.write("report.md")
-    paths["html"] = atomic_write_bytes(out / "report.html", render_html(record, figs).encode())
-    return paths
-
+    record = evaluation_record(table, audit, info=info, extra_curves=extra_curves, run=run)
+    return write_views(out_dir, record)

@@ -9,7 +9,7 @@ leaderboard and a top-level ``report.md`` that puts the numbers side by side. It
 downloads and takes about a minute and a half on one CPU core.
 
 Why the demo holds no attack loop and no audit logic of its own: the engine
-(:func:`robustact.workflows.evaluate_model` over :func:`robustact.evaluate.evaluate` and
+(:func:`robustact.runs.evaluate.evaluate_model` over :func:`robustact.evaluate.evaluate` and
 :func:`robustact.evaluate.audit.run_audit`) is the one home of evaluation, so the demo's
 numbers are exactly what ``robustact evaluate`` would report for the same models.
 """
@@ -24,19 +24,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustact.core.runfolder import open_run
 from robustact.core.storage import atomic_write_json, environment_info
 from robustact.core.validate import resolve_device
 from robustact.defenses import tune_jumprelu
-from robustact.evaluate import PROTOCOLS, adaptive_attacks, get_protocol
+from robustact.evaluate import adaptive_attacks, get_protocol
 from robustact.report import Curve, Report, format_table, write_leaderboard
+from robustact.runs.defend import defend_checkpoint, retrofit_checkpoint
+from robustact.runs.evaluate import evaluate_model
+from robustact.runs.train import load_splits, train_classifier
 from robustact.train import TrainConfig, load_checkpoint
-from robustact.workflows import (
-    defend_checkpoint,
-    evaluate_model,
-    load_splits,
-    retrofit_checkpoint,
-    train_classifier,
-)
 
 __all__ = ["run_demo", "DEMO_EPS", "DEMO_PROTOCOL", "DEMO_OVERRIDES", "DEMO_AUDIT"]
 
@@ -120,7 +117,12 @@ def run_demo(out: str | Path = "runs/demo", *, epochs: int = DEFAULT_EPOCHS, see
     reruns bit for bit). ``n_attack``: evaluate the first N test images of each task (None:
     all of them).
     """
-    return _run_demo(Path(out), epochs, seed, progress, resolve_device(device), n_attack)
+    dev = resolve_device(device)
+    with open_run(out, "demo", what="demo", config={"epochs": epochs, "seed": seed,
+                                                    "n_attack": n_attack}) as run:
+        summary = _run_demo(Path(out), epochs, seed, progress, dev, n_attack)
+        run.finish({"report": summary["report"], "seconds": summary["seconds"]})
+    return summary
 
 
 def _run_demo(out: Path, epochs: int, seed: int, progress: bool, device: torch.device,
@@ -270,7 +272,7 @@ def _protocol_text() -> str:
     """The protocol as run: id, what it holds, and the demo's overrides if any."""
     proto = get_protocol(DEMO_PROTOCOL, DEMO_OVERRIDES)
     over = f"; demo-size overrides {DEMO_OVERRIDES}" if DEMO_OVERRIDES else ""
-    return f"`{proto['id']}` ({PROTOCOLS[DEMO_PROTOCOL]['description']}{over})"
+    return f"`{proto['id']}` ({proto['description']}{over})"
 
 
 def _pct(v: float | None) -> str:

@@ -1,0 +1,118 @@
+"""``robustact train``: options → :class:`~robustact.train.TrainConfig` →
+:func:`robustact.runs.train.train_classifier`."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from robustact.cli.common import NO_RUNTIME, Runtime, app, command_line, numbers, runtime_options
+from robustact.core.budget import parse_budget
+from robustact.runs.train import train_classifier
+from robustact.train import TrainConfig
+from robustact.train.adversarial import adversarial_spec
+
+
+class Loss(str, Enum):
+    ce = "ce"
+    differential = "differential"
+
+
+class Adv(str, Enum):
+    pgd = "pgd"
+    fast = "fast"
+    mix = "mix"
+    trades = "trades"
+
+
+def _adv_spec(adv: Adv | None, eps: str | None, steps: int | None, fraction: float | None,
+              alpha: str | None, beta: float | None) -> dict[str, Any] | None:
+    """The adversarial-training spec of ``train``'s ``--adv*`` options (None without --adv)."""
+    if adv is None:
+        if any(v is not None for v in (eps, steps, fraction, alpha, beta)):
+            raise ValueError("--adv-eps/--adv-steps/--adv-fraction/--adv-alpha/--trades-beta "
+                             "need --adv pgd|fast|mix|trades")
+        return None
+    if eps is None:
+        raise ValueError(f"--adv {adv.value} needs --adv-eps (e.g. 0.3 for MNIST, 8/255 for "
+                         "CIFAR)")
+    return adversarial_spec(
+        adv.value, parse_budget(eps, "linf", name="--adv-eps"), steps=steps, fraction=fraction,
+        alpha=None if alpha is None else parse_budget(alpha, name="--adv-alpha"), beta=beta)
+
+
+# Long by design: typer declares every option as a parameter; the body builds the config and calls
+# train_classifier.
+@app.command()
+@runtime_options
+def train(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Option(help="Architecture name (robustact.models).")] = "lenet5",
+    dataset: Annotated[str, typer.Option(help="mnist | cifar10 | cifar100 | digits")] = "mnist",
+    out: Annotated[Path, typer.Option(help="Run folder (checkpoints, results.json).")] = Path(
+        "runs/train"),
+    activation: Annotated[str, typer.Option(
+        help="Activation spec, e.g. relu, splash:S=7, jumprelu:kappa=0.5, prelu.")] = "relu",
+    epochs: int = 10,
+    batch_size: int = 128,
+    lr: float = 0.05,
+    optimizer: Annotated[str, typer.Option(help="sgd | adam")] = "sgd",
+    schedule: Annotated[str, typer.Option(help="step | cosine | constant")] = "cosine",
+    milestones: Annotated[str, typer.Option(help="Step-schedule epochs, e.g. 30,60,80")] = "",
+    gamma: float = 0.1,
+    weight_decay: float = 5e-4,
+    augment: Annotated[str, typer.Option(help="none | cifar (crop+flip)")] = "none",
+    seed: int = 1,
+    val_fraction: float = 0.1,
+    loss: Annotated[Loss, typer.Option(help="ce | differential (binary, pairwise)")] = Loss.ce,
+    classes: Annotated[str | None, typer.Option(
+        help="Two classes for a binary task, e.g. cat,dog (default cat,dog with "
+             "--loss differential).")] = None,
+    output_activation: Annotated[str | None, typer.Option(
+        help="Bounded activation on the logits: sigmoid | tanh | softsign | arctan.")] = None,
+    temperature: Annotated[float, typer.Option(help="T in softmax(f(T*z)).")] = 1.0,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/train/last.")] = False,
+    force: Annotated[bool, typer.Option(
+        help="Replace a model already in OUT, and train even at a temperature known not to "
+             "learn.")] = False,
+    progress: bool = True,
+    adv: Annotated[Adv | None, typer.Option(
+        help="Adversarial training: pgd (Madry) | fast (FGSM, random start) | mix (FGSM on a "
+             "fraction of each batch) | trades.")] = None,
+    adv_eps: Annotated[str | None, typer.Option(help="L-inf budget, e.g. 0.3 or 8/255.")] = None,
+    adv_steps: Annotated[int | None, typer.Option(help="PGD steps (pgd, trades; 10).")] = None,
+    adv_fraction: Annotated[float | None, typer.Option(
+        help="Adversarial share of each batch, in (0, 1] (mix; 0.3).")] = None,
+    adv_alpha: Annotated[str | None, typer.Option(
+        help="Step size (pgd, trades: 2.5*eps/steps; fast: 1.25*eps).")] = None,
+    trades_beta: Annotated[float | None, typer.Option(help="TRADES beta (6).")] = None,
+    ema: Annotated[float | None, typer.Option(
+        help="Average the weights over steps (EMA decay in (0, 1), e.g. 0.999); the average "
+             "is validated, saved and tested.")] = None,
+    rt: Runtime = NO_RUNTIME,
+) -> None:
+    """Train a model and save OUT/final (safetensors + JSON card) with its test accuracy.
+
+    For the output-activation defense train at T = 1 and raise T afterwards with `defend`.
+    With --adv the card records the recipe and its parameters; --resume without --adv (or
+    --ema) takes them from the interrupted run.
+    """
+    config = TrainConfig(
+        epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule,
+        milestones=tuple(numbers(milestones, int, "--milestones")), gamma=gamma,
+        weight_decay=weight_decay, augment=augment, seed=seed, device=rt.device,
+        adv=_adv_spec(adv, adv_eps, adv_steps, adv_fraction, adv_alpha, trades_beta), ema=ema)
+    cls = tuple(c.strip() for c in classes.split(",")) if classes else None
+    if cls is not None and len(cls) != 2:
+        raise ValueError(f"--classes needs exactly two classes, got {classes!r}")
+    outcome = train_classifier(
+        model, dataset, out_dir=out, config=config, activation=activation,
+        data_root=rt.data_root, val_fraction=val_fraction, classes=cls,  # type: ignore[arg-type]
+        loss=loss.value, output_activation=output_activation, temperature=temperature,
+        resume=resume, progress=progress, download=rt.download, force=force,
+        command=command_line(ctx))
+    typer.echo(f"test accuracy {outcome.test_accuracy:.2%} after {len(outcome.history)} epochs "
+               f"({outcome.seconds:.0f}s); model saved to {outcome.checkpoint}")
