@@ -337,62 +337,70 @@ def _broke(*idx: int) -> list[bool]:
 PGD_BROKE = _broke(*range(10, 50))  # the standard attack breaks 40 of the 90 clean-correct
 
 
-@pytest.mark.parametrize(("check", "role", "any_fires", "any_kind"), [
-    (check_convergence, "convergence", False, None), (check_transfer, "transfer", False, None),
-    (check_single_step, "single_step", True, "info"), (check_black_box, "black_box", True, "info"),
-    (check_random_search_table, "random_search", False, None),
-    (check_loss_choice, "loss_variant", False, None),
-    (check_adaptive, "adaptive", True, "attack"), (check_label_only, "label_only", False, None)])
-def test_extra_broken_points_fire_per_sample_beyond_noise(check, role, any_fires, any_kind):
-    def run(other):
-        return check(_table({"pgd": ("standard", EPS, PGD_BROKE), "x": (role, EPS, other)}))
+GAP_CHECKS = [(check_convergence, "convergence", 0.05), (check_transfer, "transfer", 0.01),
+              (check_single_step, "single_step", 0.05), (check_black_box, "black_box", 0.05),
+              (check_random_search_table, "random_search", 0.05),
+              (check_loss_choice, "loss_variant", None), (check_adaptive, "adaptive", 0.01),
+              (check_label_only, "label_only", 0.05)]
 
-    beyond = run(_broke(*range(10, 50), 60, 61, 62))  # 3 points PGD left robust (of 50)
-    one = run(_broke(60))
-    same = run(PGD_BROKE)  # breaks exactly what PGD broke: nothing extra
-    assert beyond.fired and beyond.breaks_points and beyond.numbers["extra_broken"] == 3
-    assert beyond.numbers["extra_samples"] == [60, 61, 62]
-    assert "3 of the 50 points" in beyond.evidence
-    assert one.fired is any_fires and not one.breaks_points  # within noise
-    if any_fires:
-        # generic second opinions (FGSM, Square) note a win within noise; the defense-specific
-        # adaptive attack makes it a suspicion
-        assert one.kind == any_kind
-        label = verdict([one]).label
-        assert label == ("no evidence of masking found" if any_kind == "info"
-                         else "masking suspected")
-    assert beyond.kind == "attack" and verdict([beyond]).label == "masking confirmed"
+
+def _gap(check, role, k):
+    """``role`` breaks the PGD-broken points plus ``k`` of the 50 points PGD left robust."""
+    extra = _broke(*range(10, 50), *range(60, 60 + k))
+    return check(_table({"pgd": ("standard", EPS, PGD_BROKE), "x": (role, EPS, extra)}))
+
+
+@pytest.mark.parametrize(("check", "role", "rate"), GAP_CHECKS)
+def test_a_gap_is_reported_and_confirms_only_by_a_test_against_healthy_disagreement(
+        check, role, rate):
+    """Two questions: any extra break is a protocol gap (fired, already in the worst case);
+    it is masking only when an exact binomial test puts it beyond the rate at which sound
+    attacks disagree on healthy models, and never on one sample."""
+    one, two = _gap(check, role, 1), _gap(check, role, 2)
+    many = _gap(check, role, 6 if rate == 0.01 else 12)
+    for gap in (one, two):
+        assert gap.fired and gap.kind == "gap" and not gap.breaks_points
+        v = verdict([gap])
+        assert v.label == "no evidence of masking found"
+        assert v.completeness["gap"] == {gap.id: gap.numbers["extra_broken"]}
+        assert "already counts them" in v.completeness["text"]
+    assert "protocol gap" in two.evidence and "3 of the 50" not in two.evidence
+    assert many.numbers["extra_samples"][:2] == [60, 61]
+    if rate is None:  # C19: losses disagree on healthy models too; a gap, never masking
+        assert not many.breaks_points and verdict([many]).label == "no evidence of masking found"
+    else:
+        assert many.breaks_points and many.numbers["p_value"] < 1e-3
+        assert verdict([many]).label == "masking confirmed"
+    same = _gap(check, role, 0)  # breaks exactly what PGD broke: nothing extra
     assert same.fired is False and same.numbers["extra_broken"] == 0
+    assert verdict([same]).completeness["label"] == "complete"
     # points misclassified clean are never "extra", whoever breaks them
-    assert run(_broke(0, 1, 2, 3)).numbers["extra_broken"] == 0
+    assert check(_table({"pgd": ("standard", EPS, PGD_BROKE),
+                         "x": (role, EPS, _broke(0, 1, 2, 3))})).numbers["extra_broken"] == 0
     absent = check(_table({"pgd": ("standard", EPS, PGD_BROKE)}))
     assert absent.fired is None and "not applicable" in absent.evidence
 
 
-def test_generic_attacks_count_the_survivors_in_their_noise_floor():
-    """Square (or FGSM) breaking 2 of 50 survivors (4 %) is within the generic floor of 5 % of
-    the survivors: a note; 3 of 50 (6 %) confirms. A defense-specific attack's 2 confirm."""
-    def run(check, role, k):
-        extra = _broke(*range(10, 50), *range(60, 60 + k))
-        return check(_table({"pgd": ("standard", EPS, PGD_BROKE), "x": (role, EPS, extra)}))
+def test_the_plain_mlp_of_issue_20_is_not_called_masked():
+    """Square and APGD-DLR each breaking 2 of the 22 points the other attacks left robust on an
+    undefended MLP: a protocol gap of 4 points, no masking (p = 0.30 against 5 %)."""
+    def run(check, role):
+        std = _broke(*range(10, 78))  # PGD leaves 22 of the 90 clean-correct points robust
+        extra = _broke(*range(10, 78), 80, 81)
+        return check(_table({"pgd": ("standard", EPS, std), "x": (role, EPS, extra)}))
 
-    two, three = run(check_black_box, "black_box", 2), run(check_black_box, "black_box", 3)
-    assert two.fired and two.kind == "info" and not two.breaks_points
-    assert two.numbers["noise_threshold"] == 2.5 and "within noise" in two.evidence
-    assert verdict([two]).label == "no evidence of masking found"
-    assert three.breaks_points and verdict([three]).label == "masking confirmed"
-    assert run(check_single_step, "single_step", 2).kind == "info"
-    # another loss (DLR) is a generic second opinion too: 2 of 50 pass, 3 of 50 confirm
-    assert not run(check_loss_choice, "loss_variant", 2).fired
-    assert run(check_loss_choice, "loss_variant", 3).breaks_points
-    adaptive = run(check_adaptive, "adaptive", 2)
-    assert adaptive.breaks_points and adaptive.numbers["noise_threshold"] == 1.0
+    checks = [run(check_black_box, "black_box"), run(check_loss_choice, "loss_variant")]
+    assert [c.numbers["standard_robust"] for c in checks] == [22, 22]
+    assert round(checks[0].numbers["p_value"], 2) == 0.30  # Square: 2 of 22 against 5 %
+    v = verdict(checks)
+    assert v.label == "no evidence of masking found"
+    assert v.completeness["gap"] == {"C16": 2, "C19": 2}
 
 
 def test_single_step_beats_iterative_quotes_the_numbers():
     res = check_single_step(_table({"pgd": ("standard", EPS, PGD_BROKE),
                                     "fgsm": ("single_step", EPS, _broke(70, 71, 72))}))
-    assert res.fired and res.breaks_points
+    assert res.fired and not res.breaks_points  # 3 of 50: a gap, within healthy disagreement
     assert res.numbers["robust_accuracy_standard"] == 0.5
     assert res.numbers["robust_accuracy_with"] == 0.47
     assert "50.0 % → 47.0 %" in res.evidence
@@ -478,7 +486,8 @@ def test_monotone_in_eps():
     rising = _grid_table({0.05: _broke(*range(10, 60)), 0.1: _broke(*range(10, 50))})
     res = check_monotone_eps(rising, eps=0.1)
     assert res.fired and res.numbers["rises"] == [(0.05, 0.1)]
-    assert res.numbers["samples_non_monotone"] == 10 and res.breaks_points
+    # a diagnostic of the attack (it fails to find what exists), never a confirmation alone
+    assert res.numbers["samples_non_monotone"] == 10 and not res.breaks_points
     assert "rises with ε" in res.evidence
     # at ε = 0.5 (L∞) every image can become grey: 60 % robust accuracy is above chance
     chance = _grid_table({0.1: _broke(*range(10, 30)), 0.5: _broke(*range(10, 40))})
@@ -510,18 +519,34 @@ def test_verdict_rules():
     v = verdict(ok)
     assert v.label == "no evidence of masking found"
     assert "necessary, not sufficient" in v.evidence[0] and "2 applicable" in v.evidence[0]
+    # a mechanism measured on the model confirms on its own
     v = verdict(ok + [_check("C4", True)])
-    assert v.label == "masking suspected" and any("C4 evidence" in s for s in v.evidence)
-    # an attack that broke extra points, but within noise, is a suspicion, not a confirmation
-    v = verdict(ok + [_check("C15", True, "attack", False)])
+    assert v.label == "masking confirmed" and any("C4 evidence" in s for s in v.evidence)
+    # a diagnostic is a suspicion
+    v = verdict(ok + [_check("C8", True)])
     assert v.label == "masking suspected"
-    v = verdict(ok + [_check("C4", True), _check("C20", True, "attack", True)])
+    # a gap within healthy disagreement is no masking sign; beyond it (the test) it confirms
+    v = verdict(ok + [_check("C15", True, "gap", False)])
+    assert v.label == "no evidence of masking found"
+    v = verdict(ok + [_check("C8", True), _check("C20", True, "gap", True)])
     assert v.label == "masking confirmed"
-    assert v.evidence[0].startswith("C20") and any(s.startswith("C4") for s in v.evidence)
+    assert v.evidence[0].startswith("C20") and any(s.startswith("C8") for s in v.evidence)
     # informational checks are reported but change nothing
     v = verdict(ok + [_check("ties", True, "info")])
     assert v.label == "no evidence of masking found" and any("ties" in s for s in v.evidence)
     assert all(label in VERDICTS for label in (verdict([]).label,))
+
+
+def test_checks_on_a_handful_of_samples_never_decide_alone():
+    few = CheckResult("C21", "binarization test", True, {"samples": 5}, "1 of 5 failed")
+    v = verdict([few])
+    assert v.label == "no evidence of masking found"
+    assert any("too few to decide alone" in s for s in v.evidence)
+    many = CheckResult("C21", "binarization test", True, {"samples": 40}, "failed")
+    assert verdict([many]).label == "masking suspected"
+    # with another check fired, the few-sample one adds to the evidence
+    v = verdict([few, _check("C8", True)])
+    assert v.label == "masking suspected" and any(s.startswith("C21") for s in v.evidence)
 
 
 def test_run_audit_confirms_with_a_table_and_reports_its_cost(healthy):
@@ -529,11 +554,12 @@ def test_run_audit_confirms_with_a_table_and_reports_its_cost(healthy):
     n = len(y)
     clean = (predict(model, x) == y).tolist()
     std = [False] * n
-    extra = [i < 3 for i in range(n)]
+    extra = [i < 8 for i in range(n)]
     rows = _rows("pgd", EPS, std, clean) + _rows("bpda", EPS, extra, clean)
     table = ResultsTable.from_rows(rows, {"attacks": {"pgd": {"role": "standard"},
                                                       "bpda": {"role": "adaptive"}}})
     rep = run_audit(model, x, y, table, eps=EPS, random_points=50, binarization_samples=2)
+    # BPDA breaks up to 8 of the ≤ 32 points PGD left robust: p < 1e-6 against 1 %
     assert rep.verdict.label == "masking confirmed"
     assert rep.check("C20").breaks_points
     assert rep.seconds > 0 and rep.model_forward_rows > 50 * n

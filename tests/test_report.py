@@ -26,6 +26,7 @@ from robustact.evaluate import evaluate
 from robustact.evaluate.audit import run_audit
 from robustact.report import Curve, evaluation_record, write_leaderboard, write_reports
 from robustact.report.figures import figure_data_uri, robust_accuracy_figure
+from robustact.report.intervals import interval_of, pct_ci
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -152,9 +153,11 @@ def test_html_has_every_table_and_image_and_is_self_contained(evaluated):
     assert got == expected and {a for _, a in got} == {"fgsm", "pgd", "square"}
     assert len(rec["per_eps"]) == len(evaluated["table"].meta["eps_grid"]) == 5
     worst = {float(r[0]): r[1] for r in page.tables["worst-case"][1:]}
-    assert worst == {c["eps"]: _pct(c["worst_case"]) for c in rec["per_eps"]}
-    # the headline number is the worst case at ε, in both files
-    assert page.tables["summary"][1][3] == _pct(rec["summary"]["robust_accuracy"])
+    assert worst == {c["eps"]: pct_ci(c["worst_case"], c["worst_case_ci"])
+                     for c in rec["per_eps"]}
+    # the headline number is the worst case at ε, in both files, with its interval
+    s = rec["summary"]
+    assert page.tables["summary"][1][3] == pct_ci(s["robust_accuracy"], s["robust_accuracy_ci"])
     assert rec["summary"]["robust_accuracy"] == worst_at(rec, EPS)
     # audit: every check of the AuditReport, with its state and evidence
     audit_rows = page.tables["audit"][1:]
@@ -221,7 +224,7 @@ def test_verdict_comes_first_in_words_and_never_says_robust(evaluated, tmp_path)
     for sentence in audit.verdict.evidence:
         assert sentence in text
     md = evaluated["paths"]["markdown"].read_text()
-    assert md.splitlines()[2] == f"**Verdict: {audit.verdict.label}.**"
+    assert md.splitlines()[2].startswith(f"**Verdict: {audit.verdict.label}.**")
     # without an audit: "not audited", never "robust"
     paths = write_reports(tmp_path, evaluated["table"])
     rec = json.loads(paths["json"].read_text())
@@ -278,12 +281,13 @@ def test_leaderboard_one_sortable_row_per_run(two_runs, tmp_path):
     by_name = {r[1].split("/")[0].strip(): r for r in rows}
     for rec in recs:
         row = next(r for name, r in by_name.items() if name.startswith(rec["info"]["name"]))
-        assert row[2] == _pct(rec["summary"]["clean_accuracy"])
-        assert row[3] == _pct(rec["summary"]["robust_accuracy"])
+        s = rec["summary"]
+        assert row[2] == pct_ci(s["clean_accuracy"], s["clean_accuracy_ci"])
+        assert row[3] == pct_ci(s["robust_accuracy"], s["robust_accuracy_ci"])
         assert row[4] == rec["verdict"]["label"]
         assert row[5] == "mini@1"
     robust = [r["summary"]["robust_accuracy"] for r in recs]
-    assert rows[0][3] == _pct(max(robust))  # best first
+    assert rows[0][3].startswith(_pct(max(robust)) + " [")  # best first
     assert len(page.scripts) == 1 and "addEventListener(\"click\"" in page.scripts[0]
     assert "sort(" in page.scripts[0]
     assert "http://" not in html and "https://" not in html
@@ -323,3 +327,103 @@ def test_cli_leaderboard(two_runs, tmp_path):
     assert res.exit_code == 2
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "does not exist" in lines[0]
+
+
+# -- 95 % intervals and readable plots (issue 20, items 7 and 9) --------------------------------
+
+def _proportions(obj: Any, path: str = "") -> list[tuple[str, float, Any]]:
+    """(where, value, its ``_ci`` sibling) for every accuracy and success rate in a record."""
+    found = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if isinstance(v, float) and ("accuracy" in k or k in ("success_rate", "worst_case")):
+                found.append((f"{path}.{k}", v, obj.get(f"{k}_ci", "missing")))
+            elif isinstance(v, (dict, list)) and k not in ("audit", "extra_curves", "curves"):
+                found += _proportions(v, f"{path}.{k}")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            found += _proportions(v, f"{path}[{i}]")
+    return found
+
+
+def test_every_accuracy_has_an_interval_that_contains_it(evaluated):
+    rec = json.loads(evaluated["paths"]["json"].read_text())
+    summary = json.loads(evaluated["paths"]["summary"].read_text())
+    for doc, least in ((rec, 40), (summary, 10)):
+        found = _proportions(doc)
+        assert len(found) >= least
+        for where, v, ci in found:
+            assert isinstance(ci, list) and 0 <= ci[0] <= v <= ci[1] <= 1, (where, v, ci)
+    assert {k for k in ("clean_accuracy_ci", "robust_accuracy_ci") if k in summary} == {
+        "clean_accuracy_ci", "robust_accuracy_ci"}
+    for e, ci in summary["worst_case_ci"].items():
+        assert ci[0] <= summary["worst_case"][e] <= ci[1]
+    # the plotted curves carry a band per point, the audit's sample counts theirs
+    wc = rec["curves"]["worst_case"]
+    assert all(lo <= v <= hi for v, (lo, hi) in zip(wc["robust_accuracy"], wc["ci"], strict=True))
+    gaps = [iv for c in rec["audit"]["checks"] for iv in c["intervals"].values()]
+    assert gaps and all(iv["ci"][0] <= iv["k"] / iv["n"] <= iv["ci"][1] for iv in gaps)
+
+
+def test_markdown_and_html_show_the_intervals(evaluated):
+    rec = json.loads(evaluated["paths"]["json"].read_text())
+    md = evaluated["paths"]["markdown"].read_text()
+    page, html = _parse(evaluated["paths"]["html"])
+    s = rec["summary"]
+    robust = pct_ci(s["robust_accuracy"], s["robust_accuracy_ci"])
+    assert robust.endswith("]") and robust in md and robust in html
+    for c in rec["per_eps"]:
+        for a in c["attacks"]:
+            text = pct_ci(a["success_rate"], a["success_rate_ci"])
+            assert text in md
+            row = next(r for r in page.tables["robust"][1:]
+                       if len(r) == 9 and float(r[0]) == c["eps"] and r[1] == a["attack"])
+            assert row[6] == text
+    df = rec["min_norm"]["deepfool"]
+    assert page.tables["min-norm"][1][3] == pct_ci(df["success_rate"], df["success_rate_ci"])
+
+
+def _drawn(fig: Figure) -> None:
+    fig.draw_without_rendering()  # runs the layout, as saving does
+
+
+def test_plot_legend_outside_axes_and_main_eps_attacks_as_markers(evaluated):
+    rec = json.loads(evaluated["paths"]["json"].read_text())
+    fig = robust_accuracy_figure(rec)
+    _drawn(fig)
+    ax = fig.axes[0]
+    legend, box = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    assert legend.x0 >= box.x1 and legend.x1 <= fig.bbox.x1 + 1  # beside, never over a curve
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    square = next(ln for label, ln in lines.items() if label.startswith("square"))
+    assert square.get_linestyle() == "None" and square.get_marker() not in (None, "None", "")
+    assert len(square.get_xdata()) == 1
+    for name in ("fgsm", "pgd", "worst case (per sample)"):
+        assert lines[name].get_linestyle() == "-" and len(lines[name].get_xdata()) == 5
+    # a band (fill_between) for fgsm, pgd and the worst case; an error bar for square
+    assert len(ax.collections) >= 4
+
+
+def test_leaderboard_of_40_runs_scrolls_with_a_sticky_header(evaluated, tmp_path):
+    rec = json.loads(evaluated["paths"]["json"].read_text())
+    runs = []
+    for i in range(40):
+        r = json.loads(json.dumps(rec))
+        r["info"]["name"] = f"model-{i:02d}-" + "wide_resnet_28_10_jumprelu_kappa_0.5_" * 3
+        r["summary"]["robust_accuracy"] = i / 48
+        r["summary"]["robust_accuracy_ci"] = interval_of(i / 48, r["summary"]["n"])
+        if i % 2:  # an older report.json without intervals: the page computes them
+            del r["summary"]["robust_accuracy_ci"], r["summary"]["clean_accuracy_ci"]
+        (tmp_path / f"r{i}").mkdir()
+        (tmp_path / f"r{i}" / "report.json").write_text(json.dumps(r))
+        runs.append(tmp_path / f"r{i}")
+    path = write_leaderboard(tmp_path / "lb.html", runs)
+    page, html = _parse(path)
+    rows = page.tables["leaderboard"][1:]
+    assert len(rows) == 40 and rows[0][1].startswith("model-39-") and rows[-1][1].startswith(
+        "model-00-")
+    n = rec["summary"]["n"]
+    for r, i in zip(rows, range(39, -1, -1), strict=True):
+        assert r[3] == pct_ci(i / 48, interval_of(i / 48, n))
+    assert '<div class="table-scroll">' in html and "position: sticky" in html
+    assert "overflow-wrap: anywhere" in html

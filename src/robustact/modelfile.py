@@ -3,11 +3,15 @@
 ``load_model_file("net.py:make_net", weights="net.safetensors", normalize=((.49, .48, .45),
 (.25, .24, .26)))`` imports ``net.py`` by path, calls ``make_net()``, loads the weights, wraps
 the model in :class:`robustact.nn.Normalize` if it expects normalized inputs, puts it in eval
-mode and checks on a probe batch that it returns logits (N, K) and stays in eval mode.
+mode and checks on a probe batch that its outputs are usable: one tensor (N, K), finite.
 
-Why so many checks: a foreign model that is subtly wrong (weights that half fit, softmax outputs,
-dropout left on) does not crash an evaluation, it makes the model look robust. Each problem is
-one ``ValueError`` line naming the file and what to do.
+Why so many checks: a foreign model that is subtly wrong (weights that half fit) does not crash
+an evaluation, it makes the model look robust. Each unusable output is one ``ValueError`` line
+naming the file and what to do. Usable kinds are taken as they are and said: probabilities
+(a final softmax) come back wrapped in :class:`robustact.models.outputs.LogOf`, so everything
+attacks their logarithm; submodules that stay in train mode after ``.eval()`` are pinned
+(:func:`robustact.models.outputs.pin_train_mode`, one warning line) and, like a model that adds
+noise, evaluated as a randomized model (the engine detects it and uses EOT).
 
 Weights are read without running code: ``.safetensors`` through safetensors, ``.pt``/``.pth``/
 ``.bin`` through ``torch.load(weights_only=True)``, which refuses pickled classes (a whole model
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import pickle
 import sys
 from collections.abc import Mapping, Sequence
@@ -36,7 +41,8 @@ from torch import nn
 from robustact.checkpoint import CheckpointError, load_state
 from robustact.core.spec import parse_number
 from robustact.core.storage import load_tensors
-from robustact.core.validate import check_logits, check_model_output, match_model_dtype
+from robustact.core.validate import check_model_output, match_model_dtype
+from robustact.models.outputs import LogOf, output_kind, pin_train_mode, rng_fork
 from robustact.nn.normalize import Normalize
 
 __all__ = ["ModelFileError", "load_model_file", "parse_model_spec", "parse_normalize",
@@ -44,6 +50,8 @@ __all__ = ["ModelFileError", "load_model_file", "parse_model_spec", "parse_norma
 
 #: Weight files by suffix: safetensors, or a pickle read with ``torch.load(weights_only=True)``.
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+
+log = logging.getLogger(__name__)
 
 
 class ModelFileError(ValueError):
@@ -176,35 +184,29 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def _check_outputs(model: nn.Module, probe: torch.Tensor, source: str,
-                   num_classes: int | None) -> int:
-    """Eval mode kept, logits (N, K) on ``probe``, the same answer twice; returns K."""
-    training = [n or type(model).__name__ for n, m in model.named_modules() if m.training]
-    if training:
-        raise ModelFileError(f"the model from {source} stays in train mode after .eval() "
-                             f"({training[0]}); results would depend on dropout or batch "
-                             "statistics: fix its train()/eval()")
+                   num_classes: int | None) -> nn.Module:
+    """Usable outputs (N, K) on ``probe``; returns the model, probabilities wrapped in LogOf."""
     xb = match_model_dtype(model, probe)
     try:
-        with torch.no_grad():
-            z1, z2 = model(xb), model(xb)
+        with rng_fork(xb.device), torch.no_grad():
+            z = model(xb)
     except Exception as e:
         raise ModelFileError(f"the model from {source} failed on a probe batch of shape "
                              f"{tuple(probe.shape)}: {_first_line(e)}") from None
     try:
-        check_model_output(z1, f"the output of {source}")
+        check_model_output(z, f"the output of {source}")
     except TypeError as e:
         raise ModelFileError(str(e)) from None
-    check_logits(z1, probe.shape[0], name=f"the outputs of {source}")
-    if isinstance(z2, torch.Tensor) and z2.shape == z1.shape and not torch.allclose(
-            z1, z2, rtol=1e-4, atol=1e-5):
-        raise ModelFileError(f"the model from {source} gives different outputs for the same "
-                             "input twice in eval mode (dropout or noise in forward?); "
-                             "robustact evaluates deterministic models")
-    k = int(z1.shape[1])
+    kind = output_kind(z, probe.shape[0], name=f"the outputs of {source}")
+    k = int(z.shape[1])
     if num_classes is not None and k != num_classes:
         raise ModelFileError(f"the model from {source} returns {k} logits per image but "
                              f"{num_classes} classes are expected")
-    return k
+    if kind == "probabilities":
+        log.info("the model from %s returns probabilities: robustact attacks their logarithm "
+                 "(same predictions)", source)
+        return LogOf(model).eval()
+    return model
 
 
 def load_model_file(spec: str, weights: str | Path | None = None,
@@ -222,8 +224,9 @@ def load_model_file(spec: str, weights: str | Path | None = None,
             model expects normalized inputs; robustact feeds [0, 1] images, so the model is
             wrapped as ``Sequential(Normalize(means, stds), model)``.
         factory_kwargs: keyword arguments for the factory.
-        probe: a few [0, 1] images of the evaluation data: the model must return finite logits
-            (N, K) for them, not probabilities, the same twice. None: no probe.
+        probe: a few [0, 1] images of the evaluation data: the model must return one finite
+            tensor (N, K) for them (logits, log-probabilities, or probabilities, which come back
+            wrapped in :class:`~robustact.models.outputs.LogOf`). None: no probe.
         num_classes: K the logits must have (checked on the probe).
         device: where the returned model lives.
     """
@@ -240,7 +243,13 @@ def load_model_file(spec: str, weights: str | Path | None = None,
         mean, std = parse_normalize(normalize) if isinstance(normalize, str) else normalize
         model = nn.Sequential(Normalize(list(mean), list(std)), model)
     model = model.to(device).eval()
+    stuck = pin_train_mode(model)
+    if stuck:  # dropout or batch statistics stay on: randomized, which the engine detects
+        log.warning("the model from %s stays in train mode after .eval() (%s): its dropout or "
+                    "batch statistics stay on; if its outputs vary, it is evaluated as a "
+                    "randomized model (EOT)",
+                    spec, ", ".join(stuck[:3]) + (", ..." if len(stuck) > 3 else ""))
     if probe is not None:
-        _check_outputs(model, probe.to(device), spec, num_classes)
+        model = _check_outputs(model, probe.to(device), spec, num_classes)
     return model
 

@@ -2,11 +2,12 @@
 (:mod:`robustact.runs`) and prints. Nothing here is needed to use robustact from Python.
 
 One module per command group: :mod:`.train`, :mod:`.defend` (retrofit, defend, tune-jump),
-:mod:`.evaluate` (eval, attack, evaluate, protocols, leaderboard) and :mod:`.demo`; the group
-itself, its error handling and the shared options live in :mod:`.app`.
+:mod:`.evaluate` (eval, attack, evaluate, protocols, leaderboard), :mod:`.audit` (audit
+calibrate) and :mod:`.demo`; the group itself, its error handling and the shared options live
+in :mod:`.app`.
 """
 
-from robustact.cli import defend, demo, evaluate, train  # noqa: F401  (registers the commands)
+from robustact.cli import audit, defend, demo, evaluate, train  # noqa: F401  (registers the commands)
 from robustact.cli.common import app
 
 __all__ = ["app", "main"]

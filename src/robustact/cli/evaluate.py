@@ -24,6 +24,7 @@ from robustact.cli.common import (
 from robustact.core.budget import parse_budget
 from robustact.core.spec import parse_params
 from robustact.evaluate.protocols import available_protocols, format_protocols
+from robustact.report.intervals import pct_ci
 from robustact.report.leaderboard import write_leaderboard
 from robustact.runs.evaluate import attack_model, clean_accuracy, evaluate_source
 
@@ -45,14 +46,18 @@ def eval_(
 def _print_run(summary: dict[str, Any], dataset: str | None) -> None:
     """The lines `evaluate` and `attack` print: accuracies, verdict, time, where the files are."""
     data = f" {dataset}" if dataset else ""
-    typer.echo(f"clean accuracy {summary['clean_accuracy']:.1%} on {summary['n']}{data} images")
-    robust = summary["robust_accuracy"]
-    typer.echo("robust accuracy " + ("—" if robust is None else f"{robust:.1%}") +
-               f" at eps={summary['eps']:.4g} ({summary['norm']}, {summary['protocol']}, "
-               f"per-sample worst case over {len(summary['attacks_at_eps'])} attacks)")
+    clean = pct_ci(summary["clean_accuracy"], summary.get("clean_accuracy_ci"))
+    typer.echo(f"clean accuracy {clean} on {summary['n']}{data} images (95 % interval)")
+    robust = pct_ci(summary["robust_accuracy"], summary.get("robust_accuracy_ci"))
+    typer.echo(f"robust accuracy {robust} at eps={summary['eps']:.4g} ({summary['norm']}, "
+               f"{summary['protocol']}, per-sample worst case over "
+               f"{len(summary['attacks_at_eps'])} attacks)")
     typer.echo(f"verdict: {summary['verdict']['label']}")
     for line in summary["verdict"]["evidence"]:
         typer.echo(f"  - {line}")
+    comp = summary["verdict"].get("completeness") or {}
+    if comp.get("text"):
+        typer.echo(f"complete? {comp['text']}")
     secs = summary["seconds"]
     audit_s = "skipped" if secs.get("audit") is None else f"{secs['audit']:.1f} s"
     typer.echo(f"time: attacks {secs['attacks']:.1f} s, audit {audit_s}")
@@ -65,6 +70,15 @@ Out = Annotated[Path | None, typer.Option(
 Force = Annotated[bool, typer.Option(
     help="Start over: remove the evaluation already in OUT (even one made with another "
          "protocol or ε).")]
+EotDraws = Annotated[int | None, typer.Option(
+    "--eot", min=0, help="Draws per forward for a randomized model (noise, dropout on): attacks "
+                         "see the mean logits over N draws, a point counts as correct only if "
+                         "right in a majority of N fresh draws. Default: 10 when two forwards "
+                         "of the same images differ, none otherwise; 0 disables.")]
+AllowChance = Annotated[bool, typer.Option(
+    "--allow-chance", help="Evaluate even when the clean accuracy is at chance (by default "
+                           "the run stops before any attack: no --weights? wrong "
+                           "--normalize?).")]
 Eps = Annotated[str | None, typer.Option(
     help="Budget in [0, 1] pixel units, e.g. 0.3 or 8/255 (default: the dataset's, MNIST 0.3, "
          "CIFAR 8/255, digits 0.1 for linf).")]
@@ -96,6 +110,8 @@ def evaluate_cmd(
                                        "search use (binarization: at most 20 of them).")
                              ] = 100,
     progress: bool = True,
+    eot: EotDraws = None,
+    allow_chance: AllowChance = False,
     chosen: Chosen = NO_MODEL,
     rt: Runtime = NO_RUNTIME,
 ) -> None:
@@ -107,7 +123,7 @@ def evaluate_cmd(
         batch_size=batch_size, out=out, seed=seed, progress=progress, audit=audit, force=force,
         audit_options={"max_samples": audit_samples, "random_samples": audit_samples,
                        "binarization_samples": min(20, audit_samples)},
-        command=command_line(ctx))
+        command=command_line(ctx), eot=eot, allow_chance=allow_chance)
     _print_run(summary, summary["model"].get("dataset"))
 
 
@@ -161,6 +177,8 @@ def attack(
         "--audit/--no-audit", help="Audit the attack for gradient masking (off by default: "
                                    "most checks compare several attacks).")] = False,
     progress: bool = True,
+    eot: EotDraws = None,
+    allow_chance: AllowChance = False,
     chosen: Chosen = NO_MODEL,
     rt: Runtime = NO_RUNTIME,
 ) -> None:
@@ -171,7 +189,7 @@ def attack(
     summary = attack_model(chosen.source, spec, bpda=bpda, audit=audit, dataset=chosen.dataset,
                            n=n, split=split, batch_size=batch_size, seed=seed, out=out,
                            force=force, progress=progress, command=command_line(ctx),
-                           **rt._asdict())
+                           eot=eot, allow_chance=allow_chance, **rt._asdict())
     if "eps" not in spec:
         typer.echo(f"no --eps given: using eps={summary['eps']:.6g}, the default for this "
                    "dataset", err=True)

@@ -143,7 +143,8 @@ def check_logits(z: torch.Tensor, n: int | None = None, name: str = "logits") ->
                 and bool((zd >= 0).all()) and bool((zd <= 1).all())):
             raise ValueError(
                 f"{name} look like probabilities (non-negative rows summing to 1); "
-                "robustact expects raw logits: remove the final softmax from the model"
+                "robustact expects raw logits: remove the final softmax from the model, or "
+                "wrap it in robustact.models.outputs.LogOf (robustact evaluate does so itself)"
             )
 
 

@@ -4,10 +4,11 @@ Table-level checks read a :class:`~robustact.evaluate.table.ResultsTable` whose
 ``meta["attacks"][key]["role"]`` says what each attack is for (``ROLES``): the *standard* attacks
 give the reported figure; every other role is a second opinion on the same points. Everything is
 judged **per sample** (AUDIT.md): "extra broken" means a sample that is clean-correct, that no
-standard attack broke at ε, and that the compared attack broke. "Beyond noise" is more than
-max(1 sample, 0.5 pp) of the evaluated points (:func:`~robustact.evaluate.check_base.beyond_noise`);
-for the generic second opinions (FGSM, Square) and C10 also more than 5 % of the points
-reported robust (``GENERIC_SURVIVOR_NOISE``, calibrated in docs/evaluation.md).
+standard attack broke at ε, and that the compared attack broke. Such points answer the first of
+the audit's two questions, *is the reported number complete?* (a protocol gap, already folded
+into the worst case); they count as evidence for the second, *is there gradient masking?*, only
+through an exact binomial test against the disagreement sound attacks show on healthy models
+(:func:`~robustact.evaluate.check_base.gap_test`), never on a one-sample floor.
 
 :func:`run_audit` runs them with the model-level checks (:mod:`robustact.evaluate.checks`,
 :mod:`robustact.evaluate.attack_checks`) and judges all of them by AUDIT.md's verdict
@@ -34,7 +35,15 @@ from robustact.evaluate.attack_checks import (
     check_random_search,
     check_transfer_mismatch,
 )
-from robustact.evaluate.check_base import CheckResult, beyond_noise, noise_floor, pct
+from robustact.evaluate.check_base import (
+    ADAPTIVE_GAP_RATE,
+    HEALTHY_GAP_RATE,
+    CheckResult,
+    beyond_noise,
+    gap_test,
+    noise_floor,
+    pct,
+)
 from robustact.evaluate.checks import MODEL_CHECKS
 from robustact.evaluate.summary import worst_case
 from robustact.evaluate.table import ResultsTable
@@ -149,17 +158,17 @@ def _na(cid: str, name: str, why: str, kind: str = "attack") -> CheckResult:
 
 
 def _extra_break(table: ResultsTable, role: str, cid: str, name: str, eps: float | None, *,
-                 what: str, fire_on_any: bool = False, generic: bool = False
-                 ) -> CheckResult:
+                 what: str, rate: float | None = HEALTHY_GAP_RATE) -> CheckResult:
     """Shared shape of C11/C15–C20/C25: does ``role`` break points the standard attacks left
-    robust at ε? Fires beyond noise (or on any such point, with ``fire_on_any``); the points
-    count toward "masking confirmed" only beyond noise.
+    robust at ε? Two answers, kept apart:
 
-    ``generic`` (FGSM, Square: second opinions with no knowledge of a defense): the noise floor
-    also counts the survivors, ``GENERIC_SURVIVOR_NOISE`` of the points the standard attacks
-    left robust, and a win within noise is a note (``kind="info"``), not a diagnostic that makes
-    the verdict "suspected". Why: two sound attacks disagree on a few per cent of the points
-    that survive them, on models with no masking mechanism (calibration in docs/evaluation.md).
+    - **completeness**: any such point is a protocol gap; the reported worst case already
+      counts it (every attack's breaks are folded in), and the check "fires" to report it;
+    - **masking**: only when the gap is more than the disagreement that sound attacks show on
+      healthy models (:func:`~robustact.evaluate.check_base.gap_test`: an exact binomial test
+      of the extra breaks among the candidates against ``rate``) is it evidence of masking
+      (``breaks_points``). Never on a one-sample floor. ``rate=None``: a completeness
+      question only (C19).
     """
     keys = table.attacks(role)
     if not keys:
@@ -174,34 +183,31 @@ def _extra_break(table: ResultsTable, role: str, cid: str, name: str, eps: float
         return _na(cid, name, f"the {role.replace('_', '-')} attack has no rows at ε = {e:g}")
     broken, attacked = s.broken(rows)
     extra = broken & robust
-    n, k = len(s.ids), int(extra.sum())
-    floor = _noise_floor(n, int(robust.sum()) if generic else None)
-    noisy = k > floor
-    fired = noisy or (fire_on_any and k > 0)
+    n, k, cand = len(s.ids), int(extra.sum()), int(robust.sum())
+    significant, pv = gap_test(k, cand, rate) if rate is not None else (False, None)
     acc_std = float(robust.sum()) / n
     acc_with = float((robust & ~broken).sum()) / n
-    numbers = {"eps": e, "attacks": keys, "n": n, "standard_robust": int(robust.sum()),
+    numbers = {"eps": e, "attacks": keys, "n": n, "standard_robust": cand,
                "attacked": int(attacked.sum()), "extra_broken": k,
                "extra_samples": s.ids[extra][:20].tolist(),
                "robust_accuracy_standard": acc_std, "robust_accuracy_with": acc_with,
-               "noise_threshold": floor}
-    label = ", ".join(keys)
-    ev = (f"{label} ({what}) broke {k} of the {int(robust.sum())} points the standard attacks "
+               "healthy_rate": rate, "p_value": pv}
+    ev = (f"{', '.join(keys)} ({what}) broke {k} of the {cand} points the standard attacks "
           f"left robust at ε = {e:g} (robust accuracy {pct(acc_std)} → {pct(acc_with)}, "
           f"n = {n})")
-    kind = "attack"
-    if noisy:
-        ev += ": beyond noise, the standard evaluation overstated robustness."
-    elif fired and generic:
-        kind = "info"
-        ev += (f": within noise (at most {floor:.3g} points: sound attacks differ on a few per "
-               "cent of the survivors, undefended models too); noted, not a masking sign on "
-               "its own.")
-    elif fired:
-        ev += ": within noise, but a per-sample win: investigate."
+    if significant:
+        ev += (f": far more than the {pct(rate)} that sound attacks disagree on for healthy "
+               f"models (p = {pv:.2g}): the standard attacks are being misled.")
+    elif k and rate is None:
+        ev += (": a protocol gap, already in the reported worst case (losses disagree on "
+               "healthy models too; saturation itself is C5's).")
+    elif k:
+        ev += (f": a protocol gap, already in the reported worst case; within the "
+               f"disagreement of sound attacks on healthy models ({pct(rate)}, p = {pv:.2g}), "
+               "so not a masking sign on its own.")
     else:
         ev += "."
-    return CheckResult(cid, name, fired, numbers, ev, kind=kind, breaks_points=noisy)
+    return CheckResult(cid, name, k > 0, numbers, ev, kind="gap", breaks_points=significant)
 
 
 # -- the table-level checks ---------------------------------------------------------------------
@@ -277,7 +283,7 @@ def check_transfer(table: ResultsTable, *, eps: float | None = None) -> CheckRes
     """C18: adversarials crafted on the undefended twin break points the white-box attacks
     did not (per sample: transfer robust accuracy below white-box)."""
     return _extra_break(table, "transfer", "C18", "transfer from the base model", eps,
-                        what="transfer from the undefended twin")
+                        what="transfer from the undefended twin", rate=ADAPTIVE_GAP_RATE)
 
 
 def check_unbounded(table: ResultsTable, *, eps: float | None = None) -> CheckResult:
@@ -358,23 +364,22 @@ def check_monotone_eps(table: ResultsTable, *, eps: float | None = None,
     if above_chance:
         parts.append(f"at ε = {grid[-1]:g} it stays above chance ({pct(majority)})")
     ev = "; ".join(parts) + (": the attack is not finding what exists." if fired else ".")
-    breaks = beyond_noise(missed_at_main, n)
-    return CheckResult("C14", "monotone in ε, chance at large ε", fired, numbers, ev,
-                       breaks_points=breaks)
+    # a diagnostic of the attack: a rise with ε says the attack fails, not by how much
+    return CheckResult("C14", "monotone in ε, chance at large ε", fired, numbers, ev)
 
 
 def check_single_step(table: ResultsTable, *, eps: float | None = None) -> CheckResult:
     """C15: FGSM breaks points the iterative standard attacks did not (any per-sample win: a
     note within noise, confirming beyond)."""
     return _extra_break(table, "single_step", "C15", "single-step beats iterative", eps,
-                        what="single-step", fire_on_any=True, generic=True)
+                        what="single-step")
 
 
 def check_black_box(table: ResultsTable, *, eps: float | None = None) -> CheckResult:
     """C16: a black-box attack on the survivors; any per-sample win → investigate (a note
     within noise, confirming beyond)."""
     return _extra_break(table, "black_box", "C16", "black-box beats white-box", eps,
-                        what="black-box", fire_on_any=True, generic=True)
+                        what="black-box")
 
 
 def check_random_search_table(table: ResultsTable, *, eps: float | None = None) -> CheckResult:
@@ -384,23 +389,23 @@ def check_random_search_table(table: ResultsTable, *, eps: float | None = None) 
 
 
 def check_loss_choice(table: ResultsTable, *, eps: float | None = None) -> CheckResult:
-    """C19: a margin/DLR/targeted variant breaks clearly more than CE → CE is masked.
+    """C19: a margin/DLR/targeted variant breaks points CE left robust.
 
-    "Clearly" is the generic floor (``GENERIC_SURVIVOR_NOISE`` of the survivors): AUDIT.md
-    judges C19 on per-sample evidence and calls a gap of a few points between sound attacks
-    normal on adversarially trained models. Measured: APGD-DLR after APGD-CE broke 6 of 898
-    survivors (0.7 %) of an adversarially trained MNIST CNN, 3 of 886 of another, while on a
-    saturated output activation it breaks most of them (2 of 2 on 50 MNIST images, sigmoid
-    T = 100), which CE cannot see.
+    It answers the completeness question only: CE and DLR disagree on healthy models too, by
+    far more than other sound attacks (calibration zoo: APGD-DLR broke 40 of the 93 points
+    APGD-CE left robust on a digits MLP trained for 2 epochs, 37 of 84 on a thin CNN trained
+    for 3), which is why the protocols run both (Croce & Hein 2020); every such point is in the
+    reported worst case. The masking mechanism that makes CE fail, a saturated output, is
+    measured directly by C5.
     """
     return _extra_break(table, "loss_variant", "C19", "loss choice", eps,
-                        what="another loss", generic=True)
+                        what="another loss", rate=None)
 
 
 def check_adaptive(table: ResultsTable, *, eps: float | None = None) -> CheckResult:
     """C20: the defense-specific adaptive attack (BPDA, loss on pre-activation logits)."""
     return _extra_break(table, "adaptive", "C20", "defense-specific adaptive attack", eps,
-                        what="adaptive", fire_on_any=True)
+                        what="adaptive", rate=ADAPTIVE_GAP_RATE)
 
 
 def check_label_only(table: ResultsTable, *, eps: float | None = None) -> CheckResult:
@@ -487,6 +492,19 @@ def _binarization_on_reported_robust(model: nn.Module, xs: torch.Tensor, ys: tor
     return check_binarization(model, xs, ys, eps=eps, norm=norm, **kw)
 
 
+def _say_how_randomness_was_handled(results: list[CheckResult],
+                                    table: ResultsTable | None) -> None:
+    """C1 fired on a model the engine already evaluated with EOT: say so instead of advising
+    it (the randomness is still a masking mechanism, and still confirms)."""
+    eot = ((table.meta.get("randomness") or {}) if table is not None else {}).get("eot", 0)
+    for c in results:
+        if c.id == "C1" and c.fired and eot:
+            c.evidence = c.evidence.replace(
+                "so attack it with EOT.",
+                f"robustact evaluated it with EOT ({eot} draws averaged for the gradients; a "
+                "point counts as correct only in a majority of fresh draws).")
+
+
 def run_audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
               table: ResultsTable | None = None, *, eps: float, norm: str = "linf",
               samples: torch.Tensor | None = None, surrogate: nn.Module | None = None,
@@ -542,5 +560,6 @@ def run_audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         handle.remove()
     order = {f"C{i}": i for i in range(1, 26)}
     results.sort(key=lambda c: order.get(c.id, 99))
+    _say_how_randomness_was_handled(results, table)
     return AuditReport(results, verdict(results), time.perf_counter() - start, rows[0],
                        {"eps": eps, "norm": norm})

@@ -11,6 +11,7 @@ checks can differ in how they run it.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,8 @@ from robustact.models.predict import correct_untied
 
 __all__ = [
     "CheckResult",
+    "binomial_tail",
+    "gap_test",
     "beyond_noise",
     "noise_floor",
     "correct_untied",
@@ -68,6 +71,56 @@ def decided(cid: str, name: str, fired: bool, numbers: dict[str, Any], kind: str
     """A check's result with the evidence sentence for its outcome; each sentence is built only
     when it applies (a fired sentence may quote numbers that exist only then)."""
     return CheckResult(cid, name, fired, numbers, if_fired() if fired else if_passed(), kind=kind)
+
+
+#: The share of the points the standard attacks leave robust that another *sound* attack
+#: (FGSM, Square, APGD-DLR, random search, more restarts, a label-only attack) breaks on models
+#: with no masking mechanism: the healthy disagreement a gap is tested against
+#: (:func:`gap_test`). Chosen on the calibration part of the audit's zoo (docs/evaluation.md,
+#: results/calibration).
+HEALTHY_GAP_RATE = 0.05
+#: A defense-specific adaptive attack (C20) or transfer from the undefended twin (C18) has no
+#: healthy counterpart to disagree with: any systematic excess is the defense at work.
+ADAPTIVE_GAP_RATE = 0.01
+#: C4 fires when a margin/DLR input gradient is exactly zero (or not finite) on at least this
+#: share of the probed samples (and on 2 of them): a statistically clear count, not one sample.
+ZERO_GRADIENT_FRACTION = 0.02
+#: C5 fires when the CE gradient vanishes next to the margin's on more than this share of the
+#: samples: a healthy, very confident model saturates a few points (calibration zoo), a
+#: saturated output activation or a huge logit scale nearly all of them.
+SATURATION_FRACTION = 0.1
+#: The one-sided p-value below which a gap is more than healthy disagreement.
+GAP_ALPHA = 1e-3
+
+
+def binomial_tail(k: int, n: int, p: float) -> float:
+    """P(X ≥ k) for X ~ Binomial(n, p), exactly (log-space terms: no overflow for large n)."""
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    if p <= 0.0:
+        return 0.0
+    if p >= 1.0:
+        return 1.0
+    lp, lq = math.log(p), math.log1p(-p)
+    terms = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp
+             + (n - i) * lq for i in range(k, n + 1)]
+    top = max(terms)
+    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
+
+
+def gap_test(extra: int, candidates: int, rate: float = HEALTHY_GAP_RATE
+             ) -> tuple[bool, float]:
+    """Is ``extra`` breaks among ``candidates`` more than healthy disagreement at ``rate``?
+
+    One-sided exact binomial test at :data:`GAP_ALPHA`, and never on one sample (at least 2
+    extra breaks): the issue with the old noise floor (max(1 sample, 0.5 pp)) was that a sound
+    attack finding 2 of 22 survivors of an undefended MLP read "masking confirmed". Returns
+    (significant, p-value).
+    """
+    pv = binomial_tail(extra, candidates, rate)
+    return extra >= 2 and pv < GAP_ALPHA, pv
 
 
 def noise_floor(n: int) -> float:

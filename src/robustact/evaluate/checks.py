@@ -36,6 +36,8 @@ from robustact.evaluate.attack_checks import (
     check_transfer_mismatch,
 )
 from robustact.evaluate.check_base import (
+    SATURATION_FRACTION,
+    ZERO_GRADIENT_FRACTION,
     CheckResult,
     attack_losses,
     batch_outputs,
@@ -51,6 +53,7 @@ from robustact.evaluate.check_base import (
     seeded_generator,
 )
 from robustact.losses.attack import ce_loss, margin_loss
+from robustact.models.outputs import LogOf
 
 __all__ = [
     "CheckResult",
@@ -74,6 +77,9 @@ __all__ = [
     "MODEL_CHECKS",
 ]
 
+#: C7: the forward and backward differences agree within this share of the derivative's size
+#: when the loss is smooth (linear) along the probe segment.
+SMOOTH_TOL = 0.05
 #: Relative size below which a CE input gradient counts as "≈ 0" next to the logit-margin one
 #: (C5). 1e-20 is a logit gap of ~46 under a plain softmax: far beyond what a healthy model
 #: produces, while a saturated sigmoid(T·z) gives exactly 0 or ~1e-40.
@@ -114,9 +120,12 @@ def check_probabilities(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                         eps: float | None = None, norm: str = "linf",
                         tol: float = 1e-5) -> CheckResult:
     """C2: fires when every output row lies in [0, 1] and sums to 1 (±``tol``): the model
-    returns probabilities, and losses computed on them saturate."""
+    returns probabilities, and losses computed on them saturate. A model robustact already
+    wraps in :class:`~robustact.models.outputs.LogOf` (its probabilities attacked through their
+    logarithm) is judged on the probabilities it returns, and the evidence says so."""
+    wrapped = isinstance(model, LogOf)
     with probe(model, x, y) as xm:
-        z = batch_outputs(model, xm)
+        z = batch_outputs(model.model if wrapped else model, xm)
     in_unit = ((z >= 0) & (z <= 1)).all(1)
     sums_one = (z.sum(1) - 1).abs() <= tol
     prob_rows = float((in_unit & sums_one).float().mean())
@@ -132,6 +141,8 @@ def check_probabilities(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     else:
         ev = (f"outputs are not probabilities ({pct(prob_rows)} of rows sum to 1 within "
               f"[0, 1]; {pct(bounded)} of rows lie in [0, 1]).")
+    if fired and wrapped:
+        ev += " robustact attacked their logarithm (the logits up to a constant)."
     return CheckResult("C2", "probabilities, not logits", fired, numbers, ev)
 
 
@@ -174,7 +185,7 @@ def check_zero_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     """
     check_norm(norm)
     numbers: dict[str, Any] = {}
-    worst_name, worst = "", 0.0
+    worst_name, worst, count = "", 0.0, 0
     with probe(model, x, y) as xm:
         k = batch_outputs(model, xm[:1]).shape[1]
         starts = {"x": xm}
@@ -189,13 +200,17 @@ def check_zero_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                 continue
             for lname, loss in attack_losses(k).items():
                 g, _ = input_grad(model, pts, y, loss)
-                frac = float(_bad_rows(g, pts.shape[0], pts.device)[live].float().mean())
-                key = f"{lname.upper()} input gradient at {where}"
+                bad = _bad_rows(g, pts.shape[0], pts.device)[live]
+                frac = float(bad.float().mean())
                 numbers[f"zero_or_nonfinite[{lname} at {where}]"] = frac
-                if frac > worst:
-                    worst_name, worst = key, frac
+                # CE alone vanishing is saturation (C5's); a margin or DLR gradient that is
+                # exactly zero means the function looks flat to every gradient attack.
+                if lname != "ce" and frac > worst:
+                    worst_name, worst, count = f"{lname.upper()} input gradient at {where}", \
+                        frac, int(bad.sum())
     numbers["max_fraction"] = worst
-    fired = worst > 0
+    numbers["samples"] = int(xm.shape[0])
+    fired = worst > 0 and count >= max(2, ZERO_GRADIENT_FRACTION * xm.shape[0])
     return decided(
         "C4", "zero / NaN / Inf gradients", fired, numbers,
         if_fired=lambda: (
@@ -203,9 +218,11 @@ def check_zero_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
             f"{pct(worst)} of the samples not already misclassified: gradient attacks get "
             "no signal there."),
         if_passed=lambda: (
-            "input gradients (CE, margin" + (", DLR" if k >= 3 else "") +
-            ") are non-zero and finite for every sample not already misclassified" +
-            (" at x and at a random start." if eps is not None else " at x.")))
+            "margin" + (" and DLR" if k >= 3 else "") + " input gradients are non-zero and "
+            "finite for every sample not already misclassified" +
+            (" at x and at a random start" if eps is not None else " at x") +
+            (f" but {count} (below a clear count)" if worst > 0 else "") +
+            " (CE alone vanishing is saturation: C5)."))
 
 
 # -- C5 -----------------------------------------------------------------------------------------
@@ -241,8 +258,9 @@ def check_saturation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     p = z if probs_like else z.softmax(1)
     conf = float((p.amax(1) >= 1 - 1e-6).float().mean())
     numbers = {"ce_grad_zero_margin_not_fraction": frac, "max_prob_ge_1-1e-6_fraction": conf,
-               "margin_on": where, "ratio": ratio}
-    fired = frac > 0
+               "margin_on": where, "ratio": ratio, "samples": n,
+               "counts": {"saturated": [int(saturated.sum()), n]}}
+    fired = frac > SATURATION_FRACTION
     return decided(
         "C5", "output saturation", fired, numbers,
         if_fired=lambda: (
@@ -250,8 +268,9 @@ def check_saturation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
             f"for {pct(frac)} of the samples while the margin gradient is not: the output "
             "saturates, so attack the logits with a margin loss."),
         if_passed=lambda: (
-            f"the CE gradient is not vanishing next to the margin gradient on {where} "
-            f"({pct(conf)} of samples have max probability ≥ 1 − 1e-6)."))
+            f"the CE gradient vanishes next to the margin gradient on {where} for {pct(frac)} "
+            f"of the samples, within the {pct(SATURATION_FRACTION)} very confident healthy "
+            f"models reach ({pct(conf)} of samples have max probability ≥ 1 − 1e-6)."))
 
 
 # -- C6 -----------------------------------------------------------------------------------------
@@ -317,11 +336,15 @@ def _jumps(f: Callable[[torch.Tensor], torch.Tensor], f_minus: torch.Tensor,
 
 
 def _direction_mismatch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, g: torch.Tensor,
-                        d: torch.Tensor, h: float, rel_tol: float, bisections: int
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                        d: torch.Tensor, h: float, rel_tol: float, bisections: int,
+                        l0: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """C7 along one direction ``d``, per sample: the relative error of autograd's directional
     derivative (``g``·d) against the central difference at step ``h``, whether it exceeds
-    ``rel_tol``, and whether the margin loss jumps on [x − h·d, x + h·d] (:func:`_jumps`)."""
+    ``rel_tol``, whether the margin loss jumps on [x − h·d, x + h·d] (:func:`_jumps`), and
+    whether it is *smooth* there while autograd disagrees (a wrong gradient: the forward and
+    backward differences from ``l0``, the loss at x, agree with each other and not with
+    autograd, which no kink can explain)."""
 
     def loss_at(t: torch.Tensor, d: torch.Tensor, rows: Any = slice(None)) -> torch.Tensor:
         """The margin loss at x + t·h·d for ``rows`` of the batch (t per row, in [-1, 1])."""
@@ -335,13 +358,15 @@ def _direction_mismatch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, g: t
         scale = torch.maximum(torch.maximum(ad.abs(), fd.abs()), torch.full_like(ad, 1e-3))
         rel = (ad - fd).abs() / scale
         off = rel > rel_tol
+        fwd, bwd = (lp - l0) / h, (l0 - lm) / h
+        smooth = (fwd - bwd).abs() <= SMOOTH_TOL * scale
         # Only the disagreeing rows: an agreeing direction counts either way.
         rows = off.nonzero().flatten()
         jump = torch.zeros_like(off)
         if rows.numel():
             jump[rows] = _jumps(lambda t, r=rows, dr=d[rows]: loss_at(t, dr, r),
                                 lm[rows], lp[rows], bisections)
-    return rel, off, jump
+    return rel, off, jump, off & smooth & ~jump
 
 
 def check_gradient_mismatch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
@@ -369,8 +394,11 @@ def check_gradient_mismatch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
     in 217 of 400 directions on each JumpReLU retrofit of LeNet-5 (κ = 1 and 1.5). A
     sample counts when half its directions do; the check fires when more than
     ``max_fraction`` of the samples count: the gradient does not describe the function
-    (jumps, quantization) → BPDA. A gradient that is wrong where the function is smooth (a
-    killed or detached path) is C3/C4's and the gradient-free attacks' to find.
+    (jumps, quantization) → BPDA. It also fires on a gradient that is *wrong where the function
+    is smooth*: along the segment the forward and backward differences agree (within
+    :data:`SMOOTH_TOL`; no kink lies on it, a kink makes them differ) yet autograd disagrees
+    with them, which a detached branch or an altered backward produces and a healthy network
+    cannot (its autograd derivative is exact wherever the function is linear).
     """
     h = float(step) if step is not None else (need_eps(eps, "C7") / 100 if eps else 0.003)
     with probe(model, x, y) as xm:
@@ -381,38 +409,59 @@ def check_gradient_mismatch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
         gen = seeded_generator(seed, xm.device)
         bad = torch.zeros(xm.shape[0], device=xm.device)
         raw = torch.zeros(xm.shape[0], device=xm.device)
+        wrong = torch.zeros(xm.shape[0], device=xm.device)
         rels, jumps = [], 0
+        with torch.no_grad():
+            l0 = margin_loss(model(xm), y)
         for _ in range(directions):
             d = torch.randint(0, 2, xm.shape, generator=gen, device=xm.device).to(xm.dtype) * 2 - 1
             # Keep both probes inside [0, 1]: drop coordinates where x ± h would leave the box.
             d = torch.where((xm + h > 1) | (xm - h < 0), torch.zeros_like(d), d)
-            rel, off, jump = _direction_mismatch(model, xm, y, g, d, h, rel_tol, bisections)
+            rel, off, jump, smooth_off = _direction_mismatch(model, xm, y, g, d, h, rel_tol,
+                                                             bisections, l0)
             rels.append(rel)
             raw += off.float()
             jumps += int((off & jump).sum())
             bad += (off & jump).float()
-    mism = bad >= directions / 2
-    frac = float(mism.float().mean())
-    raw_frac = float((raw >= directions / 2).float().mean())
-    med = float(torch.stack(rels).median())
-    fired = frac > max_fraction
-    numbers = {"mismatch_fraction": frac, "raw_mismatch_fraction": raw_frac,
-               "median_rel_error": med, "fd_step": h, "directions": directions,
-               "jump_directions": jumps}
-    return decided(
-        "C7", "gradient vs function mismatch", fired, numbers,
-        if_fired=lambda: (
-            f"autograd and finite differences (step {h:.3g}) disagree on {pct(raw_frac)} of "
-            f"the samples (median relative error {med:.2g}), and the loss jumps there on "
-            f"{pct(frac)} ({jumps} directions): the gradient does not describe the function "
-            "(jumps or quantization); use BPDA."),
-        if_passed=lambda: (
-            f"{pct(raw_frac)} of the samples disagree with finite differences at step {h:.3g} "
-            f"(median relative error {med:.2g}), but the loss jumps on only {pct(frac)}: "
-            "kinks of a continuous (piecewise-linear) function explain the rest."
-            if raw_frac > max_fraction else
-            f"autograd agrees with finite differences (median relative error {med:.2g}; "
-            f"{pct(raw_frac)} of samples disagree at step {h:.3g})."))
+            wrong += smooth_off.float()
+    n = int(xm.shape[0])
+    counts = {"jumps": int((bad >= directions / 2).sum()),
+              "wrong gradient": int((wrong >= directions / 2).sum()),
+              "disagree": int((raw >= directions / 2).sum())}
+    frac, wrong_frac = counts["jumps"] / n, counts["wrong gradient"] / n
+    fired = frac > max_fraction or wrong_frac > max_fraction
+    numbers = {"mismatch_fraction": frac, "raw_mismatch_fraction": counts["disagree"] / n,
+               "wrong_gradient_fraction": wrong_frac,
+               "median_rel_error": float(torch.stack(rels).median()), "fd_step": h,
+               "directions": directions, "jump_directions": jumps, "samples": n,
+               "counts": {k: [v, n] for k, v in counts.items()}}
+    return CheckResult("C7", "gradient vs function mismatch", fired, numbers,
+                       _c7_evidence(numbers, max_fraction, fired))
+
+
+def _c7_evidence(nb: dict[str, Any], max_fraction: float, fired: bool) -> str:
+    """C7's sentence: what disagreed, and whether jumps or a wrong gradient explain it."""
+    h, med, raw = nb["fd_step"], nb["median_rel_error"], nb["raw_mismatch_fraction"]
+    jumps, wrong = nb["mismatch_fraction"] > max_fraction, \
+        nb["wrong_gradient_fraction"] > max_fraction
+    if fired:
+        return (f"autograd and finite differences (step {h:.3g}) disagree on {pct(raw)} of the "
+                f"samples (median relative error {med:.2g})" + (
+                    f", and the loss jumps there on {pct(nb['mismatch_fraction'])} "
+                    f"({nb['jump_directions']} directions): the gradient does not describe the "
+                    "function (jumps or quantization); use BPDA" if jumps else "") + (
+                    f"{';' if jumps else ','} and on {pct(nb['wrong_gradient_fraction'])} the "
+                    "loss is smooth along the direction yet autograd disagrees: the gradient "
+                    "misses part of the function (a detached or altered backward path); "
+                    "attack end to end" if wrong else "") + ".")
+    if raw > max_fraction:
+        return (f"{pct(raw)} of the samples disagree with finite differences at step {h:.3g} "
+                f"(median relative error {med:.2g}), but the loss jumps on only "
+                f"{pct(nb['mismatch_fraction'])} and is smooth there on only "
+                f"{pct(nb['wrong_gradient_fraction'])}: kinks of a continuous "
+                "(piecewise-linear) function explain the rest.")
+    return (f"autograd agrees with finite differences (median relative error {med:.2g}; "
+            f"{pct(raw)} of samples disagree at step {h:.3g}).")
 
 
 # -- C8 -----------------------------------------------------------------------------------------

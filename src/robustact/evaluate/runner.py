@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from robustact.attacks.base import Attack, AttackResult
 from robustact.attacks.bpda import with_bpda
+from robustact.attacks.eot import EOT, EOT_RULE, MajorityVote, eot_draws
 from robustact.attacks.registry import ATTACKS, attack_parameters, create_attack
 from robustact.attacks.transfer import TransferAttack
 from robustact.attacks.verify import verify
@@ -67,6 +68,7 @@ from robustact.evaluate.protocols import (
 )
 from robustact.evaluate.storage import RunFolder
 from robustact.evaluate.table import COLUMNS, ResultsTable
+from robustact.models.outputs import is_randomized, rng_fork
 from robustact.models.predict import predict
 
 __all__ = ["evaluate", "default_eps_grid", "model_fingerprint", "clean_predictions"]
@@ -237,6 +239,41 @@ def _sample_ids(sample_ids: torch.Tensor | None, n: int) -> torch.Tensor:
     return ids
 
 
+#: Images the randomness probe runs on (two forwards): small, so deterministic models pay nothing.
+RANDOMNESS_PROBE = 8
+
+
+def _randomness(model: nn.Module, x: torch.Tensor, eot: int | None, seed: int
+                ) -> tuple[int, nn.Module, dict[str, Any]]:
+    """(EOT draws, the clean judge, the table's ``randomness`` metadata).
+
+    Two forwards of the first images tell a randomized model (:func:`is_randomized`); then
+    ``eot`` (None: automatic) gives the draws (:func:`robustact.attacks.eot.eot_draws`) and the
+    clean predictions are a :class:`MajorityVote` over as many draws. A deterministic model is
+    its own judge and its metadata says only that.
+    """
+    randomized = is_randomized(model, x[:RANDOMNESS_PROBE])
+    draws = eot_draws(eot, randomized)
+    meta: dict[str, Any] = {"randomized": randomized, "eot": draws}
+    if not draws:
+        if randomized:
+            meta["rule"] = ("EOT disabled (eot=0): attacks and judgments see single draws of "
+                            "the model's own RNG, so the numbers are not reproducible")
+        return 0, model, meta
+    meta["rule"] = EOT_RULE
+    return draws, MajorityVote(model, draws, seed, stream="clean").eval(), meta
+
+
+def _clean_columns(ids: torch.Tensor, x: torch.Tensor, y: torch.Tensor, pred: torch.Tensor,
+                   correct: torch.Tensor) -> dict[str, np.ndarray]:
+    flat = x.flatten(1)
+    return {"sample": ids.cpu().numpy(), "label": y.cpu().numpy().astype(np.int64),
+            "clean_pred": pred.cpu().numpy().astype(np.int64),
+            "clean_correct": correct.cpu().numpy(),
+            "x_linf": flat.abs().amax(1).float().cpu().numpy(),
+            "x_l2": flat.norm(dim=1).float().cpu().numpy()}
+
+
 def _attack_meta(entries: list[_Entry], eps: float) -> dict[str, Any]:
     """Per attack key: its spec (built at the main ε), role, ε mode, cascade rule."""
     return {e.key: {**e.build(None if e.mode == "none" else eps).spec(), "role": e.role,
@@ -253,7 +290,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              device: str | torch.device | None = None, seed: int = 0,
              progress: bool = True, sample_ids: torch.Tensor | None = None,
              adaptive: bool = True, overrides: Mapping[str, Any] | None = None,
-             meta: Mapping[str, Any] | None = None, locked: bool = False) -> ResultsTable:
+             meta: Mapping[str, Any] | None = None, locked: bool = False,
+             eot: int | None = None) -> ResultsTable:
     """Run ``protocol`` on ``(x, y)`` and return the per-sample results table.
 
     Args:
@@ -273,6 +311,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         overrides: attack parameters set in every entry taking them (e.g. ``{"steps": 5}``).
         meta: extra table metadata (dataset, split, model description).
         locked: the caller already holds ``out``'s run lock (the lock is not re-entrant).
+        eot: draws per forward for a randomized model (:mod:`robustact.attacks.eot`); None:
+            10 when two forwards of a probe batch differ, else 0; 0: the model as it is.
     """
     check_eval_mode(model, "evaluating it")
     check_images(x)
@@ -286,7 +326,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         (p.device for p in model.parameters()), x.device)
     x, y, ids = x.to(dev), y.to(dev), ids.to(dev).to(torch.int64)
 
-    pred, correct, k = clean_predictions(model, x, y, batch_size)
+    draws, judge, randomness = _randomness(model, x, eot, seed)
+    pred, correct, k = clean_predictions(judge, x, y, batch_size)
     entries_raw = protocol_entries(proto, model, adaptive=adaptive)
     entries = [_Entry(e, norm, seed, k) for e in entries_raw]
     if len({e.key for e in entries}) != len(entries):
@@ -294,24 +335,20 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     notes = {e.key: e.unavailable for e in entries if e.unavailable}
     entries = [e for e in entries if not e.unavailable]
 
-    flat = x.flatten(1)
-    clean = {"sample": ids.cpu().numpy(), "label": y.cpu().numpy().astype(np.int64),
-             "clean_pred": pred.cpu().numpy().astype(np.int64),
-             "clean_correct": correct.cpu().numpy(),
-             "x_linf": flat.abs().amax(1).float().cpu().numpy(),
-             "x_l2": flat.norm(dim=1).float().cpu().numpy()}
+    clean = _clean_columns(ids, x, y, pred, correct)
     table_meta: dict[str, Any] = {
         "protocol": proto["id"], "protocol_overrides": proto["overrides"],
         "eps": eps, "eps_grid": grid, "norm": norm, "seed": seed, "num_classes": k,
         "n": n, "model": {"class": type(model).__name__, "defenses": describe_defenses(model),
                           "fingerprint": model_fingerprint(model)},
         "data_fingerprint": _data_fingerprint(x, y, ids),
-        "attacks": _attack_meta(entries, eps), "unavailable": notes,
+        "attacks": _attack_meta(entries, eps), "unavailable": notes, "randomness": randomness,
         "environment": environment_info(), "device": str(dev), **dict(meta or {}),
     }
     fingerprint = {"protocol": proto["id"], "entries": protocol_fingerprint(
         [e.e for e in entries]), "model": table_meta["model"]["fingerprint"],
-        "data": table_meta["data_fingerprint"], "norm": norm, "eps_grid": grid, "seed": seed}
+        "data": table_meta["data_fingerprint"], "norm": norm, "eps_grid": grid, "seed": seed,
+        **({"eot": draws} if draws else {})}  # deterministic fingerprints stay as they were
 
     with ExitStack() as stack:
         folder = None
@@ -322,7 +359,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
             folder.write_clean(clean)
             folder.save_manifest()
         table = _run_cells(model, x, y, ids, pred, correct, entries, grid, eps, norm,
-                           batch_size, folder, table_meta, progress)
+                           batch_size, folder, table_meta, progress, draws)
     table.meta = {**table.meta, "clean": clean}  # as load_table gives it (not in the JSON)
     return table
 
@@ -357,7 +394,8 @@ def _target_model(model: nn.Module, e: _Entry) -> nn.Module:
 def _run_cells(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
                pred: torch.Tensor, correct: torch.Tensor, entries: list[_Entry],
                grid: list[float], eps: float, norm: str, batch_size: int,
-               folder: RunFolder | None, meta: dict[str, Any], progress: bool) -> ResultsTable:
+               folder: RunFolder | None, meta: dict[str, Any], progress: bool,
+               draws: int = 0) -> ResultsTable:
     done = folder.finished() if folder is not None else {}
     twin: nn.Module | None = None
     cells = _cells(entries, grid, eps, norm, x)
@@ -375,7 +413,8 @@ def _run_cells(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Te
                 twin = strip_defenses(model).eval()
             t, mismatch, secs, adv = _run_cell(
                 model, x, y, ids, pred, correct_np, e, e_val, attack_eps, broken.get(e_val),
-                batch_size, progress, twin, keep=folder is not None and e_val == eps)
+                batch_size, progress, twin, keep=folder is not None and e_val == eps,
+                draws=draws)
             if folder is not None:
                 folder.add(t, attack=e.key, eps=e_val, norm=norm, seconds=secs,
                            mismatch=mismatch, adversarial=adv)
@@ -385,13 +424,47 @@ def _run_cells(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Te
     return ResultsTable.concat(tables, meta)
 
 
+def _cell_models(model: nn.Module, e: _Entry, e_val: float, draws: int
+                 ) -> tuple[nn.Module, nn.Module | None]:
+    """(what the attack runs on, the vote judging it or None for a deterministic model)."""
+    target = _target_model(model, e)
+    if not draws:
+        return target, None
+    stream = f"{e.key}@{e_val!r}"
+    return (EOT(target, draws, e.seed, stream=stream).eval(),
+            MajorityVote(model, draws, e.seed, stream="judge:" + stream).eval())
+
+
+def _judge(model: nn.Module, judge: nn.Module | None, xb: torch.Tensor, yb: torch.Tensor,
+           res: AttackResult, eps: float | None, norm: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(verified success, prediction on x_adv) of one attacked batch.
+
+    Deterministic model: :func:`verify` on the model itself; a tie on x_adv counts as
+    adversarial, as on clean inputs. Randomized model: the budget and the box are still
+    :func:`verify`'s (its single-draw predictions, made on a forked RNG, are not used); the
+    prediction is ``judge``'s majority vote, a point without a majority being adversarial.
+    """
+    if judge is None:
+        v = verify(model, xb, yb, res, eps=eps, norm=norm)
+        success = v.success | (_top_tie(res.logits) & v.in_budget & v.in_box)
+        return success, res.logits.argmax(1)
+    with rng_fork(xb.device):
+        v = verify(model, xb, yb, res, eps=eps, norm=norm)
+    x_eval = torch.where(torch.isfinite(res.x_adv), res.x_adv, xb).clamp(0.0, 1.0)
+    votes = judge(match_model_dtype(model, x_eval))
+    wrong = (votes.argmax(1) != yb) | _top_tie(votes)
+    return wrong & v.in_budget & v.in_box, votes.argmax(1)
+
+
 def _run_cell(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
               pred: torch.Tensor, correct: np.ndarray, e: _Entry, e_val: float,
               attack_eps: float | None, broken: np.ndarray | None, batch_size: int,
-              progress: bool, twin: nn.Module | None, keep: bool = False
+              progress: bool, twin: nn.Module | None, keep: bool = False, draws: int = 0
               ) -> tuple[ResultsTable, int, float, dict[str, torch.Tensor] | None]:
     """One (attack, ε) cell: its rows, the re-check mismatches, its seconds and, with
-    ``keep``, the adversarial examples of the points it broke (sample ids and x_adv)."""
+    ``keep``, the adversarial examples of the points it broke (sample ids and x_adv).
+    ``draws`` > 0: a randomized model, attacked through :class:`EOT` and judged by a
+    :class:`MajorityVote`, both seeded per cell (so a resumed cell draws as a fresh one)."""
     n = x.shape[0]
     kept: dict[str, list[torch.Tensor]] = {"sample": [], "x_adv": []}
     rows = _empty_rows(n)
@@ -415,7 +488,7 @@ def _run_cell(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Ten
         if e.through == "twin":
             assert twin is not None
             attack = TransferAttack(twin, attack)
-        target_model = _target_model(model, e)
+        target_model, judge = _cell_models(model, e, e_val, draws)
         idx_t = torch.from_numpy(idx).to(x.device)
         for s in tqdm(_batches(idx.size, batch_size), desc=e.key, leave=False,
                       disable=not progress):
@@ -423,13 +496,11 @@ def _run_cell(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Ten
             xb, yb = x[b], y[b]
             t0 = time.perf_counter()
             res = attack(target_model, xb, yb, keys=ids[b], record=True)
-            v = verify(model, xb, yb, res, eps=attack_eps, norm=e.norm)
-            tie = _top_tie(res.logits)
-            success = v.success | (tie & v.in_budget & v.in_box)
+            success, pred_adv = _judge(model, judge, xb, yb, res, attack_eps, e.norm)
             mismatch += int((res.success != success).sum())
             where = idx[s]
             rows["success"][where] = success.cpu().numpy()
-            rows["pred"][where] = res.logits.argmax(1).cpu().numpy()
+            rows["pred"][where] = pred_adv.cpu().numpy()
             delta = (res.x_adv - match_model_dtype(model, xb)).flatten(1)
             rows["linf"][where] = delta.abs().amax(1).float().cpu().numpy()
             rows["l2"][where] = delta.norm(dim=1).float().cpu().numpy()

@@ -21,23 +21,35 @@ from torch import nn
 from robustact.defenses.output_activation import OutputActivationModel
 from robustact.evaluate.audit import VERDICTS, run_audit
 
-__all__ = ["BrokenModel", "broken_models", "self_test", "SelfTestReport", "SelfTestRow"]
+__all__ = ["ALL_KINDS", "EXTRA_KINDS", "BrokenModel", "broken_models", "self_test",
+           "SelfTestReport", "SelfTestRow"]
 
 
 class BrokenModel(nn.Module):
     """``head(features(x))`` of ``base`` with one deliberate defect; keeps ``features``/``head``
-    so the binarization test and adaptive attacks can still reach inside."""
+    so the binarization test and adaptive attacks can still reach inside.
 
-    def __init__(self, base: nn.Module, kind: str, *, levels: int = 4, temperature: float = 1e3,
-                 p: float = 0.5, seed: int = 0) -> None:
+    Kinds: those of :func:`broken_models` and :data:`EXTRA_KINDS` (the calibration zoo's:
+    thermometer encoding, a steep input sigmoid, Gaussian input noise, a stop-gradient branch,
+    probabilities out, huge logits). Randomness (dropout, noise) comes from the model's own
+    generator, seeded by ``seed``, never from the global RNG.
+    """
+
+    def __init__(self, base: nn.Module, kind: str, *, levels: int | None = None,
+                 temperature: float = 1e3, p: float = 0.5, seed: int = 0, scale: float = 100.0,
+                 sigma: float = 0.1, steepness: float = 50.0) -> None:
         super().__init__()
-        if kind not in _KINDS:
-            raise ValueError(f"unknown broken model {kind!r}; choose from {', '.join(_KINDS)}")
+        if kind not in ALL_KINDS:
+            raise ValueError(f"unknown broken model {kind!r}; choose from {', '.join(ALL_KINDS)}")
         self.base = base
         self.kind = kind
-        self.levels = levels
+        # The thermometer needs enough levels to keep the digits legible; rounding does not.
+        self.levels = levels if levels is not None else (16 if kind == "thermometer" else 4)
         self.temperature = temperature
         self.p = p
+        self.scale = scale  # stop_gradient: weight of the detached copy; logit_scale: the factor
+        self.sigma = sigma  # gaussian_noise: standard deviation of the input noise
+        self.steepness = steepness  # input_sigmoid: slope of the soft threshold at 0.5
         # The randomized layer draws from its own generator: no global RNG state is touched.
         self._gen = torch.Generator().manual_seed(seed)
         self.train(base.training)
@@ -51,6 +63,14 @@ class BrokenModel(nn.Module):
             x = torch.round(x * self.levels) / self.levels
         elif self.kind == "input_thresholding":  # a comparison: no graph back to x at all
             x = (x > 0.5).to(x.dtype)
+        elif self.kind == "thermometer":  # Buckman et al. (2018), decoded: comparisons only
+            steps = (torch.arange(self.levels, device=x.device, dtype=x.dtype) + 0.5) / self.levels
+            x = (x.unsqueeze(-1) > steps).to(x.dtype).mean(-1)
+        elif self.kind == "input_sigmoid":  # a steep soft threshold: gradients vanish, not 0
+            x = torch.sigmoid(self.steepness * (x - 0.5))
+        elif self.kind == "gaussian_noise":  # randomized input (own generator, fresh per call)
+            noise = torch.randn(x.shape, generator=self._gen).to(x.device, x.dtype)
+            x = (x + self.sigma * noise).clamp(0, 1)
         h = self.base.features(x)
         if self.kind == "gradient_killing":  # rounded features, no straight-through estimator
             h = torch.round(h * self.levels) / self.levels
@@ -61,17 +81,30 @@ class BrokenModel(nn.Module):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """The pre-activation logits (what an adaptive attack on the softmax output would use)."""
-        return self.head(self.features(x))
+        h = self.features(x)
+        z = self.head(h)
+        if self.kind == "stop_gradient":  # a large part of the logits that gradients cannot see
+            z = z + self.scale * self.head(h.detach())
+        return z
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.logits(x)
         if self.kind == "saturated_softmax":  # probabilities of a very high-T softmax
             return torch.softmax(self.temperature * z, dim=1)
+        if self.kind == "probabilities":  # plain softmax probabilities where logits are due
+            return torch.softmax(z, dim=1)
+        if self.kind == "logit_scale":  # huge logits: float32 softmax saturates, CE grads vanish
+            return self.scale * z
         return z
 
 
 _KINDS = ("gradient_killing", "input_quantization", "input_thresholding", "saturated_softmax",
           "randomized")
+#: Further defects for the audit's calibration zoo (:mod:`robustact.runs.calibrate`); not in
+#: :func:`broken_models`, whose set the self-test's pass rule is written for.
+EXTRA_KINDS = ("thermometer", "input_sigmoid", "gaussian_noise", "stop_gradient",
+               "probabilities", "logit_scale")
+ALL_KINDS = _KINDS + EXTRA_KINDS
 
 #: Broken model → the checks expected to catch it (any one suffices).
 EXPECTED: dict[str, tuple[str, ...]] = {
@@ -81,6 +114,15 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "saturated_softmax": ("C2", "C4", "C5"),
     "randomized": ("C1", "C8"),
     "sigmoid_T100": ("C4", "C5"),
+    # the calibration zoo's further kinds (what each defect should trip; not self-tested)
+    "thermometer": ("C3",),
+    "input_sigmoid": ("C4", "C7"),
+    "gaussian_noise": ("C1", "C8"),
+    "stop_gradient": ("C7",),  # a gradient check: autograd misses the detached branch
+    "probabilities": ("C2",),
+    "logit_scale": ("C5",),
+    "sigmoid_saturated": ("C4", "C5"),
+    "jumprelu": ("C7", "C20"),
 }
 
 

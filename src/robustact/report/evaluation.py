@@ -37,6 +37,7 @@ from robustact.report.figures import (
     min_norm_figure,
     robust_accuracy_figure,
 )
+from robustact.report.intervals import add_intervals, ci_text, pct_ci
 from robustact.report.markdown import Report
 
 __all__ = ["REPORT_FORMAT", "NOT_AUDITED", "evaluation_record", "write_reports",
@@ -136,7 +137,8 @@ def _verdict(audit: AuditReport | None) -> dict[str, Any]:
             "attacks that ran could not break, with no check that those attacks worked."]}
     return {"label": audit.verdict.label, "audited": True,
             "evidence": list(audit.verdict.evidence), "fired": audit.fired(),
-            "notes": [c.id for c in audit.checks if c.fired and c.kind == "info"]}
+            "notes": [c.id for c in audit.checks if c.fired and c.kind == "info"],
+            "completeness": dict(audit.verdict.completeness)}
 
 
 def evaluation_record(table: ResultsTable, audit: AuditReport | None = None, *,
@@ -154,6 +156,10 @@ def evaluation_record(table: ResultsTable, audit: AuditReport | None = None, *,
     seed, attack specs with roles, unavailable attacks), ``model``, ``data``, ``environment``,
     ``info`` (the caller's: name, description, dataset, ...), ``extra_curves`` and ``run``
     (the caller's: command line, seconds, the table's identity).
+
+    Beside every accuracy and success rate sits its 95 % Wilson interval as ``<key>_ci: [lo,
+    hi]``, beside each plotted curve a ``ci`` list, on each audit check ``intervals`` for its
+    counts over samples (:func:`robustact.report.intervals.add_intervals`).
     """
     if len(table) == 0:
         raise ValueError("the results table is empty: nothing to report (did the evaluation "
@@ -196,7 +202,7 @@ def evaluation_record(table: ResultsTable, audit: AuditReport | None = None, *,
         "extra_curves": curves,
         "run": dict(run or {}),
     }
-    return _plain(record)
+    return add_intervals(_plain(record))
 
 
 # -- presentation helpers (shared by Markdown and HTML) -----------------------------------------
@@ -222,9 +228,10 @@ def _state(fired: bool | None) -> str:
 def _headline(record: Mapping[str, Any]) -> str:
     s = record["summary"]
     eps = "—" if s["eps"] is None else f"{s['eps']:g}"
-    return (f"clean accuracy {_pct(s['clean_accuracy'])}; robust accuracy (per-sample worst case "
-            f"over {len(s['attacks_at_eps'])} attacks) {_pct(s['robust_accuracy'])} at ε = {eps} "
-            f"({s['norm']}), n = {s['n']}")
+    return (f"clean accuracy {pct_ci(s['clean_accuracy'], s.get('clean_accuracy_ci'))}; robust "
+            f"accuracy (per-sample worst case over {len(s['attacks_at_eps'])} attacks) "
+            f"{pct_ci(s['robust_accuracy'], s.get('robust_accuracy_ci'))} at ε = {eps} "
+            f"({s['norm']}), n = {s['n']}; [95 % Wilson intervals]")
 
 
 def _title(record: Mapping[str, Any]) -> str:
@@ -244,17 +251,23 @@ def render_markdown(record: Mapping[str, Any], out_dir: str | os.PathLike[str],
     """The Markdown report of ``record``; ``figures``: name → Figure, saved beside it."""
     rep = Report(out_dir, _title(record))
     v = record["verdict"]
-    rep.text(f"**Verdict: {v['label']}.**\n\n" + "\n".join(f"- {e}" for e in v["evidence"]))
+    rep.text(f"**Verdict: {v['label']}.** (Is there gradient masking?)\n\n"
+             + "\n".join(f"- {e}" for e in v["evidence"]))
+    comp = v.get("completeness") or {}
+    rep.text("**Is the reported number complete?** "
+             + (comp.get("text") or "not checked: the audit did not run."))
     rep.text(_headline(record))
     rep.heading("Robust accuracy per attack and ε")
+    rep.text("Every percentage comes with its 95 % Wilson score interval in brackets (accuracies "
+             "over the n evaluated points, success rates over the points attacked).")
     rows = []
     for cell in record["per_eps"]:
         for a in cell["attacks"]:
             rows.append([f"{cell['eps']:g}", a["attack"], a["role"] or "", a["on"], a["attacked"],
-                         a["broken"], _pct(a["success_rate"]), _pct(a["robust_accuracy_alone"]),
-                         _pct(a["robust_accuracy_after"])])
+                         a["broken"], *(pct_ci(a[k], a.get(f"{k}_ci")) for k in (
+                             "success_rate", "robust_accuracy_alone", "robust_accuracy_after"))])
         rows.append([f"{cell['eps']:g}", "**worst case**", "", "", "", "", "", "",
-                     f"**{_pct(cell['worst_case'])}**"])
+                     f"**{pct_ci(cell['worst_case'], cell.get('worst_case_ci'))}**"])
     rep.table(["ε", "attack", "role", "on", "attacked", "broken", "success rate",
                "accuracy vs it alone", "accuracy after it (cascade)"], rows)
     if "robust_accuracy" in figures:
@@ -264,7 +277,8 @@ def render_markdown(record: Mapping[str, Any], out_dir: str | os.PathLike[str],
         rep.heading("Minimum-norm attacks")
         rep.table(["attack", "attacked", "broken", "success rate", "median ‖δ‖", "mean ‖δ‖",
                    "ρ"],
-                  [[k, m["attacked"], m["broken"], _pct(m["success_rate"]),
+                  [[k, m["attacked"], m["broken"], pct_ci(m["success_rate"],
+                                                           m.get("success_rate_ci")),
                     _num(m["median_norm"]), _num(m["mean_norm"]), _num(m["rho"])]
                    for k, m in record["min_norm"].items()])
         if "min_norm" in figures:
@@ -274,9 +288,12 @@ def render_markdown(record: Mapping[str, Any], out_dir: str | os.PathLike[str],
     if audit is None:
         rep.text("The audit did not run.")
     else:
-        rep.table(["check", "name", "state", "kind", "evidence"],
-                  [[c["id"], c["name"], _state(c["fired"]), c["kind"],
-                    c["evidence"].replace("|", "\\|")] for c in audit["checks"]])
+        rep.table(["check", "name", "state", "answers", "evidence"],
+                  [[c["id"], c["name"], _state(c["fired"]), c.get("question") or c["kind"],
+                    (c["evidence"] + "".join(
+                        f" [{label}: {iv['k']} of {iv['n']}, {pct_ci(iv['fraction'], iv['ci'])}]"
+                        for label, iv in (c.get("intervals") or {}).items())).replace("|", "\\|")]
+                   for c in audit["checks"]])
         rep.text(f"Audit cost: {audit['seconds']:.2f} s, {audit['model_forward_rows']} model "
                  "forward rows.")
     for key, c in record["extra_curves"].items():
@@ -327,6 +344,8 @@ def template_environment() -> jinja2.Environment:
                              autoescape=True, undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True)
     env.filters["pct"] = _pct
+    env.filters["pct_ci"] = pct_ci
+    env.filters["ci"] = ci_text
     env.filters["num"] = _num
     env.filters["state"] = _state
     env.filters["tojson_compact"] = lambda v: json.dumps(v, ensure_ascii=False)
@@ -353,8 +372,8 @@ def _figures(record: Mapping[str, Any]) -> dict[str, Any]:
 def summary_view(record: Mapping[str, Any], paths: Mapping[str, Any] | None = None
                  ) -> dict[str, Any]:
     """The compact ``summary.json``: a view of ``record`` (clean and robust accuracy, each
-    attack's cell at ε, the worst case per ε, the verdict, the cost), so it can never say
-    something the reports do not."""
+    attack's cell at ε, the worst case per ε, each with its 95 % interval as ``..._ci``, the
+    verdict, the cost), so it can never say something the reports do not."""
     s, p, run = record["summary"], record["protocol"], record.get("run") or {}
     at_eps = next((c for c in record["per_eps"]
                    if s["eps"] is not None and math.isclose(c["eps"], s["eps"])), None)
@@ -363,12 +382,17 @@ def summary_view(record: Mapping[str, Any], paths: Mapping[str, Any] | None = No
         "model": record["info"], "protocol": p["id"], "norm": p["norm"], "eps": s["eps"],
         "eps_grid": p["eps_grid"], "n": s["n"], "seed": p["seed"],
         "clean_accuracy": s["clean_accuracy"], "robust_accuracy": s["robust_accuracy"],
+        "clean_accuracy_ci": s.get("clean_accuracy_ci"),
+        "robust_accuracy_ci": s.get("robust_accuracy_ci"),
         "attacks_at_eps": list(at_eps["attacks"]) if at_eps else [],
         "worst_case": {repr(float(c["eps"])): c["worst_case"] for c in record["per_eps"]},
+        "worst_case_ci": {repr(float(c["eps"])): c.get("worst_case_ci")
+                          for c in record["per_eps"]},
         "min_norm": {k: {f: v for f, v in m.items() if f != "norms"}
                      for k, m in record["min_norm"].items()},
         "unavailable": p["unavailable"], "attacks": p["attacks"],
-        "verdict": {k: verdict.get(k) for k in ("label", "evidence", "fired", "notes")}
+        "verdict": {k: verdict.get(k) for k in ("label", "evidence", "fired", "notes",
+                                                 "completeness")}
         | ({"from_earlier_run": True} if verdict.get("from_earlier_run") else {}),
         "cost": {"forward_per_image": record["cost"]["forward_per_image"],
                  "backward_per_image": record["cost"]["backward_per_image"],
@@ -415,6 +439,7 @@ def write_views(out_dir: str | os.PathLike[str], record: Mapping[str, Any]) -> d
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"report folder {out} is a file")
+    record = add_intervals(record)  # also on a record that took an earlier run's audit
     figs = _figures(record)
     paths = {"json": atomic_write_json(out / "report.json", record)}
     paths["markdown"] = render_markdown(record, out, figs).write("report.md")

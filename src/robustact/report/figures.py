@@ -105,24 +105,59 @@ def _pct(v: float | None) -> float:
     return math.nan if v is None else 100.0 * v
 
 
+def _bounds(ys: Sequence[float], ci: Sequence[Sequence[float] | None] | None
+            ) -> tuple[list[float], list[float]] | None:
+    """Lower and upper band in per cent from a curve's ``ci`` list (``None`` where absent)."""
+    if not ci or len(ci) != len(ys):
+        return None
+    lo = [_pct(b[0]) if b else math.nan for b in ci]
+    hi = [_pct(b[1]) if b else math.nan for b in ci]
+    return lo, hi
+
+
+def _attack_series(ax: Any, name: str, c: Mapping[str, Any]) -> None:
+    """One attack: a line with its 95 % band, or, for an attack at one ε only (the main ε), a
+    marker with an error bar: a one-point "curve" would suggest a trend that is not there."""
+    xs, ys = c["eps"], [_pct(v) for v in c["robust_accuracy"]]
+    label = name if c["alone"] else f"{name} (cascade, after it)"
+    band = _bounds(ys, c.get("ci"))
+    if len(xs) == 1:
+        (pt,) = ax.plot(xs, ys, linestyle="none", marker="D", markersize=7, alpha=0.9,
+                        label=f"{label}, main ε only")
+        if band is not None and not math.isnan(ys[0]):
+            ax.errorbar(xs, ys, yerr=[[ys[0] - band[0][0]], [band[1][0] - ys[0]]], fmt="none",
+                        ecolor=pt.get_color(), capsize=4, linewidth=1.2)
+        return
+    (line,) = ax.plot(xs, ys, "-" if c["alone"] else "--", marker="o", markersize=4,
+                      linewidth=1.4, label=label, alpha=0.85)
+    if band is not None:
+        ax.fill_between(xs, band[0], band[1], color=line.get_color(), alpha=0.10, linewidth=0)
+
+
 def robust_accuracy_figure(record: Mapping[str, Any]) -> Figure:
-    """Robust accuracy vs ε: one line per attack and the per-sample worst case (bold).
+    """Robust accuracy vs ε: one line per attack and the per-sample worst case (bold), each
+    with its 95 % Wilson band; the legend sits right of the axes, so it never hides a curve.
 
     An attack that ran on every clean-correct point is drawn alone (its own accuracy); one that
     ran only on the survivors of earlier attacks is drawn dashed as the cascade's accuracy after
-    it (alone it would only be an upper bound). An attack at the main ε only is one marker.
+    it (alone it would only be an upper bound). An attack at the main ε only is one marker with
+    an error bar, no line.
     """
-    fig = Figure(figsize=(7.0, 4.2))
+    fig = Figure(figsize=(10.0, 4.6), layout="constrained")
     ax = fig.subplots()
     curves = record["curves"]
     for name, c in curves["per_attack"].items():
-        xs, ys = c["eps"], [_pct(v) for v in c["robust_accuracy"]]
-        style = "-" if c["alone"] else "--"
-        label = name if c["alone"] else f"{name} (cascade, after it)"
-        ax.plot(xs, ys, style, marker="o", markersize=4, linewidth=1.4, label=label, alpha=0.85)
+        _attack_series(ax, name, c)
     wc = curves["worst_case"]
-    ax.plot(wc["eps"], [_pct(v) for v in wc["robust_accuracy"]], "-", color="black",
-            linewidth=2.6, marker="s", markersize=5, label="worst case (per sample)", zorder=5)
+    ys = [_pct(v) for v in wc["robust_accuracy"]]
+    ax.plot(wc["eps"], ys, "-", color="black", linewidth=2.6, marker="s", markersize=5,
+            label="worst case (per sample)", zorder=5)
+    band = _bounds(ys, wc.get("ci"))
+    if band is not None:
+        # Edged, lightly filled: it stays readable where the attacks' bands overlap it.
+        ax.fill_between(wc["eps"], band[0], band[1], facecolor="0.55", alpha=0.18,
+                        edgecolor="black", linewidth=0.6, linestyle="--", zorder=4,
+                        label="worst case: 95 % interval (Wilson)")
     eps = record["protocol"]["eps"]
     if eps is not None:
         ax.axvline(eps, color="0.6", linestyle=":", linewidth=1)
@@ -132,10 +167,15 @@ def robust_accuracy_figure(record: Mapping[str, Any]) -> Figure:
     ax.set_ylabel("robust accuracy (%)")
     ax.set_ylim(-3, 103)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    ax.set_title(f"robust accuracy vs ε (n = {record['summary']['n']})")
-    fig.tight_layout()
+    _legend_outside(ax)
+    ax.set_title(f"robust accuracy vs ε (n = {record['summary']['n']}; bands: 95 % intervals)")
     return fig
+
+
+def _legend_outside(ax: Any) -> None:
+    """The legend right of the axes (constrained layout makes room): never over a curve."""
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+              frameon=False)
 
 
 def min_norm_figure(record: Mapping[str, Any]) -> Figure:
@@ -145,7 +185,7 @@ def min_norm_figure(record: Mapping[str, Any]) -> Figure:
     names = list(mn)
     if not names:
         raise ValueError("the record has no minimum-norm attack to plot")
-    fig = Figure(figsize=(7.0, 2.9 * len(names)))
+    fig = Figure(figsize=(8.5, 2.9 * len(names)), layout="constrained")
     axes = fig.subplots(len(names), 1, squeeze=False)[:, 0]
     eps = record["protocol"]["eps"]
     norm = record["protocol"]["norm"]
@@ -164,16 +204,15 @@ def min_norm_figure(record: Mapping[str, Any]) -> Figure:
         ax.set_xlabel(f"‖δ‖ ({norm})")
         ax.set_ylabel("points")
         ax.set_title(f"{name}: {len(d)} of {mn[name]['attacked']} attacked points broken")
-        ax.legend(fontsize=8)
+        _legend_outside(ax)
         ax.grid(True, alpha=0.3)
-    fig.tight_layout()
     return fig
 
 
 def curve_figure(curve: Curve | Mapping[str, Any]) -> Figure:
     """One sweep (κ, T, ...): a line per series, the chosen value marked."""
     c = Curve.from_mapping(curve)
-    fig = Figure(figsize=(6.0, 3.6))
+    fig = Figure(figsize=(7.5, 3.6), layout="constrained")
     ax = fig.subplots()
     for name, ys in c.series.items():
         ax.plot(c.x, [100 * v if c.percent else v for v in ys], marker="o", markersize=4,
@@ -187,8 +226,7 @@ def curve_figure(curve: Curve | Mapping[str, Any]) -> Figure:
     if c.title:
         ax.set_title(c.title)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    _legend_outside(ax)
     return fig
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from robustact.core.storage import atomic_write_bytes, read_json
 from robustact.report.evaluation import REPORT_FORMAT, template_environment
+from robustact.report.intervals import interval_of
 
 __all__ = ["COMPARED_FIELDS", "leaderboard_rows", "load_report", "write_leaderboard"]
 
@@ -90,6 +91,11 @@ def leaderboard_rows(reports: Sequence[tuple[Path, Mapping[str, Any]]], *,
             "name": rec["info"].get("name") or file.parent.name,
             "run": str(file.parent), "report": file.with_name("report.html"),
             "clean_accuracy": s["clean_accuracy"], "robust_accuracy": s["robust_accuracy"],
+            # An older report.json has no intervals: the same ones from its counts.
+            "clean_accuracy_ci": s.get("clean_accuracy_ci")
+            or interval_of(s["clean_accuracy"], s["n"]),
+            "robust_accuracy_ci": s.get("robust_accuracy_ci")
+            or interval_of(s["robust_accuracy"], s["n"]),
             "verdict": rec["verdict"]["label"], "protocol": p["id"], "eps": p["eps"],
             "norm": p["norm"], "n": s["n"], "date": rec["generated"],
             "mixed": {label: _fmt(_get(rec, COMPARED_FIELDS[label])) for label in mixed},
@@ -106,7 +112,10 @@ def write_leaderboard(out: str | os.PathLike[str], run_dirs: Sequence[str | os.P
     ``leaderboard.html``) from each run's ``report.json``; returns its path.
 
     Columns sort on a click (inline script; the page loads nothing from the network). Each
-    name links to that run's ``report.html`` by a relative path when the file exists.
+    name links to that run's ``report.html`` by a relative path when the file exists. Each
+    accuracy shows its 95 % Wilson interval (two models whose intervals overlap widely are not
+    ranked by their order). The table scrolls inside its box with the header kept in view and
+    long names wrapped, so a page of many models stays readable.
     """
     reports = [load_report(r) for r in run_dirs]
     rows, mixed = leaderboard_rows(reports, allow_mixed=allow_mixed)

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustact.attacks.eot import EOT
 from robustact.attacks.registry import attack_parameters
 from robustact.core.budget import check_budget, default_budget
 from robustact.core.runfolder import open_run
@@ -38,12 +39,13 @@ from robustact.evaluate import evaluate, get_protocol
 from robustact.evaluate.audit import run_audit
 from robustact.evaluate.protocols import one_attack_protocol
 from robustact.evaluate.storage import load_adversarial
+from robustact.models.outputs import logit_model, rng_fork
 from robustact.models.predict import predict
 from robustact.report.evaluation import evaluation_record, keep_earlier_audit, write_views
 from robustact.runs.sources import ModelSource, load_target
 
 __all__ = ["EVALUATE_AUDIT_DEFAULTS", "EVALUATION_FILES", "clean_accuracy", "evaluate_model",
-           "evaluate_source", "attack_model"]
+           "evaluate_source", "attack_model", "chance_threshold", "check_not_chance"]
 
 #: The audit counts :func:`evaluate_model` uses (``run_audit``'s own defaults are for a study):
 #: the model-level checks on the first 100 samples, random search with 1000 points per sample on
@@ -79,6 +81,65 @@ def clean_accuracy(source: ModelSource | str | Path, *, dataset: str | None = No
             "seconds": time.perf_counter() - t0}
 
 
+def chance_threshold(num_classes: int, n: int) -> float:
+    """The clean accuracy below which a model is "at chance": 1/K + max(5 points, 2 σ).
+
+    σ = √(c(1 − c)/n) is the binomial standard deviation of the accuracy of a model that
+    guesses (c = 1/K): a guessing model passes the gate with probability about 2 % (one-sided,
+    normal approximation), whatever n. The 5-point floor covers what guessing can reach beyond
+    1/K without any skill: a constant prediction scores its class's frequency, a few points over
+    1/K on unbalanced test sets. Why 2 σ and not 3: the gate must never stop a real model, and
+    on a few images (a smoke test on 4) 3 σ asks for 55 % of a ten-class model. A trained model
+    is far above either way (a two-epoch digits CNN: ~90 % against 21 % at n = 30).
+    """
+    c = 1.0 / num_classes
+    return c + max(0.05, 2.0 * math.sqrt(c * (1.0 - c) / n))
+
+
+def check_not_chance(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                     batch_size: int = 256) -> float:
+    """The clean accuracy of ``model`` on (x, y); one ValueError line when it is at chance.
+
+    Why before any attack: a model evaluated at chance (no weights, a missing or wrong
+    normalization, another dataset's label order, dropout left on) gives a full, confident
+    report about nothing. One clean pass (on a forked RNG, so a randomized model draws nothing
+    from the caller's RNG) costs little next to the attacks.
+    """
+    with rng_fork(next((q.device for q in model.parameters()), x.device)):
+        p = predict(model, (x, y), batch_size=batch_size)  # batches go to the model's device
+    limit = chance_threshold(p.num_classes, p.n)
+    if p.accuracy < limit:
+        raise ValueError(
+            f"clean accuracy {p.accuracy:.1%} on {p.n} images is at chance ({1 / p.num_classes:.0%}"
+            f" for {p.num_classes} classes; the gate is {limit:.1%}): likely no --weights, a "
+            "missing or wrong --normalize, the wrong --dataset or label order, or a model left "
+            "in train mode; pass --allow-chance (allow_chance=True) to evaluate it anyway")
+    return p.accuracy
+
+
+def _prepared(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: Any,
+              allow_chance: bool, batch_size: int) -> tuple[nn.Module, dict[str, Any]]:
+    """The model on its device, probabilities wrapped into logits (said in the returned info),
+    past the chance gate unless ``allow_chance``."""
+    if device is not None:
+        model = model.to(resolve_device(device))
+    dev = next((p.device for p in model.parameters()), x.device)
+    model, note = logit_model(model, x[:8].to(dev))
+    if not allow_chance:
+        check_not_chance(model, x, y, batch_size=batch_size)
+    return model, {} if note is None else {"output": note}
+
+
+def _randomness_info(randomness: Mapping[str, Any]) -> dict[str, Any]:
+    """What the report says about a randomized model (nothing for a deterministic one)."""
+    if not randomness.get("randomized"):
+        return {}
+    draws = randomness.get("eot", 0)
+    how = f"EOT over {draws} draws" if draws else "EOT disabled"
+    return {"randomness": f"randomized (two forwards of the same images differ): {how}; "
+                          f"{randomness.get('rule', '')}"}
+
+
 def _table_key(table: Any) -> dict[str, Any]:
     """What identifies a finished table: a rerun with the same key gives the same rows."""
     m = table.meta
@@ -97,8 +158,8 @@ def evaluate_model(model: nn.Module, data: Any, *, dataset: str | None = None,
                    audit_options: dict[str, Any] | None = None, force: bool = False,
                    info: dict[str, Any] | None = None, command: str | None = None,
                    adaptive: bool = True, overrides: dict[str, Any] | None = None,
-                   extra_curves: dict[str, Any] | None = None, kind: str = "evaluate"
-                   ) -> dict[str, Any]:
+                   extra_curves: dict[str, Any] | None = None, kind: str = "evaluate",
+                   eot: int | None = None, allow_chance: bool = False) -> dict[str, Any]:
     """Run ``protocol`` on ``data`` into ``out``, audit it, write the record and its views.
 
     ``model`` is any ``nn.Module`` taking [0, 1] images and returning logits (eval mode);
@@ -112,7 +173,10 @@ def evaluate_model(model: nn.Module, data: Any, *, dataset: str | None = None,
     :data:`EVALUATE_AUDIT_DEFAULTS` updated with ``audit_options``; without it, the verdict of
     an earlier audit of the very same table is kept (and said to be). ``adaptive``/``overrides``
     go to the engine; ``extra_curves`` (e.g. a κ sweep) to the reports. Returns the summary
-    plus ``"out"``.
+    plus ``"out"``. A model returning probabilities is attacked through their logarithm; a
+    randomized one with EOT (``eot`` draws; None: automatic, 0: off; :mod:`robustact.attacks.eot`);
+    both are said in the reports. A clean accuracy at chance stops the run before any folder
+    is made (:func:`check_not_chance`) unless ``allow_chance``.
     """
     check_eval_mode(model, "evaluating it")
     proto = get_protocol(protocol, overrides)  # a bad protocol fails before any folder
@@ -124,9 +188,8 @@ def evaluate_model(model: nn.Module, data: Any, *, dataset: str | None = None,
                              "pass eps")
         eps = default_budget(dataset, norm)
     eps = check_budget(eps, norm, math.prod(x.shape[1:]))
-    if device is not None:
-        model = model.to(resolve_device(device))
-    described = {"name": name, "dataset": dataset, **(info or {})}
+    model, found = _prepared(model, x, y, device, allow_chance, batch_size)
+    described = {"name": name, "dataset": dataset, **(info or {}), **found}
     with open_run(out, kind, what="evaluation", force=force, clear=EVALUATION_FILES,
                   default=(f"runs/{kind}", name, proto["name"].split(":", 1)[-1]),
                   command=command, config={"protocol": proto["id"], "eps": eps, "norm": norm,
@@ -135,12 +198,15 @@ def evaluate_model(model: nn.Module, data: Any, *, dataset: str | None = None,
         table = evaluate(model, x, y, protocol, eps=eps, norm=norm, out=str(run.path),
                          batch_size=batch_size, seed=seed, progress=progress,
                          meta={"dataset": dataset, "source": info or {}}, adaptive=adaptive,
-                         overrides=overrides, locked=True)
+                         overrides=overrides, locked=True, eot=eot)
         wall = time.perf_counter() - t0
+        described.update(_randomness_info(table.meta.get("randomness") or {}))
         report = None
         if audit:
             dev = next((p.device for p in model.parameters()), x.device)
-            report = run_audit(model, x.to(dev), y.to(dev), table, eps=eps, norm=norm,
+            draws = (table.meta.get("randomness") or {}).get("eot", 0)
+            audited = EOT(model, draws, seed, stream="audit").eval() if draws else model
+            report = run_audit(audited, x.to(dev), y.to(dev), table, eps=eps, norm=norm,
                                seed=seed, progress=progress,
                                **{**EVALUATE_AUDIT_DEFAULTS, **(audit_options or {})})
         attack_seconds = float(table["seconds"].sum()) if len(table) else 0.0
