@@ -130,3 +130,22 @@ class StopAfter:
     def on_epoch_end(self, trainer: object, epoch: int, record: dict) -> None:
         if epoch == self.epoch:
             raise Interrupt
+
+
+class FeatureNet(nn.Module):
+    """Flatten → Linear → ReLU (``features``) → Linear (``head``): the smallest classifier with
+    the ``features``/``head`` contract the audit and the defenses reach into."""
+
+    def __init__(self, inputs: int, hidden: int, classes: int, seed: int | None = None) -> None:
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            self.body = nn.Sequential(nn.Flatten(), nn.Linear(inputs, hidden), nn.ReLU())
+            self.head = nn.Linear(hidden, classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import torch
+from _helpers import FeatureNet
 from torch import nn
 from typer.testing import CliRunner
 
@@ -143,21 +144,6 @@ def test_full_zoo_has_the_promised_size_and_a_fixed_split() -> None:
 
 # -- the new broken kinds do what their names say -----------------------------------------------
 
-class _Tiny(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            self.body = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU())
-            self.head = nn.Linear(8, 3)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-
 def _input_grad(model: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
     x = x.clone().requires_grad_(True)
     z = model(x)
@@ -168,7 +154,7 @@ def _input_grad(model: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
 
 
 def test_extra_broken_kinds() -> None:
-    base = _Tiny().eval()
+    base = FeatureNet(16, 8, 3, seed=0).eval()
     x = torch.rand(5, 1, 4, 4, generator=torch.Generator().manual_seed(1))
     assert set(EXTRA_KINDS) >= {"thermometer", "stop_gradient", "gaussian_noise",
                                 "probabilities", "logit_scale", "input_sigmoid"}

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _helpers import fit_full_batch
 from safetensors.torch import save_file
 from torch import nn
 from typer.testing import CliRunner
@@ -82,13 +83,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         net = nn.Linear(64, 10)
-        train = load_dataset("digits", "train")
-        x, y = train.x().flatten(1), train.labels
-        opt = torch.optim.Adam(net.parameters(), lr=0.05)
-        for _ in range(100):
-            opt.zero_grad()
-            nn.functional.cross_entropy(net(x), y).backward()
-            opt.step()
+    train = load_dataset("digits", "train")
+    fit_full_batch(net, train.x().flatten(1), train.labels, steps=100, lr=0.05)
     save_file({f"fc.{k}": v.contiguous() for k, v in net.state_dict().items()},
               str(d / "w.safetensors"))
     return {"net": d / "net.py", "w": d / "w.safetensors"}

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import fit_full_batch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
@@ -181,13 +182,8 @@ def model_file(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         torch.manual_seed(0)
         net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(),
                                   torch.nn.Linear(32, 10))
-        train = load_dataset("digits", "train")
-        x, y = train.x(), train.labels
-        opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-        for _ in range(150):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(net(x), y).backward()
-            opt.step()
+    train = load_dataset("digits", "train")
+    fit_full_batch(net, train.x(), train.labels, steps=150, lr=1e-2)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(d / "w.safetensors"))
     return {"net": d / "net.py", "weights": d / "w.safetensors"}
 

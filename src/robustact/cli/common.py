@@ -34,7 +34,7 @@ from robustact.core.runfolder import RunInterrupted
 from robustact.core.spec import parse_params
 from robustact.runs.sources import MODEL_CHOICE, ModelSource
 
-__all__ = ["app", "model_options", "runtime_options", "echo_json", "command_line",
+__all__ = ["app", "adds_options", "model_options", "runtime_options", "echo_json", "command_line",
            "numbers"]
 
 #: Exceptions that mean "the input was wrong" rather than "robustact has a bug". ValueError covers
@@ -190,7 +190,7 @@ def _option(name: str, annotation: Any, default: Any = None) -> inspect.Paramete
                              annotation=annotation)
 
 
-def _adds(inputs: list[inspect.Parameter], supplies: tuple[str, ...],
+def adds_options(inputs: list[inspect.Parameter], supplies: tuple[str, ...],
           combine: Callable[..., dict[str, Any]]) -> Callable[[Callable[..., Any]],
                                                               Callable[..., Any]]:
     """A decorator adding the options ``inputs`` to a command; ``combine(**inputs)`` returns
@@ -256,7 +256,7 @@ def _model_source(model: Path | None, model_file: str | None, weights: Path | No
 
 #: Adds --model / --model-file / --weights / --normalize / --factory-arg / --num-classes /
 #: --dataset; the command takes ``chosen: Chosen``.
-model_options = _adds(_MODEL_INPUTS, ("chosen",), _model_source)
+model_options = adds_options(_MODEL_INPUTS, ("chosen",), _model_source)
 
 _RUNTIME_INPUTS = [
     _option("data_root", Annotated[Path | None, typer.Option(
@@ -290,7 +290,7 @@ def _runtime(data_root: Path | None, download: bool, device: str,
 
 #: Adds --data-root / --download / --device / --threads (threads are set here); the command
 #: takes ``rt: Runtime`` (``**rt._asdict()`` passes it on).
-runtime_options = _adds(_RUNTIME_INPUTS, ("rt",), _runtime)
+runtime_options = adds_options(_RUNTIME_INPUTS, ("rt",), _runtime)
 
 #: Placeholders in command signatures for the arguments the decorators supply (never used:
 #: the decorators replace these parameters with the options they stand for).

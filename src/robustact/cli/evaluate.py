@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,6 +16,7 @@ from robustact.cli.common import (
     NO_RUNTIME,
     Chosen,
     Runtime,
+    adds_options,
     app,
     command_line,
     echo_json,
@@ -84,11 +86,30 @@ Eps = Annotated[str | None, typer.Option(
          "CIFAR 8/255, digits 0.1 for linf).")]
 
 
+
+
+def _run_options(out: Path | None, force: bool, progress: bool, eot: int | None,
+                 allow_chance: bool) -> dict[str, Any]:
+    return {"run": {"out": out, "force": force, "progress": progress, "eot": eot,
+                    "allow_chance": allow_chance}}
+
+
+#: Adds --out / --force / --progress / --eot / --allow-chance to `evaluate` and `attack` (the
+#: run-folder and engine options they share); the command takes ``run: dict``, passed on.
+run_options = adds_options([
+    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=ann)
+    for name, ann, default in (("out", Out, None), ("force", Force, False),
+                               ("progress", Annotated[bool, typer.Option()], True),
+                               ("eot", EotDraws, None), ("allow_chance", AllowChance, False))],
+    ("run",), _run_options)
+
+
 # Long by design: typer declares every option as a parameter; the body only calls
 # evaluate_source and prints.
 @app.command("evaluate")
 @model_options
 @runtime_options
+@run_options
 def evaluate_cmd(
     ctx: typer.Context,
     protocol: Annotated[str, typer.Option(
@@ -100,8 +121,6 @@ def evaluate_cmd(
     n: Annotated[int, typer.Option(min=1, help="Evaluate the first N test images.")] = 1000,
     batch_size: Annotated[int, typer.Option(min=1)] = 256,
     seed: int = 0,
-    out: Out = None,
-    force: Force = False,
     audit: Annotated[bool, typer.Option(
         "--audit/--no-audit", help="Run the gradient-masking audit and give its verdict.")
                      ] = True,
@@ -109,9 +128,7 @@ def evaluate_cmd(
         "--audit-samples", min=1, help="Samples the audit's model-level checks and its random "
                                        "search use (binarization: at most 20 of them).")
                              ] = 100,
-    progress: bool = True,
-    eot: EotDraws = None,
-    allow_chance: AllowChance = False,
+    run: dict[str, Any] | None = None,
     chosen: Chosen = NO_MODEL,
     rt: Runtime = NO_RUNTIME,
 ) -> None:
@@ -120,10 +137,10 @@ def evaluate_cmd(
     summary = evaluate_source(
         chosen.source, dataset=chosen.dataset, n=n, **rt._asdict(), protocol=_protocol(protocol),
         eps=None if eps is None else parse_budget(eps, norm, name="--eps"), norm=norm,
-        batch_size=batch_size, out=out, seed=seed, progress=progress, audit=audit, force=force,
+        batch_size=batch_size, seed=seed, audit=audit, **(run or {}),
         audit_options={"max_samples": audit_samples, "random_samples": audit_samples,
                        "binarization_samples": min(20, audit_samples)},
-        command=command_line(ctx), eot=eot, allow_chance=allow_chance)
+        command=command_line(ctx))
     _print_run(summary, summary["model"].get("dataset"))
 
 
@@ -150,6 +167,7 @@ class _AttackListHelp(TyperCommand):
 @app.command(cls=_AttackListHelp)
 @model_options
 @runtime_options
+@run_options
 def attack(
     ctx: typer.Context,
     attack: Annotated[str, typer.Option(
@@ -171,14 +189,10 @@ def attack(
     split: Annotated[str, typer.Option(help="train | val | test")] = "test",
     batch_size: int = 250,
     seed: int = 0,
-    out: Out = None,
-    force: Force = False,
     audit: Annotated[bool, typer.Option(
         "--audit/--no-audit", help="Audit the attack for gradient masking (off by default: "
                                    "most checks compare several attacks).")] = False,
-    progress: bool = True,
-    eot: EotDraws = None,
-    allow_chance: AllowChance = False,
+    run: dict[str, Any] | None = None,
     chosen: Chosen = NO_MODEL,
     rt: Runtime = NO_RUNTIME,
 ) -> None:
@@ -187,9 +201,8 @@ def attack(
     spec = _attack_spec(attack, eps=eps, norm=norm, steps=steps, alpha=alpha, restarts=restarts,
                         loss=loss, logits_from=logits_from, param=param)
     summary = attack_model(chosen.source, spec, bpda=bpda, audit=audit, dataset=chosen.dataset,
-                           n=n, split=split, batch_size=batch_size, seed=seed, out=out,
-                           force=force, progress=progress, command=command_line(ctx),
-                           eot=eot, allow_chance=allow_chance, **rt._asdict())
+                           n=n, split=split, batch_size=batch_size, seed=seed,
+                           command=command_line(ctx), **(run or {}), **rt._asdict())
     if "eps" not in spec:
         typer.echo(f"no --eps given: using eps={summary['eps']:.6g}, the default for this "
                    "dataset", err=True)

@@ -379,16 +379,20 @@ def _ratio(c: dict[str, Any]) -> str:
     return "—" if not c["n"] else f"{c['k']}/{c['n']} ({100 * c['rate']:.1f} %)"
 
 
-def format_rates(result: dict[str, Any]) -> list[str]:
-    """The rates as lines (what the command prints)."""
-    lines = []
+def _per_split(result: dict[str, Any]) -> Iterator[tuple[str, dict[str, str], int]]:
+    """(split, each rate as "k/n (x %)", errors) for all cells and each split."""
     for split in ("all", *SPLITS):
         r = result["rates"][split]
-        h, b = r["healthy"], r["broken"]
-        lines.append(f"{split:<12} healthy: confirmed {_ratio(h['confirmed'])}, suspected "
-                     f"{_ratio(h['suspected'])}; broken: detected {_ratio(b['detected'])} "
-                     f"(confirmed {_ratio(b['confirmed'])}); errors {r['errors']}")
-    return lines
+        yield split, {f"{kind} {label}": _ratio(c) for kind in ("healthy", "broken")
+                      for label, c in r[kind].items()}, r["errors"]
+
+
+def format_rates(result: dict[str, Any]) -> list[str]:
+    """The rates as lines (what the command prints)."""
+    return [f"{split:<12} healthy: confirmed {q['healthy confirmed']}, suspected "
+            f"{q['healthy suspected']}; broken: detected {q['broken detected']} (confirmed "
+            f"{q['broken confirmed']}); errors {errors}" for split, q, errors in
+            _per_split(result)]
 
 
 def _fmt(v: Any, pct: bool = True) -> str:
@@ -410,12 +414,9 @@ def markdown(result: dict[str, Any]) -> str:
              f"Split: {s['split_rule']}.", "", "## Rates", "",
              "| split | healthy: confirmed | healthy: suspected | healthy: flagged | "
              "broken: detected | broken: confirmed | errors |", "|---|---|---|---|---|---|---|"]
-    for split in ("all", *SPLITS):
-        r = result["rates"][split]
-        h, b = r["healthy"], r["broken"]
-        lines.append(f"| {split} | {_ratio(h['confirmed'])} | {_ratio(h['suspected'])} | "
-                     f"{_ratio(h['flagged'])} | {_ratio(b['detected'])} | "
-                     f"{_ratio(b['confirmed'])} | {r['errors']} |")
+    lines += [f"| {split} | {q['healthy confirmed']} | {q['healthy suspected']} | "
+              f"{q['healthy flagged']} | {q['broken detected']} | {q['broken confirmed']} | "
+              f"{errors} |" for split, q, errors in _per_split(result)]
     t = result.get("thresholds") or {}
     lines += ["", "## How the thresholds were chosen (healthy cells of the calibration split)",
               "", f"Rules now: {t.get('rules')}.", "",
