@@ -161,7 +161,8 @@ def test_silent_cases_now_say_one_line(tied: Path, tmp_path: Path,
     assert "nothing to resume in" in caplog.text and "starting a new training run" in caplog.text
     caplog.clear()
     ok(["eval", "--model", str(tied), "--limit", "100000", *CPU])
-    assert "--n 100000 is more than the 359 images of the digits test split" in caplog.text
+    assert ("asked for the first 100000 images, but the digits test split has 359"
+            in caplog.text)
 
 
 NET = '''

@@ -213,8 +213,8 @@ def load_split(card: dict[str, Any], dataset: str | None, split: str, *,
         _, ds = train_val_split(ds, val_fraction=frac, seed=seed)
     if n is not None:
         if n > len(ds):
-            log.warning("--n %d is more than the %d images of the %s %s split: using all %d",
-                        n, len(ds), name, split, len(ds))
+            log.warning("asked for the first %d images, but the %s %s split has %d: using "
+                        "all %d", n, name, split, len(ds), len(ds))
         ds = ds.subset(torch.arange(min(n, len(ds))))
     return ds
 
