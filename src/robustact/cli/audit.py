@@ -1,4 +1,4 @@
-"""``robustact audit calibrate``: :func:`robustact.runs.calibrate.calibrate`, printed."""
+"""``robustact audit calibrate``: :func:`robustact.runs.calibrate.calibrate_audit`, printed."""
 
 from __future__ import annotations
 
@@ -42,6 +42,9 @@ def calibrate_cmd(
                     "MNIST 200, CIFAR-10 100; quick 40).")] = None,
     only: Annotated[list[str] | None, typer.Option(
         "--only", help="Only the models whose name contains this (repeatable).")] = None,
+    stored_only: Annotated[bool, typer.Option(
+        "--stored-only", help="Evaluate nothing: tabulate and re-judge (by the current rules) "
+                              "the cells already evaluated in OUT.")] = False,
     rt: Runtime = NO_RUNTIME,
 ) -> None:
     """Evaluate and audit a zoo of healthy and deliberately broken models at several ε, and
@@ -50,7 +53,7 @@ def calibrate_cmd(
     if out is None:
         out = Path("runs/calibration-quick" if quick else "results/calibration")
     result = calibrate_audit(out, quick=quick, n=n, only=only, command=command_line(ctx),
-                       on_row=_print_row, **rt._asdict())
+                             on_row=_print_row, stored_only=stored_only, **rt._asdict())
     for line in format_rates(result):
         typer.echo(line)
     typer.echo(f"results: {out / 'calibration.md'} and {out / 'calibration.json'}")

@@ -138,6 +138,7 @@ class _Run:
         self.data_root, self.download, self.device = data_root, download, device
         self.command, self.on_row = command, on_row
         self.rows: dict[str, Row] = {}
+        self.missing: list[str] = []  # cells not evaluated yet (stored_only)
         self.models: dict[str, tuple[nn.Module | None, dict[str, Any]]] = {}
         self._data: dict[str, Any] = {}
         self.t0 = time.perf_counter()
@@ -212,10 +213,24 @@ class _Run:
             if not only or any(o in spec.name for o in only):
                 yield spec
 
-    def run(self, only: Sequence[str] | None, *, quick: bool) -> dict[str, Any]:
+    def stored(self, spec: Spec, eps: float) -> Row | None:
+        """The cell's stored row if it is valid (same key, no error), without running it."""
+        dataset = self.zoo.dataset_of(spec)
+        path = self.out / "rows" / f"{_cell_name(spec.name, eps)}.json"
+        old = read_json(path) if path.exists() else None
+        key = _key(self.zoo, spec, eps, self.n_for(dataset))
+        return {**old, "reused": True} if old and old.get("key") == key and not old.get(
+            "error") else None
+
+    def run(self, only: Sequence[str] | None, *, quick: bool,
+            stored_only: bool = False) -> dict[str, Any]:
         for spec in self.specs(only):
             for eps in self.zoo.eps[self.zoo.dataset_of(spec)]:
-                row = self.cell(spec, eps)
+                row = self.stored(spec, eps) if stored_only else self.cell(spec, eps)
+                if row is None:
+                    self.missing.append(_cell_name(spec.name, eps))
+                    continue
+                row = rejudge(row)
                 self.rows[row["cell"]] = row
                 if self.on_row is not None:
                     self.on_row(row)
@@ -234,7 +249,8 @@ class _Run:
                   "seconds": {"this_run_wall": time.perf_counter() - self.t0,
                               "cells_wall_sum": sum((r.get("seconds") or {}).get("wall", 0.0)
                                                     for r in rows)},
-                  "environment": environment_info(), "rows": rows}
+                  "environment": environment_info(), "not_run": list(self.missing),
+                  "rows": rows}
         atomic_write_json(self.out / "calibration.json", result)
         atomic_write_bytes(self.out / "calibration.md", markdown(result).encode())
         return result
@@ -259,7 +275,8 @@ def _now() -> str:
 def calibrate_audit(out: str | Path, *, quick: bool = False, n: int | None = None,
               data_root: str | Path | None = None, download: bool = False,
               device: str = "auto", only: Sequence[str] | None = None, command: str | None = None,
-              on_row: Callable[[Row], None] | None = None) -> dict[str, Any]:
+              on_row: Callable[[Row], None] | None = None,
+              stored_only: bool = False) -> dict[str, Any]:
     """Evaluate and audit every (model, ε) cell of the zoo into ``out``; returns what
     ``out/calibration.json`` holds (settings, rows, rates, check firing counts).
 
@@ -267,6 +284,8 @@ def calibrate_audit(out: str | Path, *, quick: bool = False, n: int | None = Non
     budgets) for tests and CI. ``n`` overrides the test images per cell of every dataset;
     ``only`` keeps the models whose name contains one of these strings; ``on_row`` is called
     with each cell's row as it is finished or read back (the CLI prints a line).
+    ``stored_only``: evaluate nothing; tabulate (and re-judge by the current rules) the cells
+    already evaluated, listing the others under ``not_run``.
     """
     if n is not None and n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
@@ -276,7 +295,7 @@ def calibrate_audit(out: str | Path, *, quick: bool = False, n: int | None = Non
     run = _Run(out, zoo, n=n, data_root=data_root, download=download,
                device=str(resolve_device(device)),
                command=command, on_row=on_row)
-    return run.run(only, quick=quick)
+    return run.run(only, quick=quick, stored_only=stored_only)
 
 
 # -- judging and rates --------------------------------------------------------------------------
@@ -440,6 +459,9 @@ def markdown(result: dict[str, Any]) -> str:
     for cid, c in result["check_firing"].items():
         lines.append(f"| {cid} | {c['healthy_fired']}/{c['healthy_n']} | "
                      f"{c['broken_fired']}/{c['broken_n']} |")
+    if result.get("not_run"):
+        lines += ["", f"**Not evaluated yet ({len(result['not_run'])} cells; the same command "
+                  f"resumes them):** {', '.join(result['not_run'])}."]
     lines += ["", "## Cells", "", "| model | kind | split | dataset | ε | n | clean % | "
               "robust % | verdict | checks fired | wall s |", "|---|---|---|---|---|---|---|---|"
               "---|---|---|"]
