@@ -44,12 +44,16 @@ LOG_PROBABILITY_NOTE = "log-probabilities: attacked as logits (they are valid lo
 _SUM_ATOL = 1e-4  # check_logits' tolerance for "rows sum to one"
 
 
-def output_kind(z: Any, n: int | None = None, name: str = "model output") -> str:
+def output_kind(z: Any, n: int | None = None, name: str = "model output", *,
+                one_hot_counts: bool = False) -> str:
     """``"probabilities"``, ``"log-probabilities"`` or ``"logits"`` for outputs ``z`` (N, K).
 
-    Why "not saturated" is part of the probability evidence: a bounded output activation
-    (sigmoid(T·z) at high T, one of robustact's own defenses) gives nearly one-hot rows that
-    also sum to one; those are attacked as they are, as before.
+    Why "not saturated" is part of the probability evidence by default: a bounded output
+    activation (sigmoid(T·z) at high T, one of robustact's own defenses) gives nearly one-hot
+    rows that also sum to one; those are attacked as they are, as before. ``one_hot_counts``
+    (for a model with no such defense): rows that are all one-hot count as probabilities too,
+    since a softmax at a high temperature gives exactly those on clean inputs and unsaturated
+    rows near the decision boundary, where an attack would otherwise meet them mid-run.
     """
     z = check_model_output(z, name)
     if z.ndim == 2 and z.shape[0] >= 2 and z.shape[1] >= 2 and bool(torch.isfinite(z).all()):
@@ -57,7 +61,7 @@ def output_kind(z: Any, n: int | None = None, name: str = "model output") -> str
         ones = torch.ones_like(zd[:, 0])
         if (bool((zd >= 0).all()) and bool((zd <= 1).all())
                 and torch.allclose(zd.sum(1), ones, atol=_SUM_ATOL)
-                and bool((zd.amax(1) < 1 - _SUM_ATOL).any())):
+                and (one_hot_counts or bool((zd.amax(1) < 1 - _SUM_ATOL).any()))):
             if n is not None and z.shape[0] != n:
                 raise ValueError(f"{name} has {z.shape[0]} rows but there are {n} inputs")
             return "probabilities"
@@ -126,20 +130,21 @@ def is_randomized(model: nn.Module, probe: torch.Tensor, *, rtol: float = 1e-4,
     return z1.shape != z2.shape or not torch.allclose(z1, z2, rtol=rtol, atol=atol)
 
 
-def logit_model(model: nn.Module, probe: torch.Tensor, name: str = "the model's outputs"
-                ) -> tuple[nn.Module, str | None]:
+def logit_model(model: nn.Module, probe: torch.Tensor, name: str = "the model's outputs", *,
+                one_hot_counts: bool = False) -> tuple[nn.Module, str | None]:
     """(model returning logits, note for the report or None) after one forward of ``probe``.
 
     A :class:`LogOf` model (already wrapped by the model-file loader) keeps its note; a model
     returning probabilities is wrapped in :class:`LogOf`; log-probabilities are used as they are
     (and said); logits: the model itself and None, so logit models pay one probe forward only.
+    ``one_hot_counts``: see :func:`output_kind`.
     """
     if isinstance(model, LogOf):
         return model, PROBABILITY_NOTE
     xb = match_model_dtype(model, probe.to(_probe_device(model, probe)))
     with rng_fork(xb.device), torch.no_grad():
         z = model(xb)
-    kind = output_kind(z, xb.shape[0], name=name)
+    kind = output_kind(z, xb.shape[0], name=name, one_hot_counts=one_hot_counts)
     if kind == "probabilities":
         return LogOf(model).eval(), PROBABILITY_NOTE
     return model, LOG_PROBABILITY_NOTE if kind == "log-probabilities" else None

@@ -35,6 +35,7 @@ from robustact.core.runfolder import open_run
 from robustact.core.storage import read_json, save_tensors
 from robustact.core.validate import check_eval_mode, check_positive_int, resolve_device
 from robustact.data import as_tensors
+from robustact.defenses.registry import describe_defenses
 from robustact.evaluate import evaluate, get_protocol
 from robustact.evaluate.audit import run_audit
 from robustact.evaluate.protocols import one_attack_protocol
@@ -124,7 +125,10 @@ def _prepared(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: Any,
     if device is not None:
         model = model.to(resolve_device(device))
     dev = next((p.device for p in model.parameters()), x.device)
-    model, note = logit_model(model, x[:8].to(dev))
+    # exactly one-hot rows are a saturated softmax, unless the model's own output activation
+    # (robustact's defense, attacked as it is) explains them
+    bounded = any(d["type"] == "output_activation" for d in describe_defenses(model))
+    model, note = logit_model(model, x[:8].to(dev), one_hot_counts=not bounded)
     if not allow_chance:
         check_not_chance(model, x, y, batch_size=batch_size)
     return model, {} if note is None else {"output": note}
