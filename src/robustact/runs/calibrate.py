@@ -198,9 +198,11 @@ class _Run:
             try:
                 data = self.data(dataset)
                 row["n"] = len(data)
+                # a cell whose settings changed, or that failed before (its folder may hold a
+                # partial evaluation of another model), starts over
+                redo = old is not None and (old.get("key") != key or bool(old.get("error")))
                 row.update(_evaluate_cell(model, data, self.zoo, spec, eps, self.out / "cells" /
-                                          name, force=old is not None and old.get("key") != key,
-                                          command=self.command))
+                                          name, force=redo, command=self.command))
                 row["error"] = None
             except Exception as e:  # noqa: BLE001 - an error row, so the lead can rerun it
                 row["error"] = _error(e)
