@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import nn
+
+from robustact.data import load_dataset
 
 #: What to run when the test-only reference implementation is missing. torchattacks is not in
 #: the ``test`` extra: its own dependency pins would pull another torch build.
@@ -149,3 +153,20 @@ class FeatureNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+def user_model_files(folder: Path, source: str, build: Callable[[], nn.Module], *, steps: int,
+                     lr: float, flat: bool = False, prefix: str = "") -> tuple[Path, Path]:
+    """A user's model file ``folder/net.py`` (``source``) and its weights
+    ``folder/w.safetensors``: ``build()`` seeded without touching the global RNG, trained
+    full-batch on the digits (flattened with ``flat``), keys prefixed with ``prefix``."""
+    (folder / "net.py").write_text(source)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = build()
+    train = load_dataset("digits", "train")
+    x = train.x().flatten(1) if flat else train.x()
+    fit_full_batch(net, x, train.labels, steps=steps, lr=lr)
+    save_file({prefix + k: v.contiguous() for k, v in net.state_dict().items()},
+              str(folder / "w.safetensors"))
+    return folder / "net.py", folder / "w.safetensors"

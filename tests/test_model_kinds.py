@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _helpers import fit_full_batch
-from safetensors.torch import save_file
+from _helpers import user_model_files
 from torch import nn
 from typer.testing import CliRunner
 
@@ -79,14 +78,8 @@ def fresh():
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("kinds")
-    (d / "net.py").write_text(NET)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        net = nn.Linear(64, 10)
-    train = load_dataset("digits", "train")
-    fit_full_batch(net, train.x().flatten(1), train.labels, steps=100, lr=0.05)
-    save_file({f"fc.{k}": v.contiguous() for k, v in net.state_dict().items()},
-              str(d / "w.safetensors"))
+    user_model_files(d, NET, lambda: nn.Linear(64, 10), steps=100, lr=0.05, flat=True,
+                     prefix="fc.")
     return {"net": d / "net.py", "w": d / "w.safetensors"}
 
 

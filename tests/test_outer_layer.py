@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _helpers import fit_full_batch
-from safetensors.torch import save_file
+from _helpers import user_model_files
 from typer.testing import CliRunner
 
 import robustact.runs.evaluate as runs_evaluate
@@ -178,14 +177,9 @@ def mlp(hidden=32):
 def model_file(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A user's plain ReLU MLP (no robustact in it), trained briefly, weights in safetensors."""
     d = tmp_path_factory.mktemp("userfile")
-    (d / "net.py").write_text(NET)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(),
-                                  torch.nn.Linear(32, 10))
-    train = load_dataset("digits", "train")
-    fit_full_batch(net, train.x(), train.labels, steps=150, lr=1e-2)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(d / "w.safetensors"))
+    user_model_files(d, NET, lambda: torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)),
+        steps=150, lr=1e-2)
     return {"net": d / "net.py", "weights": d / "w.safetensors"}
 
 

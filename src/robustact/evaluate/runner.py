@@ -108,11 +108,6 @@ def _batches(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def _top_tie(z: torch.Tensor) -> torch.Tensor:
-    """Per row: the top output is shared by two or more classes (the one rule, ``top_ties``)."""
-    return top_ties(z)
-
-
 def clean_predictions(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
                       ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(pred, correct, num_classes) on clean inputs, on the CPU; a tied top output is not correct.
@@ -446,13 +441,13 @@ def _judge(model: nn.Module, judge: nn.Module | None, xb: torch.Tensor, yb: torc
     """
     if judge is None:
         v = verify(model, xb, yb, res, eps=eps, norm=norm)
-        success = v.success | (_top_tie(res.logits) & v.in_budget & v.in_box)
+        success = v.success | (top_ties(res.logits) & v.in_budget & v.in_box)
         return success, res.logits.argmax(1)
     with rng_fork(xb.device):
         v = verify(model, xb, yb, res, eps=eps, norm=norm)
     x_eval = torch.where(torch.isfinite(res.x_adv), res.x_adv, xb).clamp(0.0, 1.0)
     votes = judge(match_model_dtype(model, x_eval))
-    wrong = (votes.argmax(1) != yb) | _top_tie(votes)
+    wrong = (votes.argmax(1) != yb) | top_ties(votes)
     return wrong & v.in_budget & v.in_box, votes.argmax(1)
 
 
