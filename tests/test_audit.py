@@ -54,9 +54,11 @@ from robustact.evaluate.checks import (
     check_unstable_predictions,
     check_zero_gradients,
     correct_untied,
+    gradient_mismatch_fires,
 )
 from robustact.evaluate.selftest import broken_models, self_test
 from robustact.evaluate.table import ResultsTable
+from robustact.evaluate.verdict import verdict_from_dicts
 from robustact.losses.attack import dlr_loss
 from robustact.models import create_model
 
@@ -535,6 +537,26 @@ def test_verdict_rules():
     v = verdict(ok + [_check("ties", True, "info")])
     assert v.label == "no evidence of masking found" and any("ties" in s for s in v.evidence)
     assert all(label in VERDICTS for label in (verdict([]).label,))
+
+
+def test_c7_fires_on_more_jumps_than_a_healthy_network_shows_and_rejudges_stored_counts():
+    """C7 tests its counts against HEALTHY_JUMP_RATE (0 of 2100 healthy calibration samples
+    jumped): 4 jumping samples of 100 (a JumpReLU retrofit at a small ε) are no accident of a
+    continuous function, 1 is no evidence. A stored result is re-judged from its counts."""
+    def counts(jumps: int, wrong: int = 0, n: int = 100) -> dict[str, Any]:
+        return {"counts": {"jumps": [jumps, n], "wrong gradient": [wrong, n],
+                           "disagree": [jumps + wrong, n]}}
+
+    assert gradient_mismatch_fires(counts(4)) == (True, False)
+    assert gradient_mismatch_fires(counts(0, 30)) == (False, True)
+    assert gradient_mismatch_fires(counts(1)) == (False, False)
+    assert gradient_mismatch_fires(counts(3, 1)) == (False, False)  # p = 1.3e-3 at 0.2 %
+    assert gradient_mismatch_fires({}) == (False, False)
+    stored = {"id": "C7", "name": "gradient vs function mismatch", "fired": False,
+              "kind": "diagnostic", "numbers": {**counts(4), "samples": 100}}
+    assert verdict_from_dicts([stored]).label == "masking confirmed"
+    assert verdict_from_dicts([{**stored, "fired": True, "numbers": {
+        **counts(1), "samples": 100}}]).label == "no evidence of masking found"
 
 
 def test_checks_on_a_handful_of_samples_never_decide_alone():

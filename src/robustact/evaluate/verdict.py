@@ -40,6 +40,7 @@ from robustact.evaluate.check_base import (
     CheckResult,
     gap_test,
 )
+from robustact.evaluate.checks import gradient_mismatch_fires
 
 __all__ = ["VERDICTS", "MECHANISM", "GAP", "QUESTIONS", "MIN_DECIDING_SAMPLES", "Verdict",
            "verdict", "verdict_from_dicts", "AuditReport"]
@@ -143,8 +144,8 @@ def verdict(checks: Sequence[CheckResult]) -> Verdict:
 
 def _rejudged(c: Mapping[str, Any]) -> CheckResult:
     """A stored check result with the *current* thresholds applied to its numbers, where the
-    decision is a threshold on numbers it stored (the gap test, C4's and C5's fractions); the
-    other checks keep their stored outcome."""
+    decision is a threshold on numbers it stored (the gap test, C4's and C5's fractions, C7's
+    counts); the other checks keep their stored outcome."""
     nb = dict(c.get("numbers") or {})
     fired, breaks = c.get("fired"), bool(c.get("breaks_points"))
     cid = c["id"]
@@ -157,6 +158,8 @@ def _rejudged(c: Mapping[str, Any]) -> CheckResult:
     elif cid == "C4" and "max_fraction" in nb and nb.get("samples"):
         frac = float(nb["max_fraction"])
         fired = frac >= ZERO_GRADIENT_FRACTION and frac * int(nb["samples"]) >= 2
+    elif cid == "C7" and "counts" in nb:
+        fired = any(gradient_mismatch_fires(nb))
     elif cid == "C5" and "ce_grad_zero_margin_not_fraction" in nb:
         fired = float(nb["ce_grad_zero_margin_not_fraction"]) > SATURATION_FRACTION
     return CheckResult(cid, c.get("name") or cid, fired, nb, c.get("evidence", ""),
