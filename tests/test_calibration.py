@@ -23,6 +23,7 @@ import robustact.runs.calibrate as calibrate_mod
 import robustact.runs.zoo as zoo_mod
 from robustact.cli import app
 from robustact.core.storage import atomic_write_json, read_json
+from robustact.defenses import add_output_activation
 from robustact.evaluate.selftest import EXTRA_KINDS, BrokenModel
 from robustact.evaluate.verdict import VERDICTS
 from robustact.runs.calibrate import rates
@@ -97,9 +98,11 @@ def test_rerun_reuses_every_cell_and_retries_error_rows(quick: tuple[Path, str],
     row_path = next((out / "rows").glob("digits-mlp-eps0.3*.json"))
     row = read_json(row_path)
     atomic_write_json(row_path, {**row, "error": "ValueError: refused"})
-    ok(["audit", "calibrate", "--quick", "--out", str(out), *CPU])
+    ok(["audit", "calibrate", "--quick", "--out", str(out), "--only", "digits-mlp", *CPU])
     assert [Path(c).name for c in calls] == [row["cell"]]
     assert not read_json(row_path)["error"]
+    # --only chose what to evaluate, not what to tabulate: every stored cell is still there.
+    assert len(read_json(out / "calibration.json")["rows"]) == 14
 
 
 @pytest.mark.slow  # the quick zoo: ~45 s on one idle core
@@ -177,3 +180,27 @@ def test_extra_broken_kinds() -> None:
     with torch.no_grad():
         BrokenModel(base, "gaussian_noise", seed=3)(x)
     assert torch.equal(state, torch.random.get_rng_state())  # its own generator only
+
+
+def test_the_saturated_sigmoid_is_built_on_a_base_trained_at_t1() -> None:
+    """Bolted onto a cross-entropy model at T = 100 the sigmoid ties several outputs at 1.0 (a
+    dead model); the zoo trains the base's recipe with the sigmoid at T = 1 and raises T, as the
+    defense's paper does. The extra base is a base only, never a cell of its own."""
+    zoo = full_zoo()
+    spec = next(b for b in zoo.broken if b.name == "mnist-lenet5+sigmoid_saturated")
+    own = zoo.base(spec.base)
+    assert own in zoo.bases and own not in zoo.healthy
+    assert own.output_activation == "sigmoid" and own.describe()["output_activation"] == {
+        "f": "sigmoid", "temperature": 1.0}
+    plain = zoo.base("mnist-lenet5")
+    assert {k: v for k, v in own.describe().items() if k not in ("note", "output_activation")} \
+        == {k: v for k, v in plain.describe().items() if k != "note"}
+    assert "output_activation" not in plain.describe()  # cached healthy models stay valid
+    net = FeatureNet(16, 8, 3, seed=0).eval()
+    x = torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    data = (x, torch.zeros(6, dtype=torch.long))
+    with pytest.raises(ValueError, match="trained with a sigmoid output activation"):
+        zoo_mod.build_broken(spec, net, data, "mnist")
+    hot, chosen = zoo_mod.build_broken(spec, add_output_activation(net, "sigmoid", 1.0),
+                                      data, "mnist")
+    assert hot.temperature == 100.0 and hot.base is net and chosen["trained_at_temperature"] == 1

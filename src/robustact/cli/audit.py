@@ -41,7 +41,8 @@ def calibrate_cmd(
         min=1, help="Test images per cell for every dataset (default: the zoo's, digits 360, "
                     "MNIST 200, CIFAR-10 100; quick 40).")] = None,
     only: Annotated[list[str] | None, typer.Option(
-        "--only", help="Only the models whose name contains this (repeatable).")] = None,
+        "--only", help="Evaluate only the models whose name contains this (repeatable); the "
+        "other models' stored cells are still tabulated.")] = None,
     stored_only: Annotated[bool, typer.Option(
         "--stored-only", help="Evaluate nothing: tabulate and re-judge (by the current rules) "
                               "the cells already evaluated in OUT.")] = False,

@@ -40,10 +40,12 @@ from robustact.evaluate.check_base import (
     ADAPTIVE_GAP_RATE,
     GAP_ALPHA,
     HEALTHY_GAP_RATE,
+    HEALTHY_JUMP_RATE,
     SATURATION_FRACTION,
     ZERO_GRADIENT_FRACTION,
     binomial_tail,
 )
+from robustact.evaluate.protocols import get_protocol
 from robustact.evaluate.selftest import EXPECTED
 from robustact.evaluate.verdict import GAP, VERDICTS, verdict_from_dicts
 from robustact.runs.evaluate import evaluate_model
@@ -78,8 +80,9 @@ def _key(zoo: Zoo, spec: Spec, eps: float, n: int) -> dict[str, Any]:
     """What makes a cell's row valid: a rerun with another key evaluates the cell again. As
     JSON gives it back (tuples become lists), so a stored key compares equal to a fresh one."""
     model = {k: v for k, v in spec.describe().items() if k not in ("note", "expected_checks")}
-    key = {"protocol": PROTOCOL, "overrides": dict(zoo.overrides), "eps": eps, "n": n,
-           "dataset": zoo.dataset_of(spec), "model": model}
+    # The resolved id (standard@2), not the name: a new default version re-evaluates the zoo.
+    key = {"protocol": get_protocol(PROTOCOL)["id"], "overrides": dict(zoo.overrides),
+           "eps": eps, "n": n, "dataset": zoo.dataset_of(spec), "model": model}
     return json.loads(json.dumps(key))
 
 
@@ -210,10 +213,6 @@ class _Run:
         atomic_write_json(path, row)
         return {**row, "reused": False}
 
-    def specs(self, only: Sequence[str] | None) -> Iterator[Spec]:
-        for spec in (*self.zoo.healthy, *self.zoo.broken):
-            if not only or any(o in spec.name for o in only):
-                yield spec
 
     def stored(self, spec: Spec, eps: float) -> Row | None:
         """The cell's stored row if it is valid (same key, no error), without running it."""
@@ -226,17 +225,21 @@ class _Run:
 
     def run(self, only: Sequence[str] | None, *, quick: bool,
             stored_only: bool = False) -> dict[str, Any]:
-        for spec in self.specs(only):
+        # Every cell of the zoo is tabulated; only the chosen ones are evaluated (the others
+        # are read back when stored), so a run with ``only`` never shrinks calibration.md.
+        for spec in (*self.zoo.healthy, *self.zoo.broken):
+            chosen = not stored_only and (not only or any(o in spec.name for o in only))
             for eps in self.zoo.eps[self.zoo.dataset_of(spec)]:
-                row = self.stored(spec, eps) if stored_only else self.cell(spec, eps)
+                row = self.cell(spec, eps) if chosen else self.stored(spec, eps)
                 if row is None:
                     self.missing.append(_cell_name(spec.name, eps))
                     continue
                 row = rejudge(row)
                 self.rows[row["cell"]] = row
-                if self.on_row is not None:
+                if self.on_row is not None and (chosen or stored_only):
                     self.on_row(row)
-                self.write(quick=quick)
+                if chosen:
+                    self.write(quick=quick)
         return self.write(quick=quick)
 
     def write(self, *, quick: bool) -> dict[str, Any]:
@@ -259,7 +262,8 @@ class _Run:
 
     def settings(self, quick: bool) -> dict[str, Any]:
         zoo = self.zoo
-        return {"quick": quick, "protocol": PROTOCOL, "overrides": dict(zoo.overrides),
+        return {"quick": quick, "protocol": get_protocol(PROTOCOL)["id"],
+                "overrides": dict(zoo.overrides),
                 "eps": {k: list(v) for k, v in zoo.eps.items()},
                 "n": {k: self.n_for(k) for k in zoo.eps}, "data_root": str(self.data_root),
                 "device": self.device, "audit_options": "evaluate_model's defaults (as the CLI)",
@@ -267,7 +271,8 @@ class _Run:
                               "two bases, one per split, alternating between kinds",
                 "models": {s.name: {"kind": "broken" if isinstance(s, BrokenSpec) else
                                     "healthy", "split": s.split, "dataset": zoo.dataset_of(s),
-                                    **s.describe()} for s in (*zoo.healthy, *zoo.broken)}}
+                                    **s.describe()} for s in (*zoo.healthy, *zoo.broken)},
+                "bases": {b.name: {"dataset": b.dataset, **b.describe()} for b in zoo.bases}}
 
 
 def _now() -> str:
@@ -284,7 +289,8 @@ def calibrate_audit(out: str | Path, *, quick: bool = False, n: int | None = Non
 
     ``quick``: the small digits-only zoo (:func:`robustact.runs.zoo.quick_zoo`, reduced attack
     budgets) for tests and CI. ``n`` overrides the test images per cell of every dataset;
-    ``only`` keeps the models whose name contains one of these strings; ``on_row`` is called
+    ``only`` evaluates just the models whose name contains one of these strings (the others'
+    stored cells are tabulated, the rest listed under ``not_run``); ``on_row`` is called
     with each cell's row as it is finished or read back (the CLI prints a line).
     ``stored_only``: evaluate nothing; tabulate (and re-judge by the current rules) the cells
     already evaluated, listing the others under ``not_run``.
@@ -321,6 +327,7 @@ def threshold_evidence(rows: Sequence[Row]) -> dict[str, Any]:
                and not r.get("error") and r.get("checks")]
     pairs: dict[str, list[tuple[int, int]]] = {}
     fractions: dict[str, list[float]] = {"C4": [], "C5": []}
+    c7 = {"jumps": 0, "wrong gradient": 0, "samples": 0}
     keys = {"C4": "max_fraction", "C5": "ce_grad_zero_margin_not_fraction"}
     for r in healthy:
         for cid, c in r["checks"].items():
@@ -330,6 +337,10 @@ def threshold_evidence(rows: Sequence[Row]) -> dict[str, Any]:
                                                   int(nb["standard_robust"])))
             if cid in keys and keys[cid] in nb:
                 fractions[cid].append(float(nb[keys[cid]]))
+            if cid == "C7" and "counts" in nb:
+                c7["samples"] += int(nb["counts"]["jumps"][1])
+                for k in ("jumps", "wrong gradient"):
+                    c7[k] += int(nb["counts"][k][0])
     out: dict[str, Any] = {"healthy_calibration_cells": len(healthy)}
     for cid, ps in sorted(pairs.items(), key=lambda kv: _check_order(kv[0])):
         k, n = max(ps, key=lambda kn: kn[0] / kn[1])
@@ -339,9 +350,14 @@ def threshold_evidence(rows: Sequence[Row]) -> dict[str, Any]:
         out[cid] = {"cells": len(ps), "max_extra": k, "of": n, "max_ratio": k / n,
                     "rate_needed": need}
     out.update({f"{cid}_max_fraction": max(v, default=None) for cid, v in fractions.items()})
+    # The rule of three: with none in n samples, 3/n bounds the rate at 95 %.
+    c7["rate_bound_95"] = (max(c7["jumps"], c7["wrong gradient"]) + 3) / c7["samples"] \
+        if c7["samples"] else None
+    out["C7"] = c7
     out["rules"] = {"healthy_gap_rate": HEALTHY_GAP_RATE, "adaptive_gap_rate": ADAPTIVE_GAP_RATE,
                     "gap_alpha": GAP_ALPHA, "C19": "completeness only",
-                    "C4_fraction": ZERO_GRADIENT_FRACTION, "C5_fraction": SATURATION_FRACTION}
+                    "C4_fraction": ZERO_GRADIENT_FRACTION, "C5_fraction": SATURATION_FRACTION,
+                    "C7_healthy_rate": HEALTHY_JUMP_RATE}
     return out
 
 
@@ -450,6 +466,13 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["", f"Largest C4 fraction (margin/DLR gradient exactly zero): "
               f"{_fmt(t.get('C4_max_fraction'))} %; largest C5 fraction (CE saturated next to "
               f"the margin): {_fmt(t.get('C5_max_fraction'))} %."]
+    c7 = t.get("C7") or {}
+    if c7.get("samples"):
+        lines += ["", f"C7 on healthy samples: {c7['jumps']} with a jump of the loss and "
+                  f"{c7['wrong gradient']} with a gradient wrong where the loss is smooth, of "
+                  f"{c7['samples']}; 95 % bound on the healthy rate "
+                  f"{100 * c7['rate_bound_95']:.2f} % (C7 tests its counts against "
+                  f"{100 * HEALTHY_JUMP_RATE:g} %)."]
     lines += ["", "Flagged by a check whose mechanism matches the defect (expected checks: "
               + "; ".join(f"{k} {'/'.join(EXPECTED.get(k, ())) or '—'}"
                           for k in result["rates"]["per_defect_matching_check"]) + "): "
