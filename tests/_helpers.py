@@ -155,6 +155,22 @@ class FeatureNet(nn.Module):
         return self.head(self.features(x))
 
 
+#: A user's model file: a plain ReLU MLP for the digits, no robustact in it.
+USER_MLP = '''
+from torch import nn
+
+def mlp(hidden=32):
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+'''
+
+
+def user_mlp_files(folder: Path) -> tuple[Path, Path]:
+    """:data:`USER_MLP` as ``folder/net.py`` (factory ``mlp``) and its weights, trained
+    briefly on the digits (:func:`user_model_files`)."""
+    return user_model_files(folder, USER_MLP, lambda: nn.Sequential(
+        nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)), steps=150, lr=1e-2)
+
+
 def user_model_files(folder: Path, source: str, build: Callable[[], nn.Module], *, steps: int,
                      lr: float, flat: bool = False, prefix: str = "") -> tuple[Path, Path]:
     """A user's model file ``folder/net.py`` (``source``) and its weights

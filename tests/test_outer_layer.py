@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _helpers import user_model_files
+from _helpers import USER_MLP, user_mlp_files
 from typer.testing import CliRunner
 
 import robustact.runs.evaluate as runs_evaluate
@@ -164,22 +164,11 @@ def test_silent_cases_now_say_one_line(tied: Path, tmp_path: Path,
             in caplog.text)
 
 
-NET = '''
-import torch
-from torch import nn
-
-def mlp(hidden=32):
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
-'''
-
-
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A user's plain ReLU MLP (no robustact in it), trained briefly, weights in safetensors."""
     d = tmp_path_factory.mktemp("userfile")
-    user_model_files(d, NET, lambda: torch.nn.Sequential(
-        torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)),
-        steps=150, lr=1e-2)
+    user_mlp_files(d)
     return {"net": d / "net.py", "weights": d / "w.safetensors"}
 
 
@@ -209,12 +198,12 @@ def test_any_model_in_every_command(model_file: dict[str, Path], tmp_path: Path)
     ok(["attack", *user, "--attack", "fgsm", "--n", "20", "--out", str(tmp_path / "a"),
         "--no-progress"])
     # the checkpoint is tied to the model file's code: an edit is refused in one line
-    model_file["net"].write_text(NET.replace("hidden=32", "hidden=32  # edited"))
+    model_file["net"].write_text(USER_MLP.replace("hidden=32", "hidden=32  # edited"))
     try:
         res = runner.invoke(app, ["eval", "--model", str(tmp_path / "r"), *CPU])
         assert res.exit_code == 2 and "has changed since" in res.output
     finally:
-        model_file["net"].write_text(NET)
+        model_file["net"].write_text(USER_MLP)
 
 
 def test_protocols_are_listed_runnable_and_copyable(tied: Path, tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ calibrate) and :mod:`.demo`; the group itself, its error handling and the shared
 in :mod:`.app`.
 """
 
-from robustact.cli import audit, defend, demo, evaluate, train  # noqa: F401  (registers the commands)
+from robustact.cli import audit, defend, demo, evaluate, export, train, verify  # noqa: F401  (registers the commands)
 from robustact.cli.common import app
 
 __all__ = ["app", "main"]

@@ -71,7 +71,8 @@ from robustact.evaluate.table import COLUMNS, ResultsTable
 from robustact.models.outputs import is_randomized, rng_fork
 from robustact.models.predict import predict
 
-__all__ = ["evaluate", "default_eps_grid", "model_fingerprint", "clean_predictions"]
+__all__ = ["evaluate", "default_eps_grid", "model_fingerprint", "data_fingerprint",
+           "clean_predictions"]
 
 
 def default_eps_grid(eps: float, multiples: Sequence[float] = DEFAULT_EPS_GRID) -> list[float]:
@@ -96,7 +97,9 @@ def model_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def _data_fingerprint(x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor) -> str:
+def data_fingerprint(x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor) -> str:
+    """SHA-256 (16 hex) of the evaluated images, labels and sample ids (dtype, shape, bytes):
+    what a resumed run and ``robustact verify`` check the reloaded data against."""
     h = hashlib.sha256()
     for t in (x, y, ids):
         h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
@@ -336,7 +339,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         "eps": eps, "eps_grid": grid, "norm": norm, "seed": seed, "num_classes": k,
         "n": n, "model": {"class": type(model).__name__, "defenses": describe_defenses(model),
                           "fingerprint": model_fingerprint(model)},
-        "data_fingerprint": _data_fingerprint(x, y, ids),
+        "data_fingerprint": data_fingerprint(x, y, ids),
         "attacks": _attack_meta(entries, eps), "unavailable": notes, "randomness": randomness,
         "environment": environment_info(), "device": str(dev), **dict(meta or {}),
     }

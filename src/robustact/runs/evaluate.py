@@ -28,9 +28,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustact import __version__
 from robustact.attacks.eot import EOT
 from robustact.attacks.registry import attack_parameters
 from robustact.core.budget import check_budget, default_budget
+from robustact.core.digest import model_digest
 from robustact.core.runfolder import open_run
 from robustact.core.storage import read_json, save_tensors
 from robustact.core.validate import check_eval_mode, check_positive_int, resolve_device
@@ -192,8 +194,10 @@ def evaluate_model(model: nn.Module, data: Any, *, dataset: str | None = None,
                              "pass eps")
         eps = default_budget(dataset, norm)
     eps = check_budget(eps, norm, math.prod(x.shape[1:]))
+    digest = model_digest(model)  # of the model as given: what `verify` reloads and re-hashes
     model, found = _prepared(model, x, y, device, allow_chance, batch_size)
-    described = {"name": name, "dataset": dataset, **(info or {}), **found}
+    described = {"name": name, "dataset": dataset, **(info or {}), **found,
+                 "model_digest": digest}
     with open_run(out, kind, what="evaluation", force=force, clear=EVALUATION_FILES,
                   default=(f"runs/{kind}", name, proto["name"].split(":", 1)[-1]),
                   command=command, config={"protocol": proto["id"], "eps": eps, "norm": norm,
@@ -225,7 +229,7 @@ def evaluate_model(model: nn.Module, data: Any, *, dataset: str | None = None,
         if report is None:
             record = keep_earlier_audit(record, run.path / "report.json")
         paths = write_views(run.path, record)
-        _write_adversarial(run.path, y, record)
+        _write_adversarial(run.path, x, y, record)
         summary = read_json(paths["summary"])  # what the user's file says is what we return
         run.finish({"summary": "summary.json", "clean_accuracy": summary["clean_accuracy"],
                     "robust_accuracy": summary["robust_accuracy"],
@@ -233,20 +237,38 @@ def evaluate_model(model: nn.Module, data: Any, *, dataset: str | None = None,
     return {**summary, "out": str(run.path)}
 
 
-def _write_adversarial(out: Path, y: torch.Tensor, record: Mapping[str, Any]) -> None:
+def _provenance(record: Mapping[str, Any]) -> dict[str, str]:
+    """What ``adversarial.safetensors`` records of the run that made it (str → str, as
+    safetensors metadata must be): versions, protocol, seed, budget, each attack's spec and
+    the model's digest.
+
+    Why in the file and not only in report.json: the examples travel alone (shared, exported),
+    and ``robustact verify`` checks them against exactly what made them."""
+    p, info = record["protocol"], record.get("info") or {}
+    attacks = p.get("attacks") or {}
+    return {"provenance_version": "1", "robustact": __version__, "torch": torch.__version__,
+            "protocol": str(p["id"]), "seed": str(p.get("seed")),
+            "eps": repr(record["summary"]["eps"]), "norm": str(record["summary"]["norm"]),
+            "n": str(record["summary"]["n"]), "model_digest": str(info.get("model_digest", "")),
+            "attack_specs": json.dumps({k: attacks[k] for k in sorted(attacks)}, default=str)}
+
+
+def _write_adversarial(out: Path, x: torch.Tensor, y: torch.Tensor,
+                       record: Mapping[str, Any]) -> None:
     """``adversarial.safetensors``: every point broken at the main ε with its adversarial
     example and label (the per-sample worst case, re-checkable by running the model on it);
-    the metadata names the attack of each and the budget."""
+    the metadata names the attack of each and records the run's provenance
+    (:func:`_provenance`). Written even when no point broke (empty tensors), so every finished
+    evaluation can be verified the same way."""
     adv = load_adversarial(out)
     if adv is None:
-        return
+        adv = {"sample": torch.zeros(0, dtype=torch.int64), "attack": [],
+               "x_adv": torch.zeros((0, *x.shape[1:]), dtype=x.dtype)}
     names = sorted(set(adv["attack"]))
     save_tensors(out / "adversarial.safetensors", {
         "sample": adv["sample"], "label": y.cpu()[adv["sample"]], "x_adv": adv["x_adv"],
         "attack": torch.tensor([names.index(a) for a in adv["attack"]], dtype=torch.int64)},
-        metadata={"attacks": json.dumps(names), "eps": repr(record["summary"]["eps"]),
-                  "norm": str(record["summary"]["norm"]),
-                  "protocol": str(record["protocol"]["id"])})
+        metadata={"attacks": json.dumps(names), **_provenance(record)})
 
 
 def evaluate_source(source: ModelSource, *, dataset: str | None = None, n: int | None = 1000,
