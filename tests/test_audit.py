@@ -56,7 +56,7 @@ from robustact.evaluate.checks import (
     correct_untied,
     gradient_mismatch_fires,
 )
-from robustact.evaluate.selftest import broken_models, self_test
+from robustact.evaluate.selftest import BrokenModel, broken_models, self_test
 from robustact.evaluate.table import ResultsTable
 from robustact.evaluate.verdict import verdict_from_dicts
 from robustact.losses.attack import dlr_loss
@@ -117,6 +117,30 @@ def test_zero_gradients_reports_the_fraction_per_loss_and_start(healthy, broken)
     assert res.numbers["zero_or_nonfinite[margin at random start]"] == 1.0
     assert "100.0 %" in res.evidence
     assert set(res.numbers) >= {"zero_or_nonfinite[dlr at x]", "zero_or_nonfinite[ce at x]"}
+
+
+def test_zero_gradients_catch_a_saturating_input_transform(healthy):
+    """A steep input sigmoid leaves gradients of ~1e-10, not zero: C4 counts the samples whose
+    margin gradient vanishes on most coordinates, tests the count against the healthy rate, and
+    a stored result is re-judged from that count."""
+    model, x, _ = healthy
+    far = (x > 0.5).float() * 0.8 + 0.1  # pixels at 0.1 or 0.9: the sigmoid is flat there
+    far[..., 0] = 0.5  # and an edge at its centre, as real images have (the scale of a sample)
+    steep = BrokenModel(model, "input_sigmoid").eval()
+    with torch.no_grad():
+        y = steep(far).argmax(1)  # every point correctly classified: all of them probed
+    bad, good = check_zero_gradients(steep, far, y, eps=EPS), check_zero_gradients(
+        model, far, y, eps=EPS)
+    assert bad.fired is True and bad.numbers["vanishing"] == [32, 32], bad
+    assert bad.numbers["max_fraction"] == 0.0  # nothing exactly zero: the old rule was blind
+    assert "saturating input transform" in bad.evidence
+    assert good.fired is False and good.numbers["vanishing"][0] == 0, good
+    stored = {"id": "C4", "name": "zero / NaN / Inf gradients", "fired": False,
+              "kind": "diagnostic", "numbers": {"max_fraction": 0.0, "samples": 100,
+                                                "vanishing": [4, 100]}}
+    assert verdict_from_dicts([stored]).label == "masking confirmed"
+    stored["numbers"]["vanishing"] = [1, 100]
+    assert verdict_from_dicts([stored]).label == "no evidence of masking found"
 
 
 def test_zero_gradients_ignore_points_already_misclassified(healthy):
@@ -540,7 +564,7 @@ def test_verdict_rules():
 
 
 def test_c7_fires_on_more_jumps_than_a_healthy_network_shows_and_rejudges_stored_counts():
-    """C7 tests its counts against HEALTHY_JUMP_RATE (0 of 2100 healthy calibration samples
+    """C7 tests its counts against HEALTHY_MECHANISM_RATE (0 of 2100 healthy calibration samples
     jumped): 4 jumping samples of 100 (a JumpReLU retrofit at a small ε) are no accident of a
     continuous function, 1 is no evidence. A stored result is re-judged from its counts."""
     def counts(jumps: int, wrong: int = 0, n: int = 100) -> dict[str, Any]:

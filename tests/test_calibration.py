@@ -24,6 +24,7 @@ import robustact.runs.zoo as zoo_mod
 from robustact.cli import app
 from robustact.core.storage import atomic_write_json, read_json
 from robustact.defenses import add_output_activation
+from robustact.evaluate.audit import AUDIT_VERSION
 from robustact.evaluate.selftest import EXTRA_KINDS, BrokenModel
 from robustact.evaluate.verdict import VERDICTS
 from robustact.runs.calibrate import rates
@@ -204,3 +205,18 @@ def test_the_saturated_sigmoid_is_built_on_a_base_trained_at_t1() -> None:
     hot, chosen = zoo_mod.build_broken(spec, add_output_activation(net, "sigmoid", 1.0),
                                       data, "mnist")
     assert hot.temperature == 100.0 and hot.base is net and chosen["trained_at_temperature"] == 1
+
+
+def test_a_new_audit_version_reaudits_and_other_changes_reattack() -> None:
+    """A cell keyed by an older audit (or before audits were keyed) keeps its attacks and runs
+    the audit again; any other change of the key, or an error row, attacks again."""
+    zoo = quick_zoo()
+    spec = zoo.healthy[0]
+    key = calibrate_mod._key(zoo, spec, 0.03, 40)
+    assert key["audit"] == AUDIT_VERSION and key["protocol"].startswith("standard@")
+    older = {k: v for k, v in key.items() if k != "audit"}
+    assert calibrate_mod._attacks_same({"key": older, "error": None}, key)
+    assert calibrate_mod._attacks_same({"key": {**key, "audit": 1}, "error": None}, key)
+    assert not calibrate_mod._attacks_same({"key": {**older, "eps": 0.3}, "error": None}, key)
+    assert not calibrate_mod._attacks_same({"key": key, "error": "boom"}, key)
+    assert not calibrate_mod._attacks_same(None, key)

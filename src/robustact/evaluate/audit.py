@@ -50,6 +50,7 @@ from robustact.evaluate.table import ResultsTable
 from robustact.evaluate.verdict import VERDICTS, AuditReport, Verdict, verdict
 
 __all__ = [
+    "AUDIT_VERSION",
     "AuditReport",
     "Verdict",
     "VERDICTS",
@@ -71,6 +72,11 @@ __all__ = [
     "check_label_only",
 ]
 
+#: What the checks measure, versioned: bumped when a check records a new number (not when a
+#: threshold on stored numbers changes: those are re-judged). The calibration zoo re-runs the
+#: audit, not the attacks, of a cell whose key differs only in it. 1: the issue-20 audit;
+#: 2: C4 counts vanishing (non-zero, ≤ 1e-6 of the largest) gradient coordinates.
+AUDIT_VERSION = 2
 #: C10's threshold on the stall statistic (IoAF I4).
 STALL_THRESHOLD = 0.05
 #: An L∞ budget this large lets every image become uniform grey: accuracy must be at chance.

@@ -3,8 +3,9 @@
 Each check is a function ``(model, x, y, *, eps, norm, ...) -> CheckResult``: it probes the model
 itself (forward passes, input gradients, finite differences, random points), never the results
 table (the table-level checks are in :mod:`robustact.evaluate.audit`; C12, C17 and C21,
-which run a search of their own, in :mod:`robustact.evaluate.attack_checks`; what all checks share
-in :mod:`robustact.evaluate.check_base`; this module re-exports both). A check *fires* when it
+which run a search of their own, in :mod:`robustact.evaluate.attack_checks`; C7, the gradient
+against the function, in :mod:`robustact.evaluate.gradient_mismatch`; what all checks share
+in :mod:`robustact.evaluate.check_base`; this module re-exports them). A check *fires* when it
 sees what a masked gradient looks like; ``fired is None`` means it does not apply here (the reason
 is the evidence). Every result carries its numbers and one or two plain sentences with them, so
 the verdict can quote the evidence rather than a flag.
@@ -36,8 +37,10 @@ from robustact.evaluate.attack_checks import (
     check_transfer_mismatch,
 )
 from robustact.evaluate.check_base import (
-    HEALTHY_JUMP_RATE,
+    HEALTHY_MECHANISM_RATE,
     SATURATION_FRACTION,
+    VANISHING_RATIO,
+    VANISHING_SHARE,
     ZERO_GRADIENT_FRACTION,
     CheckResult,
     attack_losses,
@@ -54,6 +57,7 @@ from robustact.evaluate.check_base import (
     probe,
     seeded_generator,
 )
+from robustact.evaluate.gradient_mismatch import check_gradient_mismatch, gradient_mismatch_fires
 from robustact.losses.attack import ce_loss, margin_loss
 from robustact.models.outputs import LogOf
 
@@ -70,6 +74,7 @@ __all__ = [
     "check_forward_optimization",
     "check_gradient_mismatch",
     "gradient_mismatch_fires",
+    "zero_gradients_fire",
     "check_unstable_predictions",
     "check_transfer_mismatch",
     "check_random_search",
@@ -80,9 +85,6 @@ __all__ = [
     "MODEL_CHECKS",
 ]
 
-#: C7: the forward and backward differences agree within this share of the derivative's size
-#: when the loss is smooth (linear) along the probe segment.
-SMOOTH_TOL = 0.05
 #: Relative size below which a CE input gradient counts as "≈ 0" next to the logit-margin one
 #: (C5). 1e-20 is a logit gap of ~46 under a plain softmax: far beyond what a healthy model
 #: produces, while a saturated sigmoid(T·z) gives exactly 0 or ~1e-40.
@@ -173,12 +175,38 @@ def _bad_rows(g: torch.Tensor | None, n: int, device: torch.device) -> torch.Ten
     return (flat == 0).all(1) | ~torch.isfinite(flat).all(1)
 
 
+def _vanishing_rows(g: torch.Tensor | None) -> torch.Tensor | None:
+    """Per sample: more than VANISHING_SHARE of the gradient's coordinates are non-zero but at
+    most VANISHING_RATIO of its largest one (a saturating transform's derivative). Relative to
+    the sample's own largest coordinate, so an image needs some pixels near the transform's
+    centre (edges, grey levels) to show it; one saturated everywhere does not."""
+    if g is None:
+        return None
+    flat = g.flatten(1).abs()
+    top = flat.max(1, keepdim=True).values
+    tiny = (flat > 0) & (flat <= VANISHING_RATIO * top)
+    return tiny.float().mean(1) > VANISHING_SHARE
+
+
+def zero_gradients_fire(nb: dict[str, Any]) -> tuple[bool, bool]:
+    """Whether C4's stored numbers show (exactly zero or non-finite gradients on a clear count
+    of samples, vanishing gradients on more samples than a healthy network shows). Shared with
+    the verdict's re-judging of stored results."""
+    frac, n = float(nb.get("max_fraction", 0.0)), int(nb.get("samples") or 0)
+    zero = frac >= ZERO_GRADIENT_FRACTION and frac * n >= 2
+    count, of = nb.get("vanishing", (0, 0))
+    return zero, gap_test(int(count), int(of), HEALTHY_MECHANISM_RATE)[0]
+
+
 def check_zero_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                          eps: float | None = None, norm: str = "linf",
                          seed: int = 0) -> CheckResult:
     """C4: per-sample input gradient of CE, margin (and DLR with ≥ 3 classes), at x and (given
-    ``eps``) at a random start in the ε-ball; fires when any sample's gradient is all zero or
-    not finite.
+    ``eps``) at a random start in the ε-ball; fires when a clear count of samples has a
+    gradient that is all zero or not finite, or when more samples than a healthy network shows
+    have a margin gradient that *vanishes* on most coordinates (:data:`VANISHING_RATIO`): a
+    steep input sigmoid leaves gradients of 1e-10 that are not zero yet tell an attack nothing
+    about how far a pixel must move.
 
     Only points the model does not already misclassify count (a tied top output still counts):
     an attack has nothing to do at a misclassified point, and there DLR can be constant by
@@ -187,7 +215,7 @@ def check_zero_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     sound fast-AT ResNet-20 (5 of the first 100 CIFAR-10 test points, all misclassified).
     """
     check_norm(norm)
-    numbers: dict[str, Any] = {}
+    numbers: dict[str, Any] = {"vanishing": [0, 0]}
     worst_name, worst, count = "", 0.0, 0
     with probe(model, x, y) as xm:
         k = batch_outputs(model, xm[:1]).shape[1]
@@ -206,6 +234,10 @@ def check_zero_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                 bad = _bad_rows(g, pts.shape[0], pts.device)[live]
                 frac = float(bad.float().mean())
                 numbers[f"zero_or_nonfinite[{lname} at {where}]"] = frac
+                van = _vanishing_rows(g) if lname == "margin" else None
+                if van is not None and int(van[live].sum()) >= numbers["vanishing"][0]:
+                    numbers["vanishing"] = [int(van[live].sum()), int(live.sum())]
+                    numbers["vanishing_at"] = where
                 # CE alone vanishing is saturation (C5's); a margin or DLR gradient that is
                 # exactly zero means the function looks flat to every gradient attack.
                 if lname != "ce" and frac > worst:
@@ -213,13 +245,18 @@ def check_zero_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                         frac, int(bad.sum())
     numbers["max_fraction"] = worst
     numbers["samples"] = int(xm.shape[0])
-    fired = worst > 0 and count >= max(2, ZERO_GRADIENT_FRACTION * xm.shape[0])
+    zero, vanishing = zero_gradients_fire(numbers)
+    van, of = numbers["vanishing"]
     return decided(
-        "C4", "zero / NaN / Inf gradients", fired, numbers,
-        if_fired=lambda: (
-            f"the {worst_name} is exactly zero or not finite for "
-            f"{pct(worst)} of the samples not already misclassified: gradient attacks get "
-            "no signal there."),
+        "C4", "zero / NaN / Inf gradients", zero or vanishing, numbers,
+        if_fired=lambda: " ".join([
+            f"the {worst_name} is exactly zero or not finite for {pct(worst)} of the samples "
+            "not already misclassified: gradient attacks get no signal there." if zero else "",
+            f"the margin input gradient at {numbers.get('vanishing_at')} vanishes (non-zero "
+            f"but at most {VANISHING_RATIO:g} of its largest entry) on more than "
+            f"{pct(VANISHING_SHARE)} of the coordinates for {van} of {of} samples: a "
+            "saturating input transform; attack through a smooth substitute (BPDA)."
+            if vanishing else ""]).strip(),
         if_passed=lambda: (
             "margin" + (" and DLR" if k >= 3 else "") + " input gradients are non-zero and "
             "finite for every sample not already misclassified" +
@@ -318,163 +355,6 @@ def check_forward_optimization(model: nn.Module, x: torch.Tensor, y: torch.Tenso
           if fired else "a forward pass makes no backward/grad calls.")
     return CheckResult("C6", "optimization inside forward", fired, {"backward_calls": calls[0]},
                        ev)
-
-
-# -- C7 -----------------------------------------------------------------------------------------
-
-def _jumps(f: Callable[[torch.Tensor], torch.Tensor], f_minus: torch.Tensor,
-           f_plus: torch.Tensor, bisections: int) -> torch.Tensor:
-    """Per row: does ``f`` (of t in [-1, 1], one t per row) jump on [-1, 1]? Bisect towards the
-    half with the larger change; a continuous function's change shrinks with the interval, a
-    jump's stays: a jump is kept when more than a tenth of the whole change survives."""
-    lo, hi = -torch.ones_like(f_minus), torch.ones_like(f_plus)
-    f_lo, f_hi = f_minus, f_plus
-    for _ in range(bisections):
-        mid = (lo + hi) / 2
-        f_mid = f(mid)
-        left = (f_mid - f_lo).abs() >= (f_hi - f_mid).abs()
-        hi, f_hi = torch.where(left, mid, hi), torch.where(left, f_mid, f_hi)
-        lo, f_lo = torch.where(left, lo, mid), torch.where(left, f_lo, f_mid)
-    return (f_hi - f_lo).abs() > 0.1 * (f_plus - f_minus).abs().clamp_min(1e-12)
-
-
-def _direction_mismatch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, g: torch.Tensor,
-                        d: torch.Tensor, h: float, rel_tol: float, bisections: int,
-                        l0: torch.Tensor
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """C7 along one direction ``d``, per sample: the relative error of autograd's directional
-    derivative (``g``·d) against the central difference at step ``h``, whether it exceeds
-    ``rel_tol``, whether the margin loss jumps on [x − h·d, x + h·d] (:func:`_jumps`), and
-    whether it is *smooth* there while autograd disagrees (a wrong gradient: the forward and
-    backward differences from ``l0``, the loss at x, agree with each other and not with
-    autograd, which no kink can explain)."""
-
-    def loss_at(t: torch.Tensor, d: torch.Tensor, rows: Any = slice(None)) -> torch.Tensor:
-        """The margin loss at x + t·h·d for ``rows`` of the batch (t per row, in [-1, 1])."""
-        return margin_loss(model(x[rows] + (t * h).view(-1, *[1] * (x.ndim - 1)) * d), y[rows])
-
-    ad = (g * d).flatten(1).sum(1)
-    with torch.no_grad():
-        one = torch.ones(x.shape[0], device=x.device, dtype=x.dtype)
-        lp, lm = loss_at(one, d), loss_at(-one, d)
-        fd = (lp - lm) / (2 * h)
-        scale = torch.maximum(torch.maximum(ad.abs(), fd.abs()), torch.full_like(ad, 1e-3))
-        rel = (ad - fd).abs() / scale
-        off = rel > rel_tol
-        fwd, bwd = (lp - l0) / h, (l0 - lm) / h
-        smooth = (fwd - bwd).abs() <= SMOOTH_TOL * scale
-        # Only the disagreeing rows: an agreeing direction counts either way.
-        rows = off.nonzero().flatten()
-        jump = torch.zeros_like(off)
-        if rows.numel():
-            jump[rows] = _jumps(lambda t, r=rows, dr=d[rows]: loss_at(t, dr, r),
-                                lm[rows], lp[rows], bisections)
-    return rel, off, jump, off & smooth & ~jump
-
-
-def check_gradient_mismatch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
-                            eps: float | None = None, norm: str = "linf", directions: int = 4,
-                            step: float | None = None, rel_tol: float = 0.5,
-                            seed: int = 0, bisections: int = 12) -> CheckResult:
-    """C7: autograd directional derivative of the margin loss vs central finite differences,
-    and whether the function *jumps* where they disagree (shattered gradients).
-
-    Per sample, ``directions`` random sign directions d (unit L∞ steps); FD step h = ε/100 (or
-    ``step``; 0.003 without ε): big enough to cross a quantization level or a jump. A direction
-    disagrees when |D_ad − D_fd| > ``rel_tol`` · max(|D_ad|, |D_fd|, 1e-3).
-
-    A disagreement alone is no sign of masking: a continuous piecewise-linear network has kinks
-    near (or at) the data, and the chain rule then differs from finite differences. Measured on
-    MNIST at ε = 0.3 (100 test images): plain LeNet-5 disagrees on 3 % of the samples, an
-    adversarially trained small CNN on 49 % (it does even at h = 1e-6 in float64, where forward-
-    and reverse-mode derivatives agree with each other), while strong gradient-free attacks
-    found nothing the gradient attacks missed on it. So a disagreeing direction counts only
-    when the loss jumps on the segment [x − h·d, x + h·d]: bisected ``bisections`` times
-    towards the larger change, a continuous function's change shrinks with the interval (about
-    4096-fold after 12 halvings), a jump's stays; a jump is kept when more than a tenth of the
-    change survives. Measured: no jump on the plain or the adversarially trained model; jumps
-    in 217 of 400 directions on each JumpReLU retrofit of LeNet-5 (κ = 1 and 1.5). A
-    sample counts when half its directions do; the check fires when more samples count than a
-    healthy network shows (:func:`gradient_mismatch_fires`: a binomial test against
-    :data:`HEALTHY_JUMP_RATE`): the gradient does not describe the function (jumps,
-    quantization) → BPDA. It also fires on a gradient that is *wrong where the function
-    is smooth*: along the segment the forward and backward differences agree (within
-    :data:`SMOOTH_TOL`; no kink lies on it, a kink makes them differ) yet autograd disagrees
-    with them, which a detached branch or an altered backward produces and a healthy network
-    cannot (its autograd derivative is exact wherever the function is linear).
-    """
-    h = float(step) if step is not None else (need_eps(eps, "C7") / 100 if eps else 0.003)
-    with probe(model, x, y) as xm:
-        g, why = input_grad(model, xm, y, margin_loss)
-        if g is None:
-            return CheckResult("C7", "gradient vs function mismatch", None, {},
-                               f"not applicable: {why}.")
-        gen = seeded_generator(seed, xm.device)
-        bad = torch.zeros(xm.shape[0], device=xm.device)
-        raw = torch.zeros(xm.shape[0], device=xm.device)
-        wrong = torch.zeros(xm.shape[0], device=xm.device)
-        rels, jumps = [], 0
-        with torch.no_grad():
-            l0 = margin_loss(model(xm), y)
-        for _ in range(directions):
-            d = torch.randint(0, 2, xm.shape, generator=gen, device=xm.device).to(xm.dtype) * 2 - 1
-            # Keep both probes inside [0, 1]: drop coordinates where x ± h would leave the box.
-            d = torch.where((xm + h > 1) | (xm - h < 0), torch.zeros_like(d), d)
-            rel, off, jump, smooth_off = _direction_mismatch(model, xm, y, g, d, h, rel_tol,
-                                                             bisections, l0)
-            rels.append(rel)
-            raw += off.float()
-            jumps += int((off & jump).sum())
-            bad += (off & jump).float()
-            wrong += smooth_off.float()
-    n = int(xm.shape[0])
-    counts = {"jumps": int((bad >= directions / 2).sum()),
-              "wrong gradient": int((wrong >= directions / 2).sum()),
-              "disagree": int((raw >= directions / 2).sum())}
-    frac, wrong_frac = counts["jumps"] / n, counts["wrong gradient"] / n
-    numbers = {"mismatch_fraction": frac, "raw_mismatch_fraction": counts["disagree"] / n,
-               "wrong_gradient_fraction": wrong_frac,
-               "median_rel_error": float(torch.stack(rels).median()), "fd_step": h,
-               "directions": directions, "jump_directions": jumps, "samples": n,
-               "counts": {k: [v, n] for k, v in counts.items()}}
-    jumps, wrong = gradient_mismatch_fires(numbers)
-    return CheckResult("C7", "gradient vs function mismatch", jumps or wrong, numbers,
-                       _c7_evidence(numbers, jumps, wrong))
-
-
-def gradient_mismatch_fires(nb: dict[str, Any]) -> tuple[bool, bool]:
-    """Whether C7's stored counts show (jumps, a wrong gradient) on more samples than a healthy
-    network does: each count tested against :data:`HEALTHY_JUMP_RATE` (:func:`gap_test`).
-    Shared with the verdict's re-judging of stored results, so a change of the rate is
-    measured on the calibration zoo without re-running the check."""
-    counts = nb.get("counts") or {}
-    jumps, samples = counts.get("jumps", (0, 0))
-    wrong, _ = counts.get("wrong gradient", (0, 0))
-    return (gap_test(jumps, samples, HEALTHY_JUMP_RATE)[0],
-            gap_test(wrong, samples, HEALTHY_JUMP_RATE)[0])
-
-
-def _c7_evidence(nb: dict[str, Any], jumps: bool, wrong: bool) -> str:
-    """C7's sentence: what disagreed, and whether jumps or a wrong gradient explain it."""
-    h, med, raw = nb["fd_step"], nb["median_rel_error"], nb["raw_mismatch_fraction"]
-    if jumps or wrong:
-        return (f"autograd and finite differences (step {h:.3g}) disagree on {pct(raw)} of the "
-                f"samples (median relative error {med:.2g})" + (
-                    f", and the loss jumps there on {pct(nb['mismatch_fraction'])} "
-                    f"({nb['jump_directions']} directions): the gradient does not describe the "
-                    "function (jumps or quantization); use BPDA" if jumps else "") + (
-                    f"{';' if jumps else ','} and on {pct(nb['wrong_gradient_fraction'])} the "
-                    "loss is smooth along the direction yet autograd disagrees: the gradient "
-                    "misses part of the function (a detached or altered backward path); "
-                    "attack end to end" if wrong else "") + ".")
-    if raw > 0:
-        return (f"{pct(raw)} of the samples disagree with finite differences at step {h:.3g} "
-                f"(median relative error {med:.2g}), but the loss jumps on only "
-                f"{pct(nb['mismatch_fraction'])} and is smooth there on only "
-                f"{pct(nb['wrong_gradient_fraction'])}: kinks of a continuous "
-                "(piecewise-linear) function explain the rest.")
-    return (f"autograd agrees with finite differences (median relative error {med:.2g}; "
-            f"{pct(raw)} of samples disagree at step {h:.3g}).")
 
 
 # -- C8 -----------------------------------------------------------------------------------------

@@ -36,11 +36,10 @@ from robustact.evaluate.check_base import (
     ADAPTIVE_GAP_RATE,
     HEALTHY_GAP_RATE,
     SATURATION_FRACTION,
-    ZERO_GRADIENT_FRACTION,
     CheckResult,
     gap_test,
 )
-from robustact.evaluate.checks import gradient_mismatch_fires
+from robustact.evaluate.checks import gradient_mismatch_fires, zero_gradients_fire
 
 __all__ = ["VERDICTS", "MECHANISM", "GAP", "QUESTIONS", "MIN_DECIDING_SAMPLES", "Verdict",
            "verdict", "verdict_from_dicts", "AuditReport"]
@@ -156,8 +155,7 @@ def _rejudged(c: Mapping[str, Any]) -> CheckResult:
         breaks, nb["p_value"] = gap_test(int(nb["extra_broken"]), int(nb["standard_robust"]),
                                          rate)
     elif cid == "C4" and "max_fraction" in nb and nb.get("samples"):
-        frac = float(nb["max_fraction"])
-        fired = frac >= ZERO_GRADIENT_FRACTION and frac * int(nb["samples"]) >= 2
+        fired = any(zero_gradients_fire(nb))
     elif cid == "C7" and "counts" in nb:
         fired = any(gradient_mismatch_fires(nb))
     elif cid == "C5" and "ce_grad_zero_margin_not_fraction" in nb:

@@ -36,12 +36,15 @@ from robustact.core.storage import (
     read_json,
 )
 from robustact.core.validate import resolve_device
+from robustact.evaluate.audit import AUDIT_VERSION
 from robustact.evaluate.check_base import (
     ADAPTIVE_GAP_RATE,
     GAP_ALPHA,
     HEALTHY_GAP_RATE,
-    HEALTHY_JUMP_RATE,
+    HEALTHY_MECHANISM_RATE,
     SATURATION_FRACTION,
+    VANISHING_RATIO,
+    VANISHING_SHARE,
     ZERO_GRADIENT_FRACTION,
     binomial_tail,
 )
@@ -82,8 +85,19 @@ def _key(zoo: Zoo, spec: Spec, eps: float, n: int) -> dict[str, Any]:
     model = {k: v for k, v in spec.describe().items() if k not in ("note", "expected_checks")}
     # The resolved id (standard@2), not the name: a new default version re-evaluates the zoo.
     key = {"protocol": get_protocol(PROTOCOL)["id"], "overrides": dict(zoo.overrides),
-           "eps": eps, "n": n, "dataset": zoo.dataset_of(spec), "model": model}
+           "eps": eps, "n": n, "dataset": zoo.dataset_of(spec), "model": model,
+           "audit": AUDIT_VERSION}
     return json.loads(json.dumps(key))
+
+
+def _attacks_same(old: Row | None, key: dict[str, Any]) -> bool:
+    """Whether a stored row's attacks are this key's: a valid row whose key differs at most in
+    the audit's version (absent before versions were keyed: 1). Its cell then re-runs the audit
+    on its stored results instead of attacking again."""
+    if old is None or old.get("error") or not isinstance(old.get("key"), dict):
+        return False
+    return ({f: v for f, v in old["key"].items() if f != "audit"}
+            == {f: v for f, v in key.items() if f != "audit"})
 
 
 def _checks(record: dict[str, Any]) -> dict[str, Any]:
@@ -202,10 +216,15 @@ class _Run:
                 data = self.data(dataset)
                 row["n"] = len(data)
                 # a cell whose settings changed, or that failed before (its folder may hold a
-                # partial evaluation of another model), starts over
-                redo = old is not None and (old.get("key") != key or bool(old.get("error")))
+                # partial evaluation of another model), starts over; one whose audit changed
+                # resumes: its attacks are read back, the audit runs again
+                reaudit = _attacks_same(old, key)
+                redo = old is not None and not reaudit
                 row.update(_evaluate_cell(model, data, self.zoo, spec, eps, self.out / "cells" /
                                           name, force=redo, command=self.command))
+                if reaudit and old is not None:  # the wall time is the attacks', kept
+                    row["seconds"] = {**old["seconds"], "audit": row["seconds"].get("audit"),
+                                      "reaudit_wall": row["seconds"]["wall"]}
                 row["error"] = None
             except Exception as e:  # noqa: BLE001 - an error row, so the lead can rerun it
                 row["error"] = _error(e)
@@ -328,6 +347,7 @@ def threshold_evidence(rows: Sequence[Row]) -> dict[str, Any]:
     pairs: dict[str, list[tuple[int, int]]] = {}
     fractions: dict[str, list[float]] = {"C4": [], "C5": []}
     c7 = {"jumps": 0, "wrong gradient": 0, "samples": 0}
+    vanishing = {"count": 0, "samples": 0}
     keys = {"C4": "max_fraction", "C5": "ce_grad_zero_margin_not_fraction"}
     for r in healthy:
         for cid, c in r["checks"].items():
@@ -337,6 +357,9 @@ def threshold_evidence(rows: Sequence[Row]) -> dict[str, Any]:
                                                   int(nb["standard_robust"])))
             if cid in keys and keys[cid] in nb:
                 fractions[cid].append(float(nb[keys[cid]]))
+            if cid == "C4" and "vanishing" in nb:
+                vanishing["count"] += int(nb["vanishing"][0])
+                vanishing["samples"] += int(nb["vanishing"][1])
             if cid == "C7" and "counts" in nb:
                 c7["samples"] += int(nb["counts"]["jumps"][1])
                 for k in ("jumps", "wrong gradient"):
@@ -354,10 +377,12 @@ def threshold_evidence(rows: Sequence[Row]) -> dict[str, Any]:
     c7["rate_bound_95"] = (max(c7["jumps"], c7["wrong gradient"]) + 3) / c7["samples"] \
         if c7["samples"] else None
     out["C7"] = c7
+    out["C4_vanishing"] = vanishing
     out["rules"] = {"healthy_gap_rate": HEALTHY_GAP_RATE, "adaptive_gap_rate": ADAPTIVE_GAP_RATE,
                     "gap_alpha": GAP_ALPHA, "C19": "completeness only",
                     "C4_fraction": ZERO_GRADIENT_FRACTION, "C5_fraction": SATURATION_FRACTION,
-                    "C7_healthy_rate": HEALTHY_JUMP_RATE}
+                    "C4_C7_healthy_sample_rate": HEALTHY_MECHANISM_RATE,
+                    "C4_vanishing": {"ratio": VANISHING_RATIO, "share": VANISHING_SHARE}}
     return out
 
 
@@ -472,7 +497,12 @@ def markdown(result: dict[str, Any]) -> str:
                   f"{c7['wrong gradient']} with a gradient wrong where the loss is smooth, of "
                   f"{c7['samples']}; 95 % bound on the healthy rate "
                   f"{100 * c7['rate_bound_95']:.2f} % (C7 tests its counts against "
-                  f"{100 * HEALTHY_JUMP_RATE:g} %)."]
+                  f"{100 * HEALTHY_MECHANISM_RATE:g} %)."]
+    van = t.get("C4_vanishing") or {}
+    if van.get("samples"):
+        lines += ["", f"C4 on healthy samples: {van['count']} of {van['samples']} with a margin "
+                  "gradient vanishing on most coordinates (C4 tests its count against "
+                  f"{100 * HEALTHY_MECHANISM_RATE:g} %)."]
     lines += ["", "Flagged by a check whose mechanism matches the defect (expected checks: "
               + "; ".join(f"{k} {'/'.join(EXPECTED.get(k, ())) or '—'}"
                           for k in result["rates"]["per_defect_matching_check"]) + "): "
