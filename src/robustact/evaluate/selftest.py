@@ -100,8 +100,7 @@ class BrokenModel(nn.Module):
 
 _KINDS = ("gradient_killing", "input_quantization", "input_thresholding", "saturated_softmax",
           "randomized")
-#: Further defects for the audit's calibration zoo (:mod:`robustact.runs.calibrate`); not in
-#: :func:`broken_models`, whose set the self-test's pass rule is written for.
+#: Further defects, first built for the audit's calibration zoo (:mod:`robustact.runs.calibrate`).
 EXTRA_KINDS = ("thermometer", "input_sigmoid", "gaussian_noise", "stop_gradient",
                "probabilities", "logit_scale")
 ALL_KINDS = _KINDS + EXTRA_KINDS
@@ -114,7 +113,7 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "saturated_softmax": ("C2", "C4", "C5"),
     "randomized": ("C1", "C8"),
     "sigmoid_T100": ("C4", "C5"),
-    # the calibration zoo's further kinds (what each defect should trip; not self-tested)
+    # the calibration zoo's further kinds (what each defect should trip)
     "thermometer": ("C3",),
     "input_sigmoid": ("C4", "C7"),
     "gaussian_noise": ("C1", "C8"),
@@ -128,13 +127,16 @@ EXPECTED: dict[str, tuple[str, ...]] = {
 
 def broken_models(base: nn.Module, seed: int = 0) -> dict[str, nn.Module]:
     """The deliberately broken variants of ``base`` (in ``base``'s train/eval mode), by name:
-    a gradient-killing layer, input quantization, input thresholding, a saturated high-T softmax,
-    a randomized layer, and robustact's own sigmoid output activation at T = 100."""
+    every kind of :class:`BrokenModel` (gradient killing, input quantization, thresholding, a
+    thermometer encoding, a steep input sigmoid, a saturated high-T softmax, dropout left on,
+    Gaussian input noise, a stop-gradient branch, probabilities out, huge logits) and robustact's
+    own sigmoid output activation at T = 100: the calibration zoo's kinds that need no
+    training of their own (JumpReLU's κ and the T = 1 sigmoid base do)."""
     for attr in ("features", "head"):
         if not hasattr(base, attr):
             raise ValueError(f"the self-test needs a classifier with features(x) and head; "
                              f"{type(base).__name__} has no {attr}")
-    out: dict[str, nn.Module] = {k: BrokenModel(base, k, seed=seed) for k in _KINDS}
+    out: dict[str, nn.Module] = {k: BrokenModel(base, k, seed=seed) for k in ALL_KINDS}
     out["sigmoid_T100"] = OutputActivationModel(base, "sigmoid", 100.0)
     return out
 
