@@ -609,6 +609,9 @@ def test_run_audit_confirms_with_a_table_and_reports_its_cost(healthy):
     assert rep.verdict.label == "masking confirmed"
     assert rep.check("C20").breaks_points
     assert rep.seconds > 0 and rep.model_forward_rows > 50 * n
+    spent = rep.as_dict()["check_seconds"]  # where the audit's time goes, per model-level check
+    assert {"C1", "C4", "C7", "C8", "C17", "C21"} <= set(spent)
+    assert 0 < sum(spent.values()) <= rep.seconds
     ids = [c.id for c in rep.checks]
     assert {"C1", "C4", "C7", "C9", "C14", "C17", "C21", "C22", "ties"} <= set(ids)
     assert rep.check("C17").fired is False  # random search compared with the table's survivors

@@ -534,31 +534,33 @@ def run_audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
             rows[0] += int(args[0].shape[0])
 
     handle = model.register_forward_pre_hook(count)
+    spent: dict[str, float] = {}  # each model-level check's wall time: where the audit's goes
+
+    def run(fn: Callable[..., CheckResult], *args: Any, **kwargs: Any) -> None:
+        t = time.perf_counter()
+        results.append(fn(*args, **kwargs))
+        spent[results[-1].id] = round(time.perf_counter() - t, 3)
+        bar.update()
+
     try:
         xs, ys = x[:max_samples], y[:max_samples]
         kw = {"eps": eps, "norm": norm}
         bar = tqdm(total=len(MODEL_CHECKS) + 3, desc="audit", unit="check",
                    disable=not progress)
-        results = []
+        results: list[CheckResult] = []
         for fn in MODEL_CHECKS:
-            results.append(fn(model, xs, ys, **kw))
-            bar.update()
-        results.append(check_transfer_mismatch(model, xs, ys, surrogate=surrogate, seed=seed,
-                                               **kw))
-        bar.update()
+            run(fn, model, xs, ys, **kw)
+        run(check_transfer_mismatch, model, xs, ys, surrogate=surrogate, seed=seed, **kw)
         ids = samples if samples is not None else torch.arange(x.shape[0])
-        results.append(_binarization_on_reported_robust(
-            model, xs, ys, table, ids[:max_samples], eps=eps, norm=norm,
-            max_samples=binarization_samples, attack=binarization_attack, seed=seed))
-        bar.update()
+        run(_binarization_on_reported_robust, model, xs, ys, table, ids[:max_samples],
+            eps=eps, norm=norm, max_samples=binarization_samples, attack=binarization_attack,
+            seed=seed)
         if table is not None and table.attacks("random_search"):
-            results.append(check_random_search_table(table, eps=eps))
+            run(check_random_search_table, table, eps=eps)
         else:
             robust = _robust_mask(table, eps, ids) if table is not None else None
-            results.append(check_random_search(model, x, y, points=random_points,
-                                               max_samples=random_samples, robust=robust,
-                                               seed=seed, **kw))
-        bar.update()
+            run(check_random_search, model, x, y, points=random_points,
+                max_samples=random_samples, robust=robust, seed=seed, **kw)
         bar.close()
         if table is not None:
             results += [fn(table, eps=eps) for fn in TABLE_CHECKS]
@@ -568,4 +570,4 @@ def run_audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     results.sort(key=lambda c: order.get(c.id, 99))
     _say_how_randomness_was_handled(results, table)
     return AuditReport(results, verdict(results), time.perf_counter() - start, rows[0],
-                       {"eps": eps, "norm": norm})
+                       {"eps": eps, "norm": norm, "check_seconds": spent})
