@@ -133,7 +133,11 @@ def evaluate_cmd(
     rt: Runtime = NO_RUNTIME,
 ) -> None:
     """Evaluate a model's robustness with a protocol of attacks, audit it for gradient masking,
-    and write the per-sample results table, summary.json and the reports to OUT."""
+    and write the per-sample results table, summary.json and the reports to OUT.
+
+    OUT also keeps the adversarial example of every point broken at the main eps
+    (adversarial.safetensors, in the model's input dtype, with its provenance): about the size
+    of the broken test images, for `robustact verify OUT` and `robustact export OUT`."""
     summary = evaluate_source(
         chosen.source, dataset=chosen.dataset, n=n, **rt._asdict(), protocol=_protocol(protocol),
         eps=None if eps is None else parse_budget(eps, norm, name="--eps"), norm=norm,
