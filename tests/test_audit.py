@@ -141,6 +141,12 @@ def test_zero_gradients_catch_a_saturating_input_transform(healthy):
     assert verdict_from_dicts([stored]).label == "masking confirmed"
     stored["numbers"]["vanishing"] = [1, 100]
     assert verdict_from_dicts([stored]).label == "no evidence of masking found"
+    # exactly zero gradients decide on a count of samples, never on one
+    one = {**stored["numbers"], "max_fraction": 0.02, "zero_count": 1}
+    assert verdict_from_dicts([{**stored, "numbers": one}]).label == \
+        "no evidence of masking found"
+    two = {**one, "max_fraction": 0.04, "zero_count": 2}
+    assert verdict_from_dicts([{**stored, "numbers": two}]).label == "masking confirmed"
 
 
 def test_zero_gradients_ignore_points_already_misclassified(healthy):

@@ -75,8 +75,9 @@ __all__ = [
 #: What the checks measure, versioned: bumped when a check records a new number (not when a
 #: threshold on stored numbers changes: those are re-judged). The calibration zoo re-runs the
 #: audit, not the attacks, of a cell whose key differs only in it. 1: the issue-20 audit;
-#: 2: C4 counts vanishing (non-zero, ≤ 1e-6 of the largest) gradient coordinates.
-AUDIT_VERSION = 2
+#: 2: C4 counts vanishing (non-zero, ≤ 1e-6 of the largest) gradient coordinates; 3: C4 records
+#: its count of exactly-zero gradients (it fires on 2 samples or more, never on one).
+AUDIT_VERSION = 3
 #: C10's threshold on the stall statistic (IoAF I4).
 STALL_THRESHOLD = 0.05
 #: An L∞ budget this large lets every image become uniform grey: accuracy must be at chance.

@@ -193,7 +193,9 @@ def zero_gradients_fire(nb: dict[str, Any]) -> tuple[bool, bool]:
     of samples, vanishing gradients on more samples than a healthy network shows). Shared with
     the verdict's re-judging of stored results."""
     frac, n = float(nb.get("max_fraction", 0.0)), int(nb.get("samples") or 0)
-    zero = frac >= ZERO_GRADIENT_FRACTION and frac * n >= 2
+    # the count itself; results stored before it was recorded estimate it from the fraction
+    count = nb.get("zero_count")
+    zero = frac >= ZERO_GRADIENT_FRACTION and (frac * n if count is None else count) >= 2
     count, of = nb.get("vanishing", (0, 0))
     return zero, gap_test(int(count), int(of), HEALTHY_MECHANISM_RATE)[0]
 
@@ -244,6 +246,7 @@ def check_zero_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                     worst_name, worst, count = f"{lname.upper()} input gradient at {where}", \
                         frac, int(bad.sum())
     numbers["max_fraction"] = worst
+    numbers["zero_count"] = count
     numbers["samples"] = int(xm.shape[0])
     zero, vanishing = zero_gradients_fire(numbers)
     van, of = numbers["vanishing"]
