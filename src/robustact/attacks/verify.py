@@ -26,7 +26,14 @@ from robustact.core.validate import (
     match_model_dtype,
 )
 
-__all__ = ["VerifiedResult", "WorstCaseResult", "verify", "robust_accuracy"]
+__all__ = ["VerifiedResult", "WorstCaseResult", "verify", "robust_accuracy", "judged_input"]
+
+
+def judged_input(x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``x_adv`` as a prediction is judged on it: non-finite entries taken from the clean ``x``,
+    the rest clamped to [0, 1]. One rule for the engine, ``verify`` and ``export``, so a
+    re-check sees exactly the input the reported break was decided on."""
+    return torch.where(torch.isfinite(x_adv), x_adv, x).clamp(0.0, 1.0)
 
 
 @dataclass

@@ -47,7 +47,7 @@ from robustact.attacks.bpda import with_bpda
 from robustact.attacks.eot import EOT, EOT_RULE, MajorityVote, eot_draws
 from robustact.attacks.registry import ATTACKS, attack_parameters, create_attack
 from robustact.attacks.transfer import TransferAttack
-from robustact.attacks.verify import verify
+from robustact.attacks.verify import judged_input, verify
 from robustact.core.budget import budget_ceiling, check_budget
 from robustact.core.runlock import RunLock
 from robustact.core.storage import environment_info
@@ -448,7 +448,7 @@ def _judge(model: nn.Module, judge: nn.Module | None, xb: torch.Tensor, yb: torc
         return success, res.logits.argmax(1)
     with rng_fork(xb.device):
         v = verify(model, xb, yb, res, eps=eps, norm=norm)
-    x_eval = torch.where(torch.isfinite(res.x_adv), res.x_adv, xb).clamp(0.0, 1.0)
+    x_eval = judged_input(res.x_adv, xb)
     votes = judge(match_model_dtype(model, x_eval))
     wrong = (votes.argmax(1) != yb) | top_ties(votes)
     return wrong & v.in_budget & v.in_box, votes.argmax(1)

@@ -37,15 +37,14 @@ from robustact.core.runfolder import open_run
 from robustact.core.storage import read_json, save_tensors
 from robustact.core.validate import check_eval_mode, check_positive_int, resolve_device
 from robustact.data import as_tensors
-from robustact.defenses.registry import describe_defenses
 from robustact.evaluate import evaluate, get_protocol
 from robustact.evaluate.audit import run_audit
 from robustact.evaluate.protocols import one_attack_protocol
 from robustact.evaluate.storage import load_adversarial
-from robustact.models.outputs import logit_model, rng_fork
+from robustact.models.outputs import rng_fork
 from robustact.models.predict import predict
 from robustact.report.evaluation import evaluation_record, keep_earlier_audit, write_views
-from robustact.runs.sources import ModelSource, load_target
+from robustact.runs.sources import ModelSource, as_logits, load_target
 
 __all__ = ["EVALUATE_AUDIT_DEFAULTS", "EVALUATION_FILES", "clean_accuracy", "evaluate_model",
            "evaluate_source", "attack_model", "chance_threshold", "check_not_chance"]
@@ -126,11 +125,7 @@ def _prepared(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: Any,
     past the chance gate unless ``allow_chance``."""
     if device is not None:
         model = model.to(resolve_device(device))
-    dev = next((p.device for p in model.parameters()), x.device)
-    # exactly one-hot rows are a saturated softmax, unless the model's own output activation
-    # (robustact's defense, attacked as it is) explains them
-    bounded = any(d["type"] == "output_activation" for d in describe_defenses(model))
-    model, note = logit_model(model, x[:8].to(dev), one_hot_counts=not bounded)
+    model, note = as_logits(model, x)
     if not allow_chance:
         check_not_chance(model, x, y, batch_size=batch_size)
     return model, {} if note is None else {"output": note}

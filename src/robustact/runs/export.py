@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from robustact import __version__
+from robustact.attacks.verify import judged_input
 from robustact.core.storage import atomic_write_bytes, atomic_write_json
 from robustact.runs.verify import EvaluatedRun, read_evaluation, run_images
 
@@ -133,7 +134,7 @@ def adv_complete(ev: EvaluatedRun, x: torch.Tensor) -> torch.Tensor:
     out = x.detach().cpu().to(dtype).clone()
     if sample.numel():
         clean = out[sample]
-        out[sample] = torch.where(torch.isfinite(x_adv), x_adv.to(dtype), clean).clamp(0.0, 1.0)
+        out[sample] = judged_input(x_adv.to(dtype), clean)
     return out
 
 

@@ -28,11 +28,12 @@ from torch import nn
 from robustact.checkpoint import load_checkpoint, read_card
 from robustact.core.validate import check_positive_int, resolve_device
 from robustact.data import binary_task, load_dataset, train_val_split
-from robustact.defenses.registry import apply_defenses
+from robustact.defenses.registry import apply_defenses, describe_defenses
 from robustact.modelfile import load_model_file, parse_model_spec
+from robustact.models.outputs import logit_model
 
-__all__ = ["ModelSource", "LoadedModel", "Target", "load_model", "load_split", "load_target",
-           "checkpoint_run_name"]
+__all__ = ["as_logits", "ModelSource", "LoadedModel", "Target", "load_model", "load_split",
+           "load_target", "checkpoint_run_name"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,16 @@ def checkpoint_run_name(path: str | Path) -> str:
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
+
+
+def as_logits(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, str | None]:
+    """``model`` with probabilities wrapped into their logarithm (and the sentence saying so),
+    judged on the first inputs ``x``: the one rule `evaluate` attacks by and `verify` re-checks
+    by. Exactly one-hot rows count as a saturated softmax unless the model's own output
+    activation (robustact's defense, attacked as it is) explains them."""
+    dev = next((p.device for p in model.parameters()), x.device)
+    bounded = any(d["type"] == "output_activation" for d in describe_defenses(model))
+    return logit_model(model, x[:8].to(dev), one_hot_counts=not bounded)
 
 @dataclass(frozen=True)
 class ModelSource:

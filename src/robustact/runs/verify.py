@@ -27,18 +27,16 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from robustact.attacks.verify import verify
+from robustact.attacks.verify import judged_input, verify
 from robustact.checkpoint import read_card
 from robustact.core.digest import model_digest
 from robustact.core.runfolder import read_run
 from robustact.core.storage import read_json
-from robustact.data import as_tensors
-from robustact.defenses.registry import describe_defenses
+from robustact.data import as_tensors, to_float
 from robustact.evaluate.runner import data_fingerprint
-from robustact.models.outputs import logit_model
 from robustact.models.predict import predict
 from robustact.report.evaluation import REPORT_FORMAT
-from robustact.runs.sources import ModelSource, load_split, load_target
+from robustact.runs.sources import ModelSource, as_logits, load_split, load_target
 
 __all__ = ["ADVERSARIAL_FILE", "EvaluatedRun", "read_evaluation", "run_images", "verify_run"]
 
@@ -175,7 +173,7 @@ def run_images(ev: EvaluatedRun, data: Any = None, *, data_root: str | Path | No
         data = load_split(recorded_card(ev), dataset, split, data_root=data_root, n=ev.n,
                           download=download)
     x, y = as_tensors(data, "data")
-    x = x.float() / 255 if x.dtype == torch.uint8 else x
+    x = to_float(x)
     if x.shape[0] != ev.n:
         raise ValueError(f"the data holds {x.shape[0]} images, the run evaluated {ev.n}")
     want = (ev.record.get("data") or {}).get("fingerprint")
@@ -207,14 +205,6 @@ def _source(ev: EvaluatedRun, model: str | Path | None, model_file: str | None,
                      "Python?): give it with --model DIR or --model-file/--weights")
 
 
-def _judge(model: nn.Module, x: torch.Tensor) -> nn.Module:
-    """The model as the engine judged it: probabilities through their logarithm (the same
-    wrapping rule as :func:`robustact.runs.evaluate.evaluate_model`), logits as they are."""
-    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
-    bounded = any(d["type"] == "output_activation" for d in describe_defenses(model))
-    return logit_model(model, x[:8].to(dev), one_hot_counts=not bounded)[0]
-
-
 def _ids(mask: torch.Tensor, sample: torch.Tensor) -> str:
     ids = sample[mask.cpu()].tolist()
     more = ", ..." if len(ids) > SHOWN else ""
@@ -239,7 +229,7 @@ def _check_examples(model: nn.Module, ev: EvaluatedRun, x: torch.Tensor, y: torc
     v = verify(model, xs, ys, x_adv.to(dev), eps=eps, norm=norm, tol=TOLERANCE,
                batch_size=batch_size)
     adv32 = x_adv.to(dev).to(xs.dtype)  # judged as the engine judged: cast, finite, clamped
-    x_eval = torch.where(torch.isfinite(adv32), adv32, xs).clamp(0.0, 1.0)
+    x_eval = judged_input(adv32, xs)
     correct = predict(model, (x_eval, ys), batch_size=batch_size).correct
     assert correct is not None  # labels were given
     budget, box = v.in_budget.cpu(), v.in_box.cpu()
@@ -292,7 +282,7 @@ def verify_run(run: str | Path, *, model: str | Path | None = None,
         raise ValueError(f"the model does not match the run: digest {digest}, the run "
                          f"recorded {recorded}")
     x, y = run_images(ev, t.data)
-    judge = _judge(t.model, x)
+    judge, _ = as_logits(t.model, x)
     clean = predict(judge, (x, y), batch_size=batch_size).correct
     assert clean is not None  # labels were given
     broken, problems = _check_examples(judge, ev, x, y, clean, batch_size)
