@@ -56,7 +56,8 @@ SCRIPT = "bench_default_command"
 #: The committed fast-AT ResNet-20 (CIFAR-10), found from any working directory.
 DEFAULT_CHECKPOINT = (Path(__file__).resolve().parents[1] / "results" / "models"
                       / "cifar_resnet20_fast_at_gpu")
-COLUMNS = [("model", "model", ""), ("n", "n", "d"), ("clean", "clean %", ".1f"),
+COLUMNS = [("model", "model", ""), ("n", "n", "d"), ("eps", "ε", ".4g"),
+           ("clean", "clean %", ".1f"),
            ("aa", "AA %", ".1f"), ("aa_s", "AA s", ".1f"), ("one", "RA@ε %", ".1f"),
            ("one_s", "RA@ε s", ".1f"), ("one_ratio", "RA@ε/AA", ".2f"),
            ("default", "default %", ".1f"), ("default_s", "default s", ".1f"),
@@ -64,35 +65,39 @@ COLUMNS = [("model", "model", ""), ("n", "n", "d"), ("clean", "clean %", ".1f"),
            ("aa_only", "AA-only", "d"), ("ra_only", "RA-only", "d")]
 
 
-def _targets(args: Any) -> list[tuple[str, nn.Module, str, torch.Tensor, torch.Tensor]]:
-    """(name, model, dataset, x, y) per checkpoint; under --quick one untrained stand-in CNN."""
+def _targets(args: Any) -> list[tuple[str, nn.Module, str, torch.Tensor, torch.Tensor, float]]:
+    """(name, model, dataset, x, y, ε) per checkpoint (ε: the one given after ``@``, else the
+    dataset's default); under --quick one untrained stand-in CNN."""
     if args.quick:
         test = H.load_data("mnist", "test", None, quick=True)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             model = create_model("smallcnn", dataset="mnist", width=4, hidden=16).eval()
         x = test.x()[: args.n]
-        return [("quick-smallcnn", model, "mnist", x, label_by_model(model, x))]
+        return [("quick-smallcnn", model, "mnist", x, label_by_model(model, x),
+                 default_budget("mnist", "linf"))]
     out = []
-    for ckpt in args.checkpoints:
+    for ckpt, eps in args.checkpoints:
         # the data first: a machine without it gets the one-line data message, not a model load
         H.load_data(str(read_card(ckpt)["data"]["dataset"]), "test", args.data_root, quick=False)
         t = load_target(ModelSource(checkpoint=ckpt), n=args.n, data_root=args.data_root,
                         device="cpu")
         x, y = t.data.x(), t.data.y()
-        out.append((Path(ckpt).name, t.model.eval(), t.dataset, x, y))
+        eps = default_budget(t.dataset, "linf") if eps is None else eps
+        out.append((Path(ckpt).name, t.model.eval(), t.dataset, x, y, eps))
     return out
 
 
 def _default_command(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dataset: str,
-                     quick: bool) -> dict[str, Any]:
+                     eps: float, quick: bool) -> dict[str, Any]:
     """``robustact evaluate``'s library call with its defaults, timed, into a temporary folder;
     the per-sample worst case read back from its table."""
     extra: dict[str, Any] = {"overrides": QUICK_OVERRIDES, "audit_options": QUICK_AUDIT,
                              "allow_chance": True} if quick else {}
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        s = evaluate_model(model, (x, y), dataset=dataset, out=tmp, progress=False, **extra)
+        s = evaluate_model(model, (x, y), dataset=dataset, eps=eps, out=tmp, progress=False,
+                           **extra)
         seconds = time.perf_counter() - t0
         masks = robustact_masks(load_table(tmp), float(s["eps"]))
     audit = s["seconds"].get("audit") or 0.0
@@ -102,15 +107,15 @@ def _default_command(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dataset
 
 
 def _one(name: str, model: nn.Module, dataset: str, x: torch.Tensor, y: torch.Tensor,
-         args: Any, have_aa: bool, first_aa: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+         eps: float, args: Any, have_aa: bool, first_aa: bool
+         ) -> tuple[dict[str, Any], dict[str, Any]]:
     """One model: the three runs (AutoAttack first when ``first_aa``), its row and its record."""
-    eps = default_budget(dataset, "linf")
     overrides = QUICK_OVERRIDES if args.quick else None
     runs: dict[str, Any] = {}
     order = ("aa", "default", "one") if first_aa else ("default", "one", "aa")
     for who in order:
         if who == "default":
-            runs[who] = _default_command(model, x, y, dataset, args.quick)
+            runs[who] = _default_command(model, x, y, dataset, eps, args.quick)
         elif who == "one":
             runs[who] = run_robustact(model, x, y, eps=eps, seed=0, overrides=overrides,
                                       audit=False, eps_grid=[eps])
@@ -118,7 +123,7 @@ def _one(name: str, model: nn.Module, dataset: str, x: torch.Tensor, y: torch.Te
             runs[who] = run_autoattack(model, x, y, eps=eps, seed=0,
                                        batch_size=args.batch_size, tiny=args.quick)
     d, one, aa = runs["default"], runs["one"], runs.get("aa")
-    row: dict[str, Any] = {"model": name, "n": int(x.shape[0]),
+    row: dict[str, Any] = {"model": name, "n": int(x.shape[0]), "eps": eps,
                            "clean": 100 * d["clean_accuracy"],
                            "one": 100 * one["worst_case_robust_accuracy"],
                            "one_s": one["seconds"], "default": 100 * d["robust_accuracy"],
@@ -136,16 +141,30 @@ def _one(name: str, model: nn.Module, dataset: str, x: torch.Tensor, y: torch.Te
     return row, record
 
 
+def _checkpoint_eps(text: str) -> tuple[str, float | None]:
+    """``PATH`` or ``PATH@EPS`` → (path, ε or None); a bad ε is one line, not a trace."""
+    path, at, eps = text.rpartition("@")
+    if not at:
+        return text, None
+    try:
+        return path, float(eps)
+    except ValueError:
+        raise SystemExit(f"--checkpoints: {text!r}: the part after '@' must be a number "
+                         "(the L-inf eps)") from None
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     p = H.base_parser(__doc__.splitlines()[0],
                       default_out="results/default_command_vs_autoattack.json", default_epochs=0)
     p.add_argument("--checkpoints", default=str(DEFAULT_CHECKPOINT),
-                   help="comma-separated robustact checkpoint folders")
+                   help="comma-separated robustact checkpoint folders, each optionally with "
+                        "@EPS (L-inf; default: the dataset's default budget)")
     p.add_argument("--n", type=int, default=500, help="first N test images of each dataset")
     p.add_argument("--batch-size", type=int, default=250, help="AutoAttack's batch size")
     args = p.parse_args(argv)
-    args.checkpoints = [c.strip() for c in args.checkpoints.split(",") if c.strip()]
+    args.checkpoints = [_checkpoint_eps(c.strip()) for c in args.checkpoints.split(",")
+                        if c.strip()]
     if args.quick:
         args.n = min(args.n, 16)
     args.out = str(H.quick_output(args.out, default=p.get_default("out"), quick=args.quick,
@@ -156,8 +175,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print("note: pyautoattack is not installed; AutoAttack is skipped "
               "(pip install --no-deps pyautoattack)")
     rows, records = [], {}
-    for i, (name, model, dataset, x, y) in enumerate(_targets(args)):
-        row, records[name] = _one(name, model, dataset, x, y, args, have_aa, i % 2 == 1)
+    for i, (name, model, dataset, x, y, eps) in enumerate(_targets(args)):
+        row, records[name] = _one(name, model, dataset, x, y, eps, args, have_aa, i % 2 == 1)
         rows.append(row)
         print(H.format_table([row], COLUMNS), flush=True)
     print()

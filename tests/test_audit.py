@@ -382,6 +382,24 @@ def _gap(check, role, k):
     return check(_table({"pgd": ("standard", EPS, PGD_BROKE), "x": (role, EPS, extra)}))
 
 
+def test_a_screen_counts_only_the_survivors_it_attacked():
+    """Square as a screen (``max_points``) attacked 20 of the 50 points PGD left robust and
+    broke 3: 3 of 20 candidates, not 3 of 50 (the 30 it never saw are no evidence either way);
+    a point another attack broke stays a candidate, as without a screen."""
+    clean = [i >= 10 for i in range(N)]
+    screened = [not c or (10 <= i < 50) or i >= 70 for i, c in enumerate(clean)]
+    rows = (_rows("pgd", EPS, PGD_BROKE, clean)
+            + _rows("apgd-t", EPS, _broke(75), clean)  # a point square then never saw
+            + _rows("square", EPS, _broke(50, 51, 52), clean, skipped=screened))
+    table = ResultsTable.from_rows(rows, {"attacks": {
+        "pgd": {"role": "standard"}, "apgd-t": {"role": "loss_variant"},
+        "square": {"role": "black_box"}}})
+    c = check_black_box(table)
+    assert c.numbers["standard_robust"] == 21 and c.numbers["extra_broken"] == 3
+    assert c.numbers["attacked"] == 20
+    assert "3 of the 21 points" in c.evidence
+
+
 @pytest.mark.parametrize(("check", "role", "rate"), GAP_CHECKS)
 def test_a_gap_is_reported_and_confirms_only_by_a_test_against_healthy_disagreement(
         check, role, rate):

@@ -244,6 +244,38 @@ def test_protocol_entries_build(name):
         get_protocol({"entries": [{"key": "a", "attack": {"name": "pgd"}, "role": "main"}]})
 
 
+SCREENED = {"entries": [
+    {"key": "fgsm", "attack": {"name": "fgsm"}, "role": "single_step", "eps": "grid", "on": "all"},
+    {"key": "pgd-2", "attack": {"name": "pgd", "steps": 2}, "role": "standard", "eps": "lower",
+     "on": "all"},
+    {"key": "pgd", "attack": {"name": "pgd", "steps": 4}, "role": "standard", "eps": "upper",
+     "on": "all"},
+    {"key": "rs", "attack": {"name": "random_search", "n_samples": 5}, "role": "random_search",
+     "eps": "main", "on": "all", "max_points": 4}]}
+
+
+def test_lower_and_upper_split_the_grid_and_a_screen_attacks_a_fixed_sample(cnn):
+    """``lower`` runs below the main ε only, ``upper`` at it and above; ``max_points`` attacks
+    the same few points whatever the batch size or the order of the data."""
+    model, x, y = cnn
+    t = evaluate(model, x, y, SCREENED, eps=EPS, progress=False, batch_size=3)
+    eps_of = {a: sorted(set(t.where(t["attack"] == a)["eps"].tolist())) for a in t.attacks()}
+    assert eps_of["fgsm"] == [0.0, 0.025, 0.05, 0.1, 0.2]
+    assert eps_of["pgd-2"] == [0.0, 0.025, 0.05] and eps_of["pgd"] == [0.1, 0.2]
+    assert eps_of["rs"] == [0.1]
+    rs = t.cell("rs", EPS)
+    chosen = set(rs["sample"][~rs["skipped"]].tolist())
+    assert len(chosen) == 4 and int(t.meta["clean"]["clean_correct"].sum()) > 4
+    assert not rs["success"][rs["skipped"] & rs["clean_correct"]].any()  # left out: not broken
+    order = torch.arange(x.shape[0] - 1, -1, -1)
+    back = evaluate(model, x[order], y[order], SCREENED, eps=EPS, progress=False,
+                    batch_size=64, sample_ids=order)
+    rs2 = back.cell("rs", EPS)
+    assert set(rs2["sample"][~rs2["skipped"]].tolist()) == chosen
+    other = evaluate(model, x, y, SCREENED, eps=EPS, progress=False, seed=1).cell("rs", EPS)
+    assert set(other["sample"][~other["skipped"]].tolist()) != chosen  # keyed by the seed too
+
+
 def test_unavailable_attacks_are_noted_not_run(cnn):
     model, x, y = cnn
     proto = {"entries": [

@@ -32,8 +32,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 FAST = {"steps": 2, "n_queries": 20}
 EPS = 0.1
-SHIPPED = ("quick@1", "quick@2", "standard@1", "standard@2", "thorough@1", "thorough@2")
-#: protocol_fingerprint of each latest protocol's entries, computed from the dict-based
+SHIPPED = ("quick@1", "quick@2", "standard@1", "standard@2", "standard@3", "thorough@1",
+           "thorough@2", "thorough@3")
+LATEST = {"quick": 2, "standard": 3, "thorough": 3}
+#: protocol_fingerprint of each version-2 protocol's entries, computed from the dict-based
 #: protocols.py before the protocols became files (without and with FAST): run folders made
 #: then hold these, so a change here means those folders no longer resume.
 PINNED = {"quick": ("242fe3bc98e43c2c", "53130b4498924f9e"),
@@ -93,17 +95,31 @@ def test_version_1_is_the_code_before_protocols_v2():
 
 def test_plain_name_means_the_latest_version():
     for n in protocol_names():
-        latest = get_protocol(n)
-        assert latest["id"] == f"{n}@2" == get_protocol(f"{n}@2")["id"]
-        assert latest["entries"] == get_protocol(f"{n}@2")["entries"]
-        assert PROTOCOLS[n]["version"] == 2
+        latest, v = get_protocol(n), LATEST[n]
+        assert latest["id"] == f"{n}@{v}" == get_protocol(f"{n}@{v}")["id"]
+        assert latest["entries"] == get_protocol(f"{n}@{v}")["entries"]
+        assert PROTOCOLS[n]["version"] == v
         assert PROTOCOLS[n]["entries"] == latest["entries"]
 
 
 def test_fingerprints_of_version_2_are_pinned():
     for n, (plain, fast) in PINNED.items():
-        assert protocol_fingerprint(get_protocol(n)["entries"]) == plain, n
-        assert protocol_fingerprint(get_protocol(n, FAST)["entries"]) == fast, n
+        assert protocol_fingerprint(get_protocol(f"{n}@2")["entries"]) == plain, n
+        assert protocol_fingerprint(get_protocol(f"{n}@2", FAST)["entries"]) == fast, n
+
+
+def test_version_3_adds_apgd_t_and_screens_the_cost():
+    """standard@3: APGD-T at the main ε, the curve below it from a 10-step screen, Square a
+    capped screen; thorough@3 is thorough@2 with APGD-T (9 targets) and nothing screened."""
+    s3 = {e["key"]: e for e in get_protocol("standard@3")["entries"]}
+    assert s3["apgd-t"]["attack"] == {"name": "apgd_t", "steps": 100, "n_targets": 3}
+    assert (s3["apgd-t"]["eps"], s3["apgd-t"]["min_classes"]) == ("main", 4)
+    assert (s3["apgd-ce-10"]["eps"], s3["apgd-ce"]["eps"]) == ("lower", "upper")
+    assert s3["square"]["max_points"] == 100 and s3["square"]["attack"]["n_queries"] == 1000
+    t2, t3 = (get_protocol(f"thorough@{v}")["entries"] for v in (2, 3))
+    assert [e for e in t3 if e["key"] != "apgd-t"] == t2
+    assert next(e for e in t3 if e["key"] == "apgd-t")["attack"]["n_targets"] == 9
+    assert not any("max_points" in e for e in t3)
 
 
 def test_run_folder_fingerprint_is_pinned(mlp, tmp_path):
@@ -112,7 +128,7 @@ def test_run_folder_fingerprint_is_pinned(mlp, tmp_path):
     runs = {"standard": (model, "080e0e7b92563ec6"),
             "quick": (retrofit_jumprelu(model, 0.1).eval(), "04490200448ea3dd")}
     for name, (m, entries_fp) in runs.items():
-        _run(m, x, y, name, out=str(tmp_path / name))
+        _run(m, x, y, f"{name}@2", out=str(tmp_path / name))
         fp = json.loads((tmp_path / name / "table.json").read_text())["fingerprint"]
         assert fp["protocol"] == f"{name}@2"
         assert fp["entries"] == entries_fp, name
@@ -182,7 +198,7 @@ def _unshipped_version(raw):
     (lambda raw: raw.update(eps_grid=[-1, 1]), "eps_grid"),
     (lambda raw: raw.update(version="2"), "version"),
     (_keep_name, "its own 'name'"),
-    (_unshipped_version, "standard@1, standard@2"),
+    (_unshipped_version, "standard@1, standard@2, standard@3"),
 ])
 def test_a_broken_user_file_is_refused_in_one_line(tmp_path, edit, problem):
     path = _copy(tmp_path, "standard@2", edit)
@@ -199,7 +215,7 @@ def test_a_file_that_is_not_json_or_not_there_is_refused(tmp_path):
         get_protocol(bad)
     with pytest.raises(ValueError, match="not found"):
         get_protocol(str(tmp_path / "missing.json"))
-    with pytest.raises(ValueError, match="unknown version '9'.*standard@1, standard@2"):
+    with pytest.raises(ValueError, match="unknown version '9'.*standard@1, standard@2, st"):
         get_protocol("standard@9")
     with pytest.raises(ValueError, match="unknown protocol 'fast'.*quick, standard, thorough"):
         get_protocol("fast")
@@ -246,7 +262,8 @@ def test_one_attack_protocol_refuses_bad_specs(spec, kw, problem):
 def test_available_protocols_lists_every_shipped_version():
     listed = available_protocols()
     assert [p["id"] for p in listed] == list(SHIPPED)
-    assert [p["latest"] for p in listed] == [False, True] * 3
+    assert [p["latest"] for p in listed] == [False, True, False, False, True, False, False,
+                                             True]
     for p in listed:
         assert set(p) >= {"id", "name", "version", "latest", "description", "changes",
                           "eps_grid", "adaptive", "entries"}

@@ -76,8 +76,9 @@ __all__ = [
 #: threshold on stored numbers changes: those are re-judged). The calibration zoo re-runs the
 #: audit, not the attacks, of a cell whose key differs only in it. 1: the issue-20 audit;
 #: 2: C4 counts vanishing (non-zero, ≤ 1e-6 of the largest) gradient coordinates; 3: C4 records
-#: its count of exactly-zero gradients (it fires on 2 samples or more, never on one).
-AUDIT_VERSION = 3
+#: its count of exactly-zero gradients (it fires on 2 samples or more, never on one); 4: the gap
+#: checks count as candidates only the survivors a screen (``max_points``) attacked.
+AUDIT_VERSION = 4
 #: C10's threshold on the stall statistic (IoAF I4).
 STALL_THRESHOLD = 0.05
 #: An L∞ budget this large lets every image become uniform grey: accuracy must be at chance.
@@ -189,6 +190,11 @@ def _extra_break(table: ResultsTable, role: str, cid: str, name: str, eps: float
     if len(rows) == 0:
         return _na(cid, name, f"the {role.replace('_', '-')} attack has no rows at ε = {e:g}")
     broken, attacked = s.broken(rows)
+    # A screen (an entry with max_points) attacked a sample of the survivors: the points it
+    # left out, robust under every attack, are no candidates (no-op without a screen: every
+    # entry then attacks every point still robust at its turn).
+    any_broken, _ = s.broken(_rows(table, table.attacks(), e))
+    robust = robust & ~(s.clean_correct & ~any_broken & ~attacked)
     extra = broken & robust
     n, k, cand = len(s.ids), int(extra.sum()), int(robust.sum())
     significant, pv = gap_test(k, cand, rate) if rate is not None else (False, None)

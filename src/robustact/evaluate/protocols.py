@@ -22,9 +22,15 @@ and each entry::
      "attack": {"name": "apgd", "steps": 100},  # a create_attack spec, without eps/norm/seed
      "role": "standard",                     # one of robustact.evaluate.table.ROLES
      "eps": "grid",                          # grid: every ε of the grid; main: ε only;
+                                             # lower: the grid's ε below the main one (a
+                                             # screen for the curve); upper: the main ε and
+                                             # the grid's ε above it;
                                              # none: minimum-norm (no budget); max: unbounded
      "on": "all",                            # all: every clean-correct sample; survivors:
                                              # only those no earlier entry broke at that ε
+     "max_points": 100,                      # optional: attack at most this many of the
+                                             # points it would attack, chosen by a hash of
+                                             # the sample id (a screen: see below)
      "min_classes": 3, "max_classes": 2,     # optional: AUDIT C23 (no DLR for < 3 classes)
      "norms": ["linf"],                      # optional: the norms the attack exists for
      "through": "bpda"}                      # optional, adaptive only: bpda | bpda_smooth |
@@ -34,8 +40,10 @@ and each entry::
 of the same fields. The engine (:mod:`robustact.evaluate.runner`) adds ``eps``, ``norm`` and
 ``seed`` to each spec when the attack takes them. Entries run in list order within each ε:
 cheap attacks first, so the expensive ones only see the survivors (the per-sample worst case is
-the same either way). Attacks looked up at run time that are not registered are skipped with a
-note in the table's meta, never silently.
+the same either way). ``max_points`` makes an entry a screen: a costly attack (Square) runs on a
+fixed-size sample of the points it would attack, the same sample whatever the batch size or the
+order, and the audit's gap checks count only the points it attacked. Attacks looked up at run
+time that are not registered are skipped with a note in the table's meta, never silently.
 
 :func:`adaptive_attacks` inspects a model and returns the defense-specific entries (AUDIT C18,
 C20): BPDA with ReLU backward and with a smooth surrogate of the jump for JumpReLU, transfer from
@@ -70,7 +78,7 @@ __all__ = ["ADAPTIVE_PLACES", "DEFAULT_EPS_GRID", "EPS_MODES", "FIELDS", "PROTOC
            "get_protocol", "one_attack_protocol", "protocol_entries", "protocol_fingerprint",
            "protocol_names", "with_adaptive"]
 
-EPS_MODES = ("grid", "main", "none", "max")
+EPS_MODES = ("grid", "lower", "upper", "main", "none", "max")
 THROUGH = ("bpda", "bpda_smooth", "twin")
 #: Where :func:`adaptive_attacks`' entries go: before the costly entries (version 2), after
 #: every entry (version 1), or nowhere (a one-attack protocol runs that attack only).
@@ -79,8 +87,8 @@ ADAPTIVE_PLACES = ("before_costly", "last", "none")
 DEFAULT_EPS_GRID = (0.0, 0.25, 0.5, 1.0, 2.0)
 #: The fields of a protocol file or dict; only ``entries`` is required of a user's protocol.
 FIELDS = ("name", "version", "description", "changes", "eps_grid", "adaptive", "entries")
-_ENTRY_FIELDS = ("key", "attack", "role", "eps", "on", "min_classes", "max_classes", "norms",
-                 "through")
+_ENTRY_FIELDS = ("key", "attack", "role", "eps", "on", "max_points", "min_classes",
+                 "max_classes", "norms", "through")
 
 #: Roles that run after the model-specific adaptive attacks: black-box, label-only and other
 #: costly attacks should only see the points that cheap white-box and adaptive ones left robust.
@@ -150,6 +158,10 @@ def _check_entry(e: Any, where: str) -> dict[str, Any]:
     if e.get("through") not in (None, *THROUGH):
         raise ValueError(f"{where}: entry {e['key']!r} has through {e['through']!r}; "
                          f"choose from {', '.join(THROUGH)}")
+    mp = e.get("max_points")
+    if mp is not None and (isinstance(mp, bool) or not isinstance(mp, int) or mp < 1):
+        raise ValueError(f"{where}: entry {e['key']!r} has max_points {mp!r}; give a positive "
+                         "integer (the most points it attacks) or leave it out")
     unknown = set(e) - set(_ENTRY_FIELDS)
     if unknown:
         raise ValueError(f"{where}: entry {e['key']!r} has unknown fields {sorted(unknown)}; "
@@ -348,12 +360,13 @@ def _attack_text(spec: Mapping[str, Any]) -> str:
 
 def _entry_line(e: Mapping[str, Any], widths: tuple[int, int]) -> str:
     notes = [f"norms {'/'.join(e['norms'])}" if "norms" in e else "",
+             f"at most {e['max_points']} points" if "max_points" in e else "",
              f">= {e['min_classes']} classes" if "min_classes" in e else "",
              f"<= {e['max_classes']} classes" if "max_classes" in e else "",
              f"through {e['through']}" if e.get("through") else ""]
     note = "; ".join(n for n in notes if n)
     return (f"    {e['key']:<{widths[0]}}  {_attack_text(e['attack']):<{widths[1]}}  "
-            f"{e['role']:<13}  {e['eps']:<4}  {e['on']:<9}  {note}").rstrip()
+            f"{e['role']:<13}  {e['eps']:<5}  {e['on']:<9}  {note}").rstrip()
 
 
 def format_protocols(protocols: Sequence[Mapping[str, Any]]) -> str:
@@ -373,7 +386,7 @@ def format_protocols(protocols: Sequence[Mapping[str, Any]]) -> str:
                  *textwrap.wrap(f"changes: {p.get('changes') or '-'}", **wrap),
                  f"  eps grid: {', '.join(f'{m:g}' for m in p['eps_grid'])} (x the main eps)",
                  f"  adaptive attacks: {where.get(p['adaptive'], p['adaptive'])}",
-                 f"    {'key':<{widths[0]}}  {'attack':<{widths[1]}}  {'role':<13}  eps   on",
+                 f"    {'key':<{widths[0]}}  {'attack':<{widths[1]}}  {'role':<13}  eps    on",
                  *(_entry_line(e, widths) for e in p["entries"])]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)

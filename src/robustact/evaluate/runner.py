@@ -367,8 +367,9 @@ def _cells(entries: list[_Entry], grid: list[float], eps: float, norm: str, x: t
     """(entry, ε of the rows, ε the attack gets or None) in run order."""
     out: list[tuple[_Entry, float, float | None]] = []
     for e_val in grid:
+        at = {"grid": True, "main": e_val == eps, "lower": e_val < eps, "upper": e_val >= eps}
         for e in entries:
-            if e.mode == "grid" or (e.mode == "main" and e_val == eps):
+            if at.get(e.mode, False):
                 out.append((e, e_val, e_val))
     big = budget_ceiling(norm, x[0].numel())  # the whole box: "max" mode's ε
     for e in entries:
@@ -454,6 +455,29 @@ def _judge(model: nn.Module, judge: nn.Module | None, xb: torch.Tensor, yb: torc
     return wrong & v.in_budget & v.in_box, votes.argmax(1)
 
 
+#: Odd 64-bit multipliers of the screen's hash (splitmix64's finalizer constants).
+_MIX = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
+
+
+def _screen(idx: np.ndarray, ids: torch.Tensor, e: _Entry) -> np.ndarray:
+    """``idx`` cut to the entry's ``max_points``: those whose sample id hashes lowest.
+
+    Why a hash of the id and the seed, not the first ones: the sample must not lean on the
+    data's order, and a given point is in or out whatever the batch size, the shard or the
+    order of the cascade (the same rule as the attacks' per-sample randomness).
+    """
+    cap = e.e.get("max_points")
+    if cap is None or idx.size <= cap:
+        return idx
+    mask = (1 << 64) - 1
+    keys = []
+    for i in ids.cpu().numpy()[idx].tolist():
+        h = (int(i) * _MIX[0] + e.seed * _MIX[1]) & mask
+        h = ((h ^ (h >> 31)) * _MIX[2]) & mask
+        keys.append(h ^ (h >> 29))
+    return np.sort(idx[np.argsort(np.array(keys, dtype=np.uint64), kind="stable")[:cap]])
+
+
 def _run_cell(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
               pred: torch.Tensor, correct: np.ndarray, e: _Entry, e_val: float,
               attack_eps: float | None, broken: np.ndarray | None, batch_size: int,
@@ -475,9 +499,10 @@ def _run_cell(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Ten
     todo = correct.copy()
     if e.on == "survivors" and broken is not None:
         todo &= ~broken
-    rows["skipped"][:] = ~todo
     rows["success"][correct & ~todo] = False  # broken earlier in the cascade: not attacked
-    idx = np.nonzero(todo)[0]
+    idx = _screen(np.nonzero(todo)[0], ids, e)  # a screen attacks a sample of them
+    rows["skipped"][:] = True
+    rows["skipped"][idx] = False
     mismatch, start = 0, time.perf_counter()
     if idx.size and attack_eps == 0.0:
         rows["success"][idx] = False  # x_adv = x: the clean prediction, already correct
