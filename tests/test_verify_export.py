@@ -237,3 +237,22 @@ def test_a_run_that_broke_nothing_still_verifies(user: dict[str, Path], tmp_path
     res = json.loads(ok(["verify", str(tmp_path / "atk"), *CPU]))
     assert res["ok"] and res["stored_examples"] == 0
     assert res["robust_correct_verified"] == res["clean_correct"]
+
+
+def test_no_adversarial_keeps_no_examples_and_says_so(user: dict[str, Path],
+                                                      tmp_path: Path) -> None:
+    """``--no-adversarial`` (very large runs): no examples anywhere in the folder, the record
+    says so, verify and export refuse in one line saying why, and the folder does not resume
+    as a run that keeps them."""
+    out = tmp_path / "lean"
+    base = ["evaluate", "--model-file", f"{user['net']}:mlp", "--weights",
+            str(user["weights"]), "--dataset", "digits", "--protocol", "quick", "--n", "20",
+            "--no-audit", "--out", str(out), "--no-progress", *CPU]
+    ok([*base, "--no-adversarial"])
+    assert not list(out.rglob("*.adv.safetensors"))
+    assert not (out / "adversarial.safetensors").exists()
+    assert read_json(out / "report.json")["run"]["adversarial_kept"] is False
+    assert read_json(out / "summary.json")["robust_accuracy"] is not None
+    refused(["verify", str(out), *CPU], "kept no adversarial examples", "--no-adversarial")
+    refused(["export", str(out)], "kept no adversarial examples")
+    refused(base, "different evaluation")  # the other setting is another evaluation

@@ -128,6 +128,12 @@ def evaluate_cmd(
         "--audit-samples", min=1, help="Samples the audit's model-level checks and its random "
                                        "search use (binarization: at most 20 of them).")
                              ] = 100,
+    adversarial: Annotated[bool, typer.Option(
+        "--adversarial/--no-adversarial",
+        help="Keep the adversarial example of every point broken at the main eps "
+             "(adversarial.safetensors, for verify and export). --no-adversarial for very large "
+             "runs: the examples take about the size of the broken test images, twice.")
+                             ] = True,
     run: dict[str, Any] | None = None,
     chosen: Chosen = NO_MODEL,
     rt: Runtime = NO_RUNTIME,
@@ -137,11 +143,13 @@ def evaluate_cmd(
 
     OUT also keeps the adversarial example of every point broken at the main eps
     (adversarial.safetensors, in the model's input dtype, with its provenance): about the size
-    of the broken test images, for `robustact verify OUT` and `robustact export OUT`."""
+    of the broken test images, for `robustact verify OUT` and `robustact export OUT`
+    (--no-adversarial: none kept, for very large runs)."""
     summary = evaluate_source(
         chosen.source, dataset=chosen.dataset, n=n, **rt._asdict(), protocol=_protocol(protocol),
         eps=None if eps is None else parse_budget(eps, norm, name="--eps"), norm=norm,
-        batch_size=batch_size, seed=seed, audit=audit, **(run or {}),
+        batch_size=batch_size, seed=seed, audit=audit, keep_adversarial=adversarial,
+        **(run or {}),
         audit_options={"max_samples": audit_samples, "random_samples": audit_samples,
                        "binarization_samples": min(20, audit_samples)},
         command=command_line(ctx))

@@ -289,7 +289,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              progress: bool = True, sample_ids: torch.Tensor | None = None,
              adaptive: bool = True, overrides: Mapping[str, Any] | None = None,
              meta: Mapping[str, Any] | None = None, locked: bool = False,
-             eot: int | None = None) -> ResultsTable:
+             eot: int | None = None, keep_adversarial: bool = True) -> ResultsTable:
     """Run ``protocol`` on ``(x, y)`` and return the per-sample results table.
 
     Args:
@@ -311,6 +311,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         locked: the caller already holds ``out``'s run lock (the lock is not re-entrant).
         eot: draws per forward for a randomized model (:mod:`robustact.attacks.eot`); None:
             10 when two forwards of a probe batch differ, else 0; 0: the model as it is.
+        keep_adversarial: with ``out``, keep the adversarial example of every point broken at
+            the main ε in its cell's file (False: for very large runs; a folder made one way
+            does not resume the other way).
     """
     check_eval_mode(model, "evaluating it")
     check_images(x)
@@ -346,7 +349,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     fingerprint = {"protocol": proto["id"], "entries": protocol_fingerprint(
         [e.e for e in entries]), "model": table_meta["model"]["fingerprint"],
         "data": table_meta["data_fingerprint"], "norm": norm, "eps_grid": grid, "seed": seed,
-        **({"eot": draws} if draws else {})}  # deterministic fingerprints stay as they were
+        **({"eot": draws} if draws else {}),  # deterministic fingerprints stay as they were
+        "adversarial": keep_adversarial}
 
     with ExitStack() as stack:
         folder = None
@@ -357,7 +361,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
             folder.write_clean(clean)
             folder.save_manifest()
         table = _run_cells(model, x, y, ids, pred, correct, entries, grid, eps, norm,
-                           batch_size, folder, table_meta, progress, draws)
+                           batch_size, folder, table_meta, progress, draws, keep_adversarial)
     table.meta = {**table.meta, "clean": clean}  # as load_table gives it (not in the JSON)
     return table
 
@@ -394,7 +398,7 @@ def _run_cells(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Te
                pred: torch.Tensor, correct: torch.Tensor, entries: list[_Entry],
                grid: list[float], eps: float, norm: str, batch_size: int,
                folder: RunFolder | None, meta: dict[str, Any], progress: bool,
-               draws: int = 0) -> ResultsTable:
+               draws: int = 0, keep_adversarial: bool = True) -> ResultsTable:
     done = folder.finished() if folder is not None else {}
     twin: nn.Module | None = None
     cells = _cells(entries, grid, eps, norm, x)
@@ -412,8 +416,8 @@ def _run_cells(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Te
                 twin = strip_defenses(model).eval()
             t, mismatch, secs, adv = _run_cell(
                 model, x, y, ids, pred, correct_np, e, e_val, attack_eps, broken.get(e_val),
-                batch_size, progress, twin, keep=folder is not None and e_val == eps,
-                draws=draws)
+                batch_size, progress, twin,
+                keep=keep_adversarial and folder is not None and e_val == eps, draws=draws)
             if folder is not None:
                 folder.add(t, attack=e.key, eps=e_val, norm=norm, seconds=secs,
                            mismatch=mismatch, adversarial=adv)

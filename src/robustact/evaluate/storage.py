@@ -111,6 +111,11 @@ def load_table(path: str | os.PathLike[str]) -> ResultsTable:
     return ResultsTable.concat([_read_cell(path, c) for c in man["cells"]], meta)
 
 
+#: What a fingerprint field meant before it was recorded: a folder written before robustact
+#: could skip the adversarial examples kept them.
+FINGERPRINT_DEFAULTS: dict[str, Any] = {"adversarial": True}
+
+
 class RunFolder:
     """Writer side of a results folder: open (or create) it, list finished cells, add cells.
 
@@ -127,7 +132,7 @@ class RunFolder:
             man = _read_manifest(self.path)
             old = man.get("fingerprint", {})
             for k, v in fingerprint.items():
-                if old.get(k) != _jsonable(v):
+                if old.get(k, FINGERPRINT_DEFAULTS.get(k)) != _jsonable(v):
                     raise ResultsFolderMismatch(
                         f"{self.path} holds results of a different evaluation ({k}: "
                         f"{old.get(k)!r} there, {_jsonable(v)!r} now); choose another output "

@@ -160,7 +160,8 @@ def evaluate_model(model: nn.Module, data: Any, *, dataset: str | None = None,
                    info: dict[str, Any] | None = None, command: str | None = None,
                    adaptive: bool = True, overrides: dict[str, Any] | None = None,
                    extra_curves: dict[str, Any] | None = None, kind: str = "evaluate",
-                   eot: int | None = None, allow_chance: bool = False) -> dict[str, Any]:
+                   eot: int | None = None, allow_chance: bool = False,
+                   keep_adversarial: bool = True) -> dict[str, Any]:
     """Run ``protocol`` on ``data`` into ``out``, audit it, write the record and its views.
 
     ``model`` is any ``nn.Module`` taking [0, 1] images and returning logits (eval mode);
@@ -177,7 +178,10 @@ def evaluate_model(model: nn.Module, data: Any, *, dataset: str | None = None,
     plus ``"out"``. A model returning probabilities is attacked through their logarithm; a
     randomized one with EOT (``eot`` draws; None: automatic, 0: off; :mod:`robustact.attacks.eot`);
     both are said in the reports. A clean accuracy at chance stops the run before any folder
-    is made (:func:`check_not_chance`) unless ``allow_chance``.
+    is made (:func:`check_not_chance`) unless ``allow_chance``. ``keep_adversarial``: write
+    ``adversarial.safetensors`` (every point broken at the main ε, for ``robustact verify`` and
+    ``export``); False for very large runs, where it holds about the broken test images twice
+    (once per cell, once gathered).
     """
     check_eval_mode(model, "evaluating it")
     proto = get_protocol(protocol, overrides)  # a bad protocol fails before any folder
@@ -201,7 +205,8 @@ def evaluate_model(model: nn.Module, data: Any, *, dataset: str | None = None,
         table = evaluate(model, x, y, protocol, eps=eps, norm=norm, out=str(run.path),
                          batch_size=batch_size, seed=seed, progress=progress,
                          meta={"dataset": dataset, "source": info or {}}, adaptive=adaptive,
-                         overrides=overrides, locked=True, eot=eot)
+                         overrides=overrides, locked=True, eot=eot,
+                         keep_adversarial=keep_adversarial)
         wall = time.perf_counter() - t0
         described.update(_randomness_info(table.meta.get("randomness") or {}))
         report = None
@@ -215,6 +220,7 @@ def evaluate_model(model: nn.Module, data: Any, *, dataset: str | None = None,
         attack_seconds = float(table["seconds"].sum()) if len(table) else 0.0
         record = evaluation_record(table, report, info=described, extra_curves=extra_curves,
                                    run={"command": command, "table": _table_key(table),
+                                        "adversarial_kept": keep_adversarial,
                                         "seconds": {
                                             "attacks": attack_seconds,
                                             "evaluation_wall_this_run": wall,
@@ -224,7 +230,10 @@ def evaluate_model(model: nn.Module, data: Any, *, dataset: str | None = None,
         if report is None:
             record = keep_earlier_audit(record, run.path / "report.json")
         paths = write_views(run.path, record)
-        _write_adversarial(run.path, x, y, record)
+        if keep_adversarial:
+            _write_adversarial(run.path, x, y, record)
+        else:  # a resumed run that now keeps none leaves no stale file behind
+            (run.path / "adversarial.safetensors").unlink(missing_ok=True)
         summary = read_json(paths["summary"])  # what the user's file says is what we return
         run.finish({"summary": "summary.json", "clean_accuracy": summary["clean_accuracy"],
                     "robust_accuracy": summary["robust_accuracy"],

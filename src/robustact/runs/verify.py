@@ -122,6 +122,10 @@ def read_evaluation(run: str | Path, *, need_provenance: bool = True) -> Evaluat
                          "only): there is no count to re-check or export")
     file = path / ADVERSARIAL_FILE
     if not file.is_file():
+        if (record.get("run") or {}).get("adversarial_kept") is False:
+            raise ValueError(f"{path} kept no adversarial examples (evaluated with "
+                             "--no-adversarial): there is nothing to re-check or export; rerun "
+                             "the evaluation without --no-adversarial")
         raise _refuse_older(path, f"it has no {ADVERSARIAL_FILE}")
     try:
         with safe_open(str(file), framework="pt") as f:
