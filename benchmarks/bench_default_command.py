@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -83,8 +84,9 @@ def _targets(args: Any) -> list[tuple[str, nn.Module, str, torch.Tensor, torch.T
         t = load_target(ModelSource(checkpoint=ckpt), n=args.n, data_root=args.data_root,
                         device="cpu")
         x, y = t.data.x(), t.data.y()
+        name = Path(ckpt).name if eps is None else f"{Path(ckpt).name}@{eps:g}"
         eps = default_budget(t.dataset, "linf") if eps is None else eps
-        out.append((Path(ckpt).name, t.model.eval(), t.dataset, x, y, eps))
+        out.append((name, t.model.eval(), t.dataset, x, y, eps))
     return out
 
 
@@ -135,6 +137,9 @@ def _one(name: str, model: nn.Module, dataset: str, x: torch.Tensor, y: torch.Te
                     "default_ratio": d["seconds"] / aa["seconds"],
                     "aa_only": int((worst & ~robust_aa).sum()),
                     "ra_only": int((robust_aa & ~worst).sum())})
+        # the points themselves (test-set positions), not only their count: issue 21 asks
+        # that every point AutoAttack breaks be broken or listed
+        row["aa_only_samples"] = np.nonzero(worst & ~robust_aa)[0].tolist()
     record = {"dataset": dataset, "eps": eps, "first": order[0],
               **{k: {f: v for f, v in r.items() if not f.startswith("_")}
                  for k, r in runs.items()}, "row": row}

@@ -427,3 +427,18 @@ def test_leaderboard_of_40_runs_scrolls_with_a_sticky_header(evaluated, tmp_path
         assert r[3] == pct_ci(i / 48, interval_of(i / 48, n))
     assert '<div class="table-scroll">' in html and "position: sticky" in html
     assert "overflow-wrap: anywhere" in html
+
+
+@pytest.mark.parametrize("protocol, screened", [("standard@3", True), ("standard@2", False)])
+def test_the_report_says_when_the_curve_below_eps_is_a_screen(tmp_path: Path, protocol: str,
+                                                               screened: bool) -> None:
+    """standard@3 screens the ε below the main one with a 10-step APGD-CE: the page says those
+    points are upper bounds, naming the screen; a protocol without a screen says nothing."""
+    model, x, y = train_prototype_cnn(0)
+    t = evaluate(model, x[:12], y[:12], protocol, eps=0.1, progress=False,
+                 overrides={"steps": 2, "n_queries": 10})
+    write_reports(tmp_path, t)
+    html = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert ('id="screen-note"' in html) is screened
+    if screened:
+        assert "apgd-ce-10" in html.split('id="screen-note"')[1].split("</p>")[0]
