@@ -132,10 +132,11 @@ class RunFolder:
             man = _read_manifest(self.path)
             old = man.get("fingerprint", {})
             for k, v in fingerprint.items():
-                if old.get(k, FINGERPRINT_DEFAULTS.get(k)) != _jsonable(v):
+                there = old.get(k, FINGERPRINT_DEFAULTS.get(k))
+                if there != _jsonable(v):
                     raise ResultsFolderMismatch(
                         f"{self.path} holds results of a different evaluation ({k}: "
-                        f"{old.get(k)!r} there, {_jsonable(v)!r} now); choose another output "
+                        f"{there!r} there, {_jsonable(v)!r} now); choose another output "
                         "folder or delete it to start over")
             self.manifest = man
         else:
