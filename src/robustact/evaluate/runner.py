@@ -346,11 +346,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         "attacks": _attack_meta(entries, eps), "unavailable": notes, "randomness": randomness,
         "environment": environment_info(), "device": str(dev), **dict(meta or {}),
     }
-    fingerprint = {"protocol": proto["id"], "entries": protocol_fingerprint(
-        [e.e for e in entries]), "model": table_meta["model"]["fingerprint"],
-        "data": table_meta["data_fingerprint"], "norm": norm, "eps_grid": grid, "seed": seed,
-        **({"eot": draws} if draws else {}),  # deterministic fingerprints stay as they were
-        "adversarial": keep_adversarial}
+    fingerprint = _fingerprint(table_meta, [e.e for e in entries], draws, keep_adversarial)
 
     with ExitStack() as stack:
         folder = None
@@ -364,6 +360,17 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                            batch_size, folder, table_meta, progress, draws, keep_adversarial)
     table.meta = {**table.meta, "clean": clean}  # as load_table gives it (not in the JSON)
     return table
+
+
+def _fingerprint(meta: Mapping[str, Any], entries: list[dict[str, Any]], draws: int,
+                 keep_adversarial: bool) -> dict[str, Any]:
+    """What a resumed run folder must match: protocol and entries, model, data, norm, grid,
+    seed, EOT draws (randomized models only: deterministic fingerprints stay as they were) and
+    whether adversarial examples are kept."""
+    return {"protocol": meta["protocol"], "entries": protocol_fingerprint(entries),
+            "model": meta["model"]["fingerprint"], "data": meta["data_fingerprint"],
+            "norm": meta["norm"], "eps_grid": meta["eps_grid"], "seed": meta["seed"],
+            **({"eot": draws} if draws else {}), "adversarial": keep_adversarial}
 
 
 def _cells(entries: list[_Entry], grid: list[float], eps: float, norm: str, x: torch.Tensor

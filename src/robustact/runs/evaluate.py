@@ -38,9 +38,10 @@ from robustact.core.storage import read_json, save_tensors
 from robustact.core.validate import check_eval_mode, check_positive_int, resolve_device
 from robustact.data import as_tensors
 from robustact.evaluate import evaluate, get_protocol
-from robustact.evaluate.audit import run_audit
+from robustact.evaluate.audit import AuditReport, run_audit
 from robustact.evaluate.protocols import one_attack_protocol
 from robustact.evaluate.storage import load_adversarial
+from robustact.evaluate.table import ResultsTable
 from robustact.models.outputs import rng_fork
 from robustact.models.predict import predict
 from robustact.report.evaluation import evaluation_record, keep_earlier_audit, write_views
@@ -217,28 +218,29 @@ def evaluate_model(model: nn.Module, data: Any, *, dataset: str | None = None,
             report = run_audit(audited, x.to(dev), y.to(dev), table, eps=eps, norm=norm,
                                seed=seed, progress=progress,
                                **{**EVALUATE_AUDIT_DEFAULTS, **(audit_options or {})})
-        attack_seconds = float(table["seconds"].sum()) if len(table) else 0.0
         record = evaluation_record(table, report, info=described, extra_curves=extra_curves,
-                                   run={"command": command, "table": _table_key(table),
-                                        "adversarial_kept": keep_adversarial,
-                                        "seconds": {
-                                            "attacks": attack_seconds,
-                                            "evaluation_wall_this_run": wall,
-                                            "audit": report.seconds if report else None,
-                                            "audit_model_forward_rows":
-                                                report.model_forward_rows if report else None}})
+                                   run=_run_info(command, table, report, wall, keep_adversarial))
         if report is None:
             record = keep_earlier_audit(record, run.path / "report.json")
         paths = write_views(run.path, record)
-        if keep_adversarial:
-            _write_adversarial(run.path, x, y, record)
-        else:  # a resumed run that now keeps none leaves no stale file behind
-            (run.path / "adversarial.safetensors").unlink(missing_ok=True)
+        _write_adversarial(run.path, x, y, record, keep=keep_adversarial)
         summary = read_json(paths["summary"])  # what the user's file says is what we return
         run.finish({"summary": "summary.json", "clean_accuracy": summary["clean_accuracy"],
                     "robust_accuracy": summary["robust_accuracy"],
                     "verdict": summary["verdict"]["label"]})
     return {**summary, "out": str(run.path)}
+
+
+def _run_info(command: str | None, table: ResultsTable, report: AuditReport | None,
+              wall: float, keep_adversarial: bool) -> dict[str, Any]:
+    """The record's ``run`` part: the command, the table's key, whether adversarial examples
+    were kept, and where the seconds went (attacks, this run's wall time, the audit)."""
+    return {"command": command, "table": _table_key(table), "adversarial_kept": keep_adversarial,
+            "seconds": {"attacks": float(table["seconds"].sum()) if len(table) else 0.0,
+                        "evaluation_wall_this_run": wall,
+                        "audit": report.seconds if report else None,
+                        "audit_model_forward_rows":
+                            report.model_forward_rows if report else None}}
 
 
 def _provenance(record: Mapping[str, Any]) -> dict[str, str]:
@@ -258,12 +260,16 @@ def _provenance(record: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _write_adversarial(out: Path, x: torch.Tensor, y: torch.Tensor,
-                       record: Mapping[str, Any]) -> None:
+                       record: Mapping[str, Any], *, keep: bool = True) -> None:
     """``adversarial.safetensors``: every point broken at the main ε with its adversarial
     example and label (the per-sample worst case, re-checkable by running the model on it);
     the metadata names the attack of each and records the run's provenance
     (:func:`_provenance`). Written even when no point broke (empty tensors), so every finished
-    evaluation can be verified the same way."""
+    evaluation can be verified the same way. ``keep=False`` (``--no-adversarial``): removed,
+    so a folder never holds a stale file."""
+    if not keep:
+        (out / "adversarial.safetensors").unlink(missing_ok=True)
+        return
     adv = load_adversarial(out)
     if adv is None:
         adv = {"sample": torch.zeros(0, dtype=torch.int64), "attack": [],
