@@ -10,15 +10,11 @@ queries on every survivor, and prints per attack the points it attacked and brok
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
 
-import torch
+import probe_cli  # scripts/ is on sys.path when run as a script
 
 from robustact.evaluate import evaluate
-from robustact.runs.sources import ModelSource, load_target
 
 ENTRIES = [
     {"key": "fgsm", "attack": {"name": "fgsm"}, "role": "single_step", "on": "all"},
@@ -34,21 +30,12 @@ ENTRIES = [
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("checkpoint")
-    p.add_argument("eps", type=float)
-    p.add_argument("--n", type=int, default=1000)
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default=None, help="also write the JSON here")
-    a = p.parse_args()
-    torch.set_num_threads(a.threads)
-    t = load_target(ModelSource(checkpoint=a.checkpoint), n=a.n, data_root=a.data_root,
-                    device="cpu")
+    a = probe_cli.parser(__doc__).parse_args()
+    model, x, y = probe_cli.load(a)
     t0 = time.perf_counter()
-    table = evaluate(t.model.eval(), t.data.x(), t.data.y(), {"name": "probe", "entries": ENTRIES},
+    table = evaluate(model, x, y, {"name": "probe", "entries": ENTRIES},
                      eps=a.eps, eps_grid=[a.eps], progress=False, adaptive=False)
-    out: dict = {"command": " ".join(sys.argv), "n": a.n, "eps": a.eps, "attacks": {}}
+    out: dict = {"command": probe_cli.command(), "n": a.n, "eps": a.eps, "attacks": {}}
     for e in ENTRIES:
         c = table.cell(e["key"], a.eps)
         hit = c["success"] & ~c["skipped"]
@@ -57,11 +44,7 @@ def main() -> None:
                                     "samples": c["sample"][hit][:50].tolist(),
                                     "seconds": float(c["seconds"].sum())}
     out["wall_seconds"] = time.perf_counter() - t0
-    text = json.dumps(out, indent=1)
-    print(text)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text + "\n")
+    probe_cli.emit(out, a.out)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,28 @@ def test_more_targets_never_break_fewer_points() -> None:
         assert all_.info["targets"] == K - 1
 
 
+def test_close_targets_run_only_on_close_samples() -> None:
+    """Ranks beyond ``n_targets`` run only where the best loss so far is at least
+    ``close_loss``: with every survivor close they are the plain ``close_targets`` ranks, with
+    none (0 is the boundary itself: reaching it breaks the sample) they add nothing, and in
+    between they only add breaks."""
+    for seed in range(4):
+        problem = random_problem(seed, n=16)
+
+        def run(problem=problem, seed=seed, **kw: float) -> torch.Tensor:
+            model, x, y = problem
+            return APGDT(0.15, steps=10, seed=seed, **kw)(model, x, y,
+                                                          keys=torch.arange(16)).success
+
+        one, all_ = run(n_targets=1), run(n_targets=K - 1)
+        assert torch.equal(run(n_targets=1, close_targets=K - 1, close_loss=-1e9), all_)
+        assert torch.equal(run(n_targets=1, close_targets=K - 1, close_loss=0.0), one)
+        mid = run(n_targets=1, close_targets=K - 1, close_loss=-0.3)
+        assert bool((mid | ~one).all()) and bool((all_ | ~mid).all())
+    with pytest.raises(ValueError, match="close_loss"):
+        APGDT(0.1, close_loss=0.1)
+
+
 def test_refuses_caller_targets_and_too_few_classes() -> None:
     model, x, y = random_problem(0)
     with pytest.raises(ValueError, match="chooses its own targets"):

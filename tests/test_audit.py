@@ -661,6 +661,35 @@ def test_run_audit_tests_attack_strength_only_where_robustness_is_claimed(health
     assert rep.check("C21").fired is not None
 
 
+def test_random_search_leaves_to_the_black_box_screen_what_it_searched(healthy):
+    """C17 draws only for reported-robust samples no black-box attack (Square, C16) attacked:
+    with every one searched it does not apply and spends nothing beyond the clean pass; with
+    half searched it draws for the other half and says so."""
+    model, x, y = healthy
+    n = len(y)
+    clean = (predict(model, x) == y).tolist()
+
+    def audit(searched: Sequence[bool]) -> tuple[CheckResult, int]:
+        rows = (_rows("pgd", 0.5, [False] * n, clean)
+                + _rows("square", 0.5, [False] * n, clean,
+                        skipped=[not (c and s) for c, s in zip(clean, searched, strict=True)]))
+        table = ResultsTable.from_rows(rows, {"attacks": {"pgd": {"role": "standard"},
+                                                          "square": {"role": "black_box"}}})
+        rep = run_audit(model, x, y, table, eps=0.5, random_points=200, binarization_samples=2)
+        return rep.check("C17"), sum(clean)
+
+    every, robust = audit([True] * n)
+    assert every.fired is None and "not applicable" in every.evidence
+    assert every.numbers["left_to_black_box"] == robust
+    half, _ = audit([i % 2 == 0 for i in range(n)])
+    searched = sum(c and i % 2 == 0 for i, c in enumerate(clean))
+    assert half.numbers["left_to_black_box"] == searched
+    assert half.numbers["reported_robust"] == robust - searched
+    assert half.fired and "left to the black-box screen" in half.evidence
+    none, _ = audit([False] * n)
+    assert none.numbers["reported_robust"] == robust and "left_to_black_box" not in none.numbers
+
+
 # -- C24: the self-test ---------------------------------------------------------------------------
 
 def test_self_test_flags_every_broken_model_and_not_the_healthy_one(healthy):

@@ -32,9 +32,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 FAST = {"steps": 2, "n_queries": 20}
 EPS = 0.1
-SHIPPED = ("quick@1", "quick@2", "standard@1", "standard@2", "standard@3", "thorough@1",
-           "thorough@2", "thorough@3")
-LATEST = {"quick": 2, "standard": 3, "thorough": 3}
+SHIPPED = ("quick@1", "quick@2", "standard@1", "standard@2", "standard@3", "standard@4",
+           "thorough@1", "thorough@2", "thorough@3")
+LATEST = {"quick": 2, "standard": 4, "thorough": 3}
 #: protocol_fingerprint of each version-2 protocol's entries, computed from the dict-based
 #: protocols.py before the protocols became files (without and with FAST): run folders made
 #: then hold these, so a change here means those folders no longer resume.
@@ -122,6 +122,26 @@ def test_version_3_adds_apgd_t_and_screens_the_cost():
     assert not any("max_points" in e for e in t3)
 
 
+#: protocol_fingerprint of standard@3's entries (without and with FAST), as it shipped: its run
+#: folders hold these.
+PINNED_3 = ("7e9acdc5f1144ede", "53f1531af927cb9d")
+
+
+def test_version_4_adds_close_targets_and_shortens_the_screen():
+    """standard@4 is standard@3 with targets 4-5 of APGD-T for close survivors and Square 250;
+    standard@3's fingerprints stay as shipped (its run folders resume)."""
+    s3, s4 = ({e["key"]: e for e in get_protocol(f"standard@{v}")["entries"]} for v in (3, 4))
+    assert s4["apgd-t"]["attack"] == {**s3["apgd-t"]["attack"], "close_targets": 5,
+                                      "close_loss": -0.2}
+    assert s4["square"]["attack"]["n_queries"] == 250
+    assert s4["square"]["max_points"] == s3["square"]["max_points"] == 100
+    same = {k for k in s3 if k not in ("apgd-t", "square")}
+    assert same == {k for k in s4 if k not in ("apgd-t", "square")}
+    assert all(s3[k] == s4[k] for k in same)
+    assert (protocol_fingerprint(get_protocol("standard@3")["entries"]),
+            protocol_fingerprint(get_protocol("standard@3", FAST)["entries"])) == PINNED_3
+
+
 def test_run_folder_fingerprint_is_pinned(mlp, tmp_path):
     """The whole resume fingerprint of a run, as written before protocols became files."""
     model, x, y = mlp
@@ -198,7 +218,7 @@ def _unshipped_version(raw):
     (lambda raw: raw.update(eps_grid=[-1, 1]), "eps_grid"),
     (lambda raw: raw.update(version="2"), "version"),
     (_keep_name, "its own 'name'"),
-    (_unshipped_version, "standard@1, standard@2, standard@3"),
+    (_unshipped_version, "standard@1, standard@2, standard@3, standard@4"),
 ])
 def test_a_broken_user_file_is_refused_in_one_line(tmp_path, edit, problem):
     path = _copy(tmp_path, "standard@2", edit)
@@ -262,8 +282,8 @@ def test_one_attack_protocol_refuses_bad_specs(spec, kw, problem):
 def test_available_protocols_lists_every_shipped_version():
     listed = available_protocols()
     assert [p["id"] for p in listed] == list(SHIPPED)
-    assert [p["latest"] for p in listed] == [False, True, False, False, True, False, False,
-                                             True]
+    assert [p["latest"] for p in listed] == [False, True, False, False, False, True, False,
+                                             False, True]
     for p in listed:
         assert set(p) >= {"id", "name", "version", "latest", "description", "changes",
                           "eps_grid", "adaptive", "entries"}

@@ -4,14 +4,16 @@ Why apart from :mod:`robustact.evaluate.checks`: these do not diagnose the model
 they look for adversarials by other means (a surrogate's transfer, random points of the ε-ball,
 an attack on a binarized task) and compare what they find with what the evaluation reported, so
 they take extra inputs (a surrogate, the points reported robust, an attack) and cost far more.
-:func:`robustact.evaluate.audit.run_audit` calls them separately; ``robustact.evaluate.checks``
-re-exports them.
+:func:`robustact.evaluate.audit.run_audit` calls them separately (C17 and C21 through the
+versions at the end, which read from the results table which samples the evaluation claims
+robust); ``robustact.evaluate.checks`` re-exports them.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -30,8 +32,11 @@ from robustact.evaluate.check_base import (
     probe,
     seeded_generator,
 )
+from robustact.evaluate.samples import Samples, robust_mask, rows_at
+from robustact.evaluate.table import ResultsTable
 
-__all__ = ["check_transfer_mismatch", "check_random_search", "check_binarization"]
+__all__ = ["check_transfer_mismatch", "check_random_search", "check_binarization",
+           "binarization_on_reported_robust", "random_search_beyond_black_box"]
 
 
 # -- C12 ----------------------------------------------------------------------------------------
@@ -240,3 +245,64 @@ def check_binarization(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
           f"succeeded on {succeeded} of {fitted} samples ({pct(rate)})" +
           (": the attack is too weak for this model." if fired else "."))
     return CheckResult("C21", "binarization test", fired, numbers, ev)
+
+
+# -- C17 and C21 where the evaluation claims robustness ---------------------------------------
+
+def binarization_on_reported_robust(model: nn.Module, xs: torch.Tensor, ys: torch.Tensor,
+                                     table: ResultsTable | None, ids: torch.Tensor, *,
+                                     eps: float, norm: str, **kw: Any) -> CheckResult:
+    """C21 on the samples the evaluation reports robust (all of ``xs`` without a table).
+
+    Why: the binarization test asks whether the attack is strong enough to trust a robustness
+    claim; where the evaluation broke a point there is no claim to test, and where it broke
+    every point the question does not arise (measured: C21 was 4.0 of the 5.5 s audit of an
+    undefended LeNet-5 whose evaluation of 1000 MNIST images took 1.0 s).
+    """
+    robust = robust_mask(table, eps, ids) if table is not None else None
+    if robust is not None:
+        if not bool(robust.any()):
+            return CheckResult("C21", "binarization test", None, {"reported_robust": 0},
+                               "not applicable: the evaluation reports no point robust, so "
+                               "there is no robustness claim whose attack to test.")
+        keep = robust.to(xs.device)
+        xs, ys = xs[keep], ys[keep]
+    return check_binarization(model, xs, ys, eps=eps, norm=norm, **kw)
+
+
+def random_search_beyond_black_box(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                                    table: ResultsTable | None, ids: torch.Tensor, *,
+                                    eps: float, norm: str, max_samples: int,
+                                    **kw: Any) -> CheckResult:
+    """C17 on the reported-robust samples that no black-box attack of the table (Square, the
+    C16 screen) attacked at ``eps``.
+
+    Why: Square is a random search too, and a stronger one (it keeps what raised the loss and
+    starts from the vertices of the ε-ball), so uniform points add nothing on a sample it
+    already searched; C16 asks the question there. Measured: on the calibration zoo under audit
+    version 4, C17 was significant only on cells where C16 was too; and on a fast-AT ResNet-20
+    (CIFAR-10, 100 images) it drew its 1000 points for each of the 35 robust samples, all of
+    which Square had searched: as many forward passes as the screen itself.
+    """
+    robust = robust_mask(table, eps, ids) if table is not None else None
+    if robust is None or table is None:
+        return check_random_search(model, x, y, eps=eps, norm=norm, robust=robust,
+                                   max_samples=max_samples, **kw)
+    s = Samples.of(table)
+    _, searched = s.broken(rows_at(table, table.attacks("black_box"), eps))
+    pos = np.searchsorted(s.ids, ids.cpu().numpy()).clip(0, max(0, len(s.ids) - 1))
+    left = torch.from_numpy(~searched[pos]) if len(s.ids) else torch.ones_like(robust)
+    n = min(x.shape[0], max_samples)
+    by_square = int((robust[:n] & ~left[:n]).sum())
+    if by_square and not bool((robust[:n] & left[:n]).any()):
+        return CheckResult("C17", "random search", None, {"left_to_black_box": by_square},
+                           f"not applicable: the black-box screen (C16) searched all {by_square}"
+                           f" reported-robust samples of the first {n}, and a uniform random "
+                           "search is weaker than it.", kind="gap")
+    res = check_random_search(model, x, y, eps=eps, norm=norm, robust=robust & left,
+                              max_samples=max_samples, **kw)
+    if by_square:
+        res.numbers["left_to_black_box"] = by_square
+        res.evidence += (f" {by_square} reported-robust samples were left to the black-box "
+                         "screen (C16), which searched them already.")
+    return res

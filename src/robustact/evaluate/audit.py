@@ -17,10 +17,8 @@ through an exact binomial test against the disagreement sound attacks show on he
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -31,9 +29,9 @@ from tqdm.auto import tqdm
 from robustact.attacks.base import Attack
 from robustact.core.budget import check_budget
 from robustact.evaluate.attack_checks import (
-    check_binarization,
-    check_random_search,
+    binarization_on_reported_robust,
     check_transfer_mismatch,
+    random_search_beyond_black_box,
 )
 from robustact.evaluate.check_base import (
     ADAPTIVE_GAP_RATE,
@@ -45,6 +43,7 @@ from robustact.evaluate.check_base import (
     pct,
 )
 from robustact.evaluate.checks import MODEL_CHECKS
+from robustact.evaluate.samples import Samples, main_eps, rows_at, standard_robust
 from robustact.evaluate.summary import worst_case
 from robustact.evaluate.table import ResultsTable
 from robustact.evaluate.verdict import VERDICTS, AuditReport, Verdict, verdict
@@ -77,8 +76,9 @@ __all__ = [
 #: audit, not the attacks, of a cell whose key differs only in it. 1: the issue-20 audit;
 #: 2: C4 counts vanishing (non-zero, ≤ 1e-6 of the largest) gradient coordinates; 3: C4 records
 #: its count of exactly-zero gradients (it fires on 2 samples or more, never on one); 4: the gap
-#: checks count as candidates only the survivors a screen (``max_points``) attacked.
-AUDIT_VERSION = 4
+#: checks count as candidates only the survivors a screen (``max_points``) attacked; 5: random
+#: search (C17) leaves to the black-box screen the samples it attacked.
+AUDIT_VERSION = 5
 #: C10's threshold on the stall statistic (IoAF I4).
 STALL_THRESHOLD = 0.05
 #: An L∞ budget this large lets every image become uniform grey: accuracy must be at chance.
@@ -98,67 +98,6 @@ def _noise_floor(n: int, survivors: int | None = None) -> float:
     attacks differ from the standard ones on a few per cent of the survivors anyway."""
     floor = noise_floor(n)
     return floor if survivors is None else max(floor, GENERIC_SURVIVOR_NOISE * survivors)
-
-
-# -- per-sample bookkeeping ---------------------------------------------------------------------
-
-def _main_eps(table: ResultsTable, eps: float | None) -> float:
-    """The budget the checks compare at: ``eps``, or the standard attacks' only finite ε."""
-    if eps is not None:
-        return float(eps)
-    std = table.attacks("standard")
-    mask = np.isin(table["attack"], std) & np.isfinite(table["eps"])
-    grid = np.unique(table["eps"][mask])
-    if len(grid) == 1:
-        return float(grid[0])
-    if len(grid) == 0:
-        raise ValueError("the results table has no fixed-budget standard attack; pass eps")
-    raise ValueError(f"the results table has several ε for its standard attacks "
-                     f"({', '.join(f'{e:g}' for e in grid)}); pass eps to choose one")
-
-
-def _rows(table: ResultsTable, keys: Sequence[str], eps: float | None) -> ResultsTable:
-    mask = np.isin(table["attack"], list(keys))
-    if eps is not None:
-        e = table["eps"]
-        mask &= (np.isinf(e) & math.isinf(eps)) | np.isclose(e, eps, rtol=0, atol=1e-12)
-    return table.where(mask)
-
-
-@dataclass
-class _Samples:
-    """The evaluated points of a table: sorted sample ids and their clean correctness."""
-
-    ids: np.ndarray
-    clean_correct: np.ndarray
-
-    @classmethod
-    def of(cls, table: ResultsTable) -> _Samples:
-        ids, first = np.unique(table["sample"], return_index=True)
-        return cls(ids, table["clean_correct"][first])
-
-    def broken(self, rows: ResultsTable) -> tuple[np.ndarray, np.ndarray]:
-        """Per sample of ``ids``: broken by any row (success), and attacked (a non-skipped row)."""
-        pos = np.searchsorted(self.ids, rows["sample"])
-        broken = np.zeros(len(self.ids), dtype=bool)
-        attacked = np.zeros(len(self.ids), dtype=bool)
-        np.logical_or.at(broken, pos, rows["success"])
-        np.logical_or.at(attacked, pos, ~rows["skipped"])
-        return broken, attacked
-
-    def present(self, rows: ResultsTable) -> np.ndarray:
-        out = np.zeros(len(self.ids), dtype=bool)
-        out[np.searchsorted(self.ids, rows["sample"])] = True
-        return out
-
-
-def _standard_robust(table: ResultsTable, s: _Samples, eps: float) -> np.ndarray | None:
-    """Clean-correct samples no standard attack broke at ε (None: no standard rows at ε)."""
-    rows = _rows(table, table.attacks("standard"), eps)
-    if len(rows) == 0:
-        return None
-    broken, _ = s.broken(rows)
-    return s.clean_correct & ~broken & s.present(rows)
 
 
 def _na(cid: str, name: str, why: str, kind: str = "attack") -> CheckResult:
@@ -181,19 +120,19 @@ def _extra_break(table: ResultsTable, role: str, cid: str, name: str, eps: float
     keys = table.attacks(role)
     if not keys:
         return _na(cid, name, f"the table has no {role.replace('_', '-')} attack")
-    e = _main_eps(table, eps)
-    s = _Samples.of(table)
-    robust = _standard_robust(table, s, e)
+    e = main_eps(table, eps)
+    s = Samples.of(table)
+    robust = standard_robust(table, s, e)
     if robust is None:
         return _na(cid, name, f"no standard attack at ε = {e:g} to compare with")
-    rows = _rows(table, keys, e)
+    rows = rows_at(table, keys, e)
     if len(rows) == 0:
         return _na(cid, name, f"the {role.replace('_', '-')} attack has no rows at ε = {e:g}")
     broken, attacked = s.broken(rows)
     # A screen (an entry with max_points) attacked a sample of the survivors: the points it
     # left out, robust under every attack, are no candidates (no-op without a screen: every
     # entry then attacks every point still robust at its turn).
-    any_broken, _ = s.broken(_rows(table, table.attacks(), e))
+    any_broken, _ = s.broken(rows_at(table, table.attacks(), e))
     robust = robust & ~(s.clean_correct & ~any_broken & ~attacked)
     extra = broken & robust
     n, k, cand = len(s.ids), int(extra.sum()), int(robust.sum())
@@ -250,7 +189,7 @@ def check_incomplete_optimization(table: ResultsTable, *, eps: float | None = No
     robust like C15/C16's (``GENERIC_SURVIVOR_NOISE``); measured: APGD-CE (100 steps) was
     still improving on 13 of the 876 points an adversarially trained MNIST CNN kept (1.5 %).
     """
-    e = _main_eps(table, eps)
+    e = main_eps(table, eps)
     ids, robust = worst_case(table, e)
     st = table["stall"]
     rows = table.where(np.isfinite(st) & ~table["skipped"] & ~table["success"]
@@ -305,9 +244,9 @@ def check_unbounded(table: ResultsTable, *, eps: float | None = None) -> CheckRe
     if not keys:
         return _na("C13", "unbounded attack", "the table has no unbounded attack",
                    kind="diagnostic")
-    rows = _rows(table, keys, None)
+    rows = rows_at(table, keys, None)
     rows = rows.where(rows["clean_correct"] & ~rows["skipped"])
-    s = _Samples.of(rows) if len(rows) else None
+    s = Samples.of(rows) if len(rows) else None
     if s is None:
         return _na("C13", "unbounded attack", "the unbounded attack ran on no clean-correct point",
                    kind="diagnostic")
@@ -327,17 +266,17 @@ def check_monotone_eps(table: ResultsTable, *, eps: float | None = None,
     (aggregate: any rise; per sample: broken at a smaller ε yet robust at a larger one, beyond
     noise), and must fall to chance at a very large ε (L∞ ≥ 0.5: every image can become grey)."""
     std = table.attacks("standard")
-    rows = _rows(table, std, None)
+    rows = rows_at(table, std, None)
     rows = rows.where(np.isfinite(rows["eps"]))
     grid = np.unique(rows["eps"])
     if len(grid) < 2:
         return _na("C14", "monotone in ε", "the standard attacks ran at fewer than two ε",
                    kind="diagnostic")
-    s = _Samples.of(table)
+    s = Samples.of(table)
     n = len(s.ids)
     robust, present, accs = [], [], []
     for e in grid:
-        r = _rows(rows, std, float(e))
+        r = rows_at(rows, std, float(e))
         b, _ = s.broken(r)
         p = s.present(r)
         robust.append(s.clean_correct & ~b & p)
@@ -431,24 +370,24 @@ def check_worst_case(table: ResultsTable, *, eps: float | None = None) -> CheckR
     """C22: robust = no attack at ε succeeded on that sample (AND over attacks, minimum-norm
     points within ε included, as :func:`~.summary.worst_case` counts them), always reported;
     never an average over attacks."""
-    e = _main_eps(table, eps)
+    e = main_eps(table, eps)
     keys = [a for a in table.attacks()
             if table.meta.get("attacks", {}).get(a, {}).get("role") not in ("unbounded",
                                                                              "min_norm")]
-    rows = _rows(table, keys, e)
+    rows = rows_at(table, keys, e)
     if len(rows) == 0:
         return _na("C22", "per-sample worst case", f"no fixed-budget attack at ε = {e:g}",
                    kind="info")
-    s = _Samples.of(table)
+    s = Samples.of(table)
     n = len(s.ids)
     # The one definition reports use too: minimum-norm points within ε count as broken.
     acc = float(worst_case(table, e)[1].sum()) / n
     single = {}
     for a in rows.attacks():
-        b, _ = s.broken(_rows(rows, [a], e))
+        b, _ = s.broken(rows_at(rows, [a], e))
         single[a] = float((s.clean_correct & ~b).sum()) / n
     best = min(single, key=single.__getitem__)
-    robust_std = _standard_robust(table, s, e)
+    robust_std = standard_robust(table, s, e)
     numbers = {"eps": e, "n": n, "robust_accuracy": acc, "per_attack": single,
                "strongest_single": best, "clean_accuracy": float(s.clean_correct.mean())}
     if robust_std is not None:
@@ -467,43 +406,6 @@ TABLE_CHECKS: tuple[Callable[..., CheckResult], ...] = (
 
 
 # -- the whole audit ----------------------------------------------------------------------------
-
-def _robust_mask(table: ResultsTable, eps: float, samples: torch.Tensor) -> torch.Tensor | None:
-    """Per row of ``samples``: does the evaluation report the sample robust at ``eps`` (every
-    attack of the table failed on it, :func:`~.summary.worst_case`)? Why the worst case and not
-    the standard attacks alone: random search (C17) then spends its draws only on what the
-    reported figure still counts, e.g. nothing on a masked model the adaptive attacks took to 0 %
-    (measured: a 90 s audit for an 18.5 s evaluation of sigmoid T = 100 on 500 MNIST images)."""
-    s = _Samples.of(table)
-    if _standard_robust(table, s, eps) is None:
-        return None
-    ids_all, robust = worst_case(table, eps)
-    ids = samples.cpu().numpy()
-    pos = np.searchsorted(ids_all, ids).clip(0, max(0, len(ids_all) - 1))
-    found = (len(ids_all) > 0) & (ids_all[pos] == ids)
-    return torch.from_numpy(found & robust[pos])
-
-
-def _binarization_on_reported_robust(model: nn.Module, xs: torch.Tensor, ys: torch.Tensor,
-                                     table: ResultsTable | None, ids: torch.Tensor, *,
-                                     eps: float, norm: str, **kw: Any) -> CheckResult:
-    """C21 on the samples the evaluation reports robust (all of ``xs`` without a table).
-
-    Why: the binarization test asks whether the attack is strong enough to trust a robustness
-    claim; where the evaluation broke a point there is no claim to test, and where it broke
-    every point the question does not arise (measured: C21 was 4.0 of the 5.5 s audit of an
-    undefended LeNet-5 whose evaluation of 1000 MNIST images took 1.0 s).
-    """
-    robust = _robust_mask(table, eps, ids) if table is not None else None
-    if robust is not None:
-        if not bool(robust.any()):
-            return CheckResult("C21", "binarization test", None, {"reported_robust": 0},
-                               "not applicable: the evaluation reports no point robust, so "
-                               "there is no robustness claim whose attack to test.")
-        keep = robust.to(xs.device)
-        xs, ys = xs[keep], ys[keep]
-    return check_binarization(model, xs, ys, eps=eps, norm=norm, **kw)
-
 
 def _say_how_randomness_was_handled(results: list[CheckResult],
                                     table: ResultsTable | None) -> None:
@@ -559,15 +461,14 @@ def run_audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
             run(fn, model, xs, ys, **kw)
         run(check_transfer_mismatch, model, xs, ys, surrogate=surrogate, seed=seed, **kw)
         ids = samples if samples is not None else torch.arange(x.shape[0])
-        run(_binarization_on_reported_robust, model, xs, ys, table, ids[:max_samples],
+        run(binarization_on_reported_robust, model, xs, ys, table, ids[:max_samples],
             eps=eps, norm=norm, max_samples=binarization_samples, attack=binarization_attack,
             seed=seed)
         if table is not None and table.attacks("random_search"):
             run(check_random_search_table, table, eps=eps)
         else:
-            robust = _robust_mask(table, eps, ids) if table is not None else None
-            run(check_random_search, model, x, y, points=random_points,
-                max_samples=random_samples, robust=robust, seed=seed, **kw)
+            run(random_search_beyond_black_box, model, x, y, table, ids, points=random_points,
+                max_samples=random_samples, seed=seed, **kw)
         bar.close()
         if table is not None:
             results += [fn(table, eps=eps) for fn in TABLE_CHECKS]
