@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -32,7 +31,7 @@ from robustact.evaluate.check_base import (
     probe,
     seeded_generator,
 )
-from robustact.evaluate.samples import Samples, robust_mask, rows_at
+from robustact.evaluate.samples import Samples, per_row, robust_mask, rows_at
 from robustact.evaluate.table import ResultsTable
 
 __all__ = ["check_transfer_mismatch", "check_random_search", "check_binarization",
@@ -285,13 +284,12 @@ def random_search_beyond_black_box(model: nn.Module, x: torch.Tensor, y: torch.T
     which Square had searched: as many forward passes as the screen itself.
     """
     robust = robust_mask(table, eps, ids) if table is not None else None
-    if robust is None or table is None:
+    if table is None or robust is None:
         return check_random_search(model, x, y, eps=eps, norm=norm, robust=robust,
                                    max_samples=max_samples, **kw)
     s = Samples.of(table)
     _, searched = s.broken(rows_at(table, table.attacks("black_box"), eps))
-    pos = np.searchsorted(s.ids, ids.cpu().numpy()).clip(0, max(0, len(s.ids) - 1))
-    left = torch.from_numpy(~searched[pos]) if len(s.ids) else torch.ones_like(robust)
+    left = ~per_row(s.ids, searched, ids)
     n = min(x.shape[0], max_samples)
     by_square = int((robust[:n] & ~left[:n]).sum())
     if by_square and not bool((robust[:n] & left[:n]).any()):

@@ -18,7 +18,7 @@ import torch
 from robustact.evaluate.summary import worst_case
 from robustact.evaluate.table import ResultsTable
 
-__all__ = ["Samples", "main_eps", "robust_mask", "rows_at", "standard_robust"]
+__all__ = ["Samples", "main_eps", "per_row", "robust_mask", "rows_at", "standard_robust"]
 
 
 def main_eps(table: ResultsTable, eps: float | None) -> float:
@@ -81,6 +81,13 @@ def standard_robust(table: ResultsTable, s: Samples, eps: float) -> np.ndarray |
     return s.clean_correct & ~broken & s.present(rows)
 
 
+def per_row(ids: np.ndarray, flags: np.ndarray, samples: torch.Tensor) -> torch.Tensor:
+    """``flags`` (one per sorted sample id in ``ids``) looked up for each of ``samples``; False
+    for a sample the table does not hold."""
+    want = samples.cpu().numpy()
+    pos = np.searchsorted(ids, want).clip(0, max(0, len(ids) - 1))
+    found = (len(ids) > 0) & (ids[pos] == want)
+    return torch.from_numpy(found & flags[pos])
 
 
 def robust_mask(table: ResultsTable, eps: float, samples: torch.Tensor) -> torch.Tensor | None:
@@ -92,8 +99,4 @@ def robust_mask(table: ResultsTable, eps: float, samples: torch.Tensor) -> torch
     s = Samples.of(table)
     if standard_robust(table, s, eps) is None:
         return None
-    ids_all, robust = worst_case(table, eps)
-    ids = samples.cpu().numpy()
-    pos = np.searchsorted(ids_all, ids).clip(0, max(0, len(ids_all) - 1))
-    found = (len(ids_all) > 0) & (ids_all[pos] == ids)
-    return torch.from_numpy(found & robust[pos])
+    return per_row(*worst_case(table, eps), samples)
