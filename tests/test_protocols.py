@@ -20,6 +20,7 @@ from robustact.evaluate import evaluate, load_table, summarize
 from robustact.evaluate.protocols import (
     FIELDS,
     PROTOCOLS,
+    protocol_entries,
     available_protocols,
     format_protocols,
     get_protocol,
@@ -32,9 +33,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 FAST = {"steps": 2, "n_queries": 20}
 EPS = 0.1
-SHIPPED = ("quick@1", "quick@2", "standard@1", "standard@2", "standard@3", "standard@4",
+SHIPPED = ("quick@1", "quick@2", "standard@1", "standard@2", "standard@3", "standard@4", "standard@5",
            "thorough@1", "thorough@2", "thorough@3")
-LATEST = {"quick": 2, "standard": 4, "thorough": 3}
+LATEST = {"quick": 2, "standard": 5, "thorough": 3}
 #: protocol_fingerprint of each version-2 protocol's entries, computed from the dict-based
 #: protocols.py before the protocols became files (without and with FAST): run folders made
 #: then hold these, so a change here means those folders no longer resume.
@@ -69,10 +70,13 @@ def test_every_shipped_file_loads_and_validates():
     files = _shipped_files()
     assert sorted(files) == sorted(f"{i}.json" for i in SHIPPED)
     for fname, raw in files.items():
-        assert tuple(raw) == FIELDS, fname  # every field written out, in the documented order
+        # every field written out, in the documented order (the adaptive plan from standard@5)
+        planned = fname == "standard@5.json"
+        assert tuple(raw) == tuple(f for f in FIELDS if f != "adaptive_plan" or planned), fname
         assert fname == f"{raw['name']}@{raw['version']}.json"
         assert raw["eps_grid"] == [0, 0.25, 0.5, 1, 2]
-        assert raw["adaptive"] == ("last" if raw["version"] == 1 else "before_costly")
+        assert raw["adaptive"] == ("last" if raw["version"] == 1 else "before_loss_variant"
+                                   if planned else "before_costly")
         assert raw["description"] and raw["changes"]
         p = get_protocol(fname.removesuffix(".json"))
         assert p["id"] == fname.removesuffix(".json") and p["source"] == fname
@@ -140,6 +144,37 @@ def test_version_4_adds_close_targets_and_shortens_the_screen():
     assert all(s3[k] == s4[k] for k in same)
     assert (protocol_fingerprint(get_protocol("standard@3")["entries"]),
             protocol_fingerprint(get_protocol("standard@3", FAST)["entries"])) == PINNED_3
+
+
+def test_version_5_moves_the_adaptive_attacks_before_apgd_t(mlp):
+    """standard@5 has standard@4's entries; a defended model's adaptive attacks run before
+    APGD-T, the smooth BPDA first, the transfer crafted in 20 steps. An undefended model's
+    cascade is standard@4's, and standard@4's defended cascade is as it shipped."""
+    model, _, _ = mlp
+    s4, s5 = get_protocol("standard@4"), get_protocol("standard@5")
+    assert s4["entries"] == s5["entries"] and s4["adaptive_plan"] == {}
+    assert protocol_entries(s4, model) == protocol_entries(s5, model)
+    defended = retrofit_jumprelu(model, 0.1).eval()
+    c4, c5 = ([e["key"] for e in protocol_entries(p, defended)] for p in (s4, s5))
+    assert c4 == ["fgsm", "apgd-ce-10", "apgd-ce", "apgd-t", "apgd-dlr", "apgd-margin",
+                  "bpda-apgd", "bpda-smooth-apgd", "transfer-twin-apgd", "square"]
+    assert c5 == ["fgsm", "apgd-ce-10", "apgd-ce", "bpda-smooth-apgd", "bpda-apgd",
+                  "transfer-twin-apgd", "apgd-t", "apgd-dlr", "apgd-margin", "square"]
+    steps = {e["key"]: e["attack"]["steps"] for e in protocol_entries(s5, defended)
+             if e["role"] in ("adaptive", "transfer")}
+    assert steps == {"bpda-smooth-apgd": 100, "bpda-apgd": 100, "transfer-twin-apgd": 20}
+    assert "first: apgd-ce-logits" in format_protocols([s5])
+
+
+@pytest.mark.parametrize("plan, words", [
+    ([], "must be an object"), ({"first": []}, "must be an object"),
+    ({"order": "bpda-apgd"}, "list of attack keys"), ({"steps": {"bpda-apgd": 0}}, "positive"),
+    ({"steps": {"bpda-apgd": True}}, "positive")])
+def test_a_bad_adaptive_plan_is_one_line(plan, words):
+    raw = {**json.loads((Path(shipped.__file__).parent / "standard@5.json").read_text()),
+           "name": "mine", "adaptive_plan": plan}
+    with pytest.raises(ValueError, match=words):
+        get_protocol(raw)
 
 
 def test_run_folder_fingerprint_is_pinned(mlp, tmp_path):
@@ -218,7 +253,7 @@ def _unshipped_version(raw):
     (lambda raw: raw.update(eps_grid=[-1, 1]), "eps_grid"),
     (lambda raw: raw.update(version="2"), "version"),
     (_keep_name, "its own 'name'"),
-    (_unshipped_version, "standard@1, standard@2, standard@3, standard@4"),
+    (_unshipped_version, "standard@1, standard@2, standard@3, standard@4, standard@5"),
 ])
 def test_a_broken_user_file_is_refused_in_one_line(tmp_path, edit, problem):
     path = _copy(tmp_path, "standard@2", edit)
@@ -282,8 +317,8 @@ def test_one_attack_protocol_refuses_bad_specs(spec, kw, problem):
 def test_available_protocols_lists_every_shipped_version():
     listed = available_protocols()
     assert [p["id"] for p in listed] == list(SHIPPED)
-    assert [p["latest"] for p in listed] == [False, True, False, False, False, True, False,
-                                             False, True]
+    assert [p["latest"] for p in listed] == [False, True, False, False, False, False, True,
+                                             False, False, True]
     for p in listed:
         assert set(p) >= {"id", "name", "version", "latest", "description", "changes",
                           "eps_grid", "adaptive", "entries"}

@@ -3,11 +3,20 @@
 
 One module per command group: :mod:`.train`, :mod:`.defend` (retrofit, defend, tune-jump),
 :mod:`.evaluate` (eval, attack, evaluate, protocols, leaderboard), :mod:`.audit` (audit
-calibrate) and :mod:`.demo`; the group itself, its error handling and the shared options live
-in :mod:`.app`.
+calibrate), :mod:`.reproduce` and :mod:`.demo`; the group itself, its error handling and the
+shared options live in :mod:`.app`.
 """
 
-from robustact.cli import audit, defend, demo, evaluate, export, train, verify  # noqa: F401  (registers the commands)
+from robustact.cli import (  # noqa: F401  (registers the commands)
+    audit,
+    defend,
+    demo,
+    evaluate,
+    export,
+    reproduce,
+    train,
+    verify,
+)
 from robustact.cli.common import app
 
 __all__ = ["app", "main"]

@@ -27,7 +27,7 @@ from robustact.data.download import (
 from robustact.data.mnist import load_mnist, read_idx
 from robustact.data.registry import load_dataset
 from robustact.data.root import ENV_VAR, DataFormatError, DatasetNotFoundError, resolve_data_root
-from robustact.data.splits import binary_task, split_indices, train_val_split
+from robustact.data.splits import binary_task, fixed_subset, split_indices, train_val_split
 from robustact.data.tensors import as_images, as_tensors, to_float
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "download_file",
     "safe_extract_tar",
     "train_val_split",
+    "fixed_subset",
     "split_indices",
     "binary_task",
     "as_images",

@@ -15,7 +15,7 @@ import torch
 
 from robustact.data.dataset import ImageDataset
 
-__all__ = ["split_indices", "train_val_split", "binary_task"]
+__all__ = ["split_indices", "train_val_split", "binary_task", "fixed_subset"]
 
 
 def _allocate(total: int, counts: torch.Tensor) -> torch.Tensor:
@@ -137,3 +137,17 @@ def binary_task(ds: ImageDataset, classes: Sequence[str | int] = ("cat", "dog"))
     names = [ds.classes[a], ds.classes[b]]
     return ImageDataset(ds.images[keep], labels, names, f"{ds.name}-{names[0]}-vs-{names[1]}")
 
+
+
+def fixed_subset(ds: ImageDataset, n: int | None, seed: int = 0) -> ImageDataset:
+    """``n`` images of ``ds`` drawn by a seeded permutation, kept in their original order; all of
+    ``ds`` when ``n`` is None or not smaller.
+
+    Why its own generator: the same images on every machine and every rerun, whatever else
+    has drawn from torch's global RNG (short training runs on a subset: the calibration zoo,
+    ``robustact reproduce --quick``).
+    """
+    if n is None or n >= len(ds):
+        return ds
+    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))
+    return ds.subset(order[:n].sort().values)

@@ -13,7 +13,11 @@ files. A file holds::
      "eps_grid": [0, 0.25, 0.5, 1, 2],      # the ε grid as multiples of the main ε
      "adaptive": "before_costly",           # where adaptive_attacks(model) go: before_costly
                                             # (after the white-box entries, before black-box,
-                                            # label-only and other costly ones), last, or none
+                                            # label-only and other costly ones),
+                                            # before_loss_variant (before the first loss
+                                            # variant, e.g. APGD-T), last, or none
+     "adaptive_plan": {"order": [...],      # optional: these adaptive keys run first, in
+                       "steps": {...}},     # this order; steps per adaptive key
      "entries": [...]}
 
 and each entry::
@@ -82,11 +86,14 @@ EPS_MODES = ("grid", "lower", "upper", "main", "none", "max")
 THROUGH = ("bpda", "bpda_smooth", "twin")
 #: Where :func:`adaptive_attacks`' entries go: before the costly entries (version 2), after
 #: every entry (version 1), or nowhere (a one-attack protocol runs that attack only).
-ADAPTIVE_PLACES = ("before_costly", "last", "none")
+ADAPTIVE_PLACES = ("before_costly", "before_loss_variant", "last", "none")
+#: The keys of a protocol's optional ``adaptive_plan``.
+PLAN_FIELDS = ("order", "steps")
 #: The ε grid, as multiples of the main ε, of a protocol that gives none: 0, ε/4, ε/2, ε, 2ε.
 DEFAULT_EPS_GRID = (0.0, 0.25, 0.5, 1.0, 2.0)
 #: The fields of a protocol file or dict; only ``entries`` is required of a user's protocol.
-FIELDS = ("name", "version", "description", "changes", "eps_grid", "adaptive", "entries")
+FIELDS = ("name", "version", "description", "changes", "eps_grid", "adaptive", "adaptive_plan",
+          "entries")
 _ENTRY_FIELDS = ("key", "attack", "role", "eps", "on", "max_points", "min_classes",
                  "max_classes", "norms", "through")
 
@@ -96,16 +103,15 @@ _AFTER_ADAPTIVE = ("black_box", "random_search", "label_only", "convergence", "u
                    "min_norm")
 
 
-def with_adaptive(entries: list[dict[str, Any]], adaptive: list[dict[str, Any]]
-                  ) -> list[dict[str, Any]]:
+def with_adaptive(entries: list[dict[str, Any]], adaptive: list[dict[str, Any]],
+                  before: tuple[str, ...] = _AFTER_ADAPTIVE) -> list[dict[str, Any]]:
     """The cascade order: the protocol's white-box entries, then ``adaptive``, then the rest.
 
     Why: on a masked model the adaptive attack breaks in a few gradient steps what Square needs
     thousands of queries for (measured on a sigmoid T = 100 LeNet-5: Square 50 s of 79 s, before
     an adaptive attack that broke everything left in one pass).
     """
-    cut = next((i for i, e in enumerate(entries) if e.get("role") in _AFTER_ADAPTIVE),
-               len(entries))
+    cut = next((i for i, e in enumerate(entries) if e.get("role") in before), len(entries))
     return [*entries[:cut], *adaptive, *entries[cut:]]
 
 
@@ -118,6 +124,8 @@ def cascade_order(entries: list[dict[str, Any]], adaptive: list[dict[str, Any]],
     """
     if place == "before_costly":
         return with_adaptive(entries, adaptive)
+    if place == "before_loss_variant":  # version 5: see standard@5's "changes"
+        return with_adaptive(entries, adaptive, ("loss_variant", *_AFTER_ADAPTIVE))
     if place == "last":
         return [*entries, *adaptive]
     if place == "none":
@@ -131,7 +139,38 @@ def protocol_entries(proto: Mapping[str, Any], model: nn.Module, *, adaptive: bo
     """``proto``'s cascade for ``model`` (a :func:`get_protocol` result): its entries, with
     :func:`adaptive_attacks` placed where its ``adaptive`` field says (if ``adaptive``)."""
     extra = adaptive_attacks(model) if adaptive and proto["adaptive"] != "none" else []
+    extra = planned(extra, proto.get("adaptive_plan") or {})
     return cascade_order(list(proto["entries"]), extra, proto["adaptive"])
+
+
+def planned(adaptive: list[dict[str, Any]], plan: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``adaptive`` as a protocol's ``adaptive_plan`` says: the keys in ``order`` first, in
+    that order (the rest after them, as they came), and ``steps`` set per key.
+
+    Why data and not a change to :func:`adaptive_attacks`: what an old protocol ran must stay
+    what it runs, so a new order or budget is a new protocol version.
+    """
+    rank = {k: i for i, k in enumerate(plan.get("order", ()))}
+    out = sorted(adaptive, key=lambda e: rank.get(e["key"], len(rank)))  # stable
+    steps = plan.get("steps", {})
+    return [{**e, "attack": {**e["attack"], "steps": steps[e["key"]]}} if e["key"] in steps
+            else e for e in out]
+
+
+def _check_plan(plan: Any, where: str) -> dict[str, Any]:
+    """A checked ``adaptive_plan``: known fields, key lists and positive step counts."""
+    if not isinstance(plan, Mapping) or set(plan) - set(PLAN_FIELDS):
+        raise ValueError(f"{where}: 'adaptive_plan' must be an object with 'order' and/or "
+                         f"'steps', got {plan!r}")
+    order, steps = plan.get("order", []), plan.get("steps", {})
+    if not isinstance(order, list) or not all(isinstance(k, str) for k in order):
+        raise ValueError(f"{where}: adaptive_plan 'order' must be a list of attack keys, "
+                         f"got {order!r}")
+    if not isinstance(steps, Mapping) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in steps.values()):
+        raise ValueError(f"{where}: adaptive_plan 'steps' must map attack keys to positive "
+                         f"integers, got {steps!r}")
+    return {k: v for k, v in (("order", list(order)), ("steps", dict(steps))) if v}
 
 
 def _check_entry(e: Any, where: str) -> dict[str, Any]:
@@ -208,13 +247,14 @@ def _check_protocol(raw: Any, where: str, default_name: str) -> dict[str, Any]:
     if adaptive not in ADAPTIVE_PLACES:
         raise ValueError(f"{where}: 'adaptive' is {adaptive!r}; choose from "
                          f"{', '.join(ADAPTIVE_PLACES)}")
+    plan = _check_plan(raw.get("adaptive_plan", {}), where)
     checked = [_check_entry(copy.deepcopy(e), where) for e in entries]
     keys = [e["key"] for e in checked]
     if len(set(keys)) != len(keys):
         raise ValueError(f"{where}: attack keys must be unique, got {keys}")
     return {"name": name, "version": version, **texts,
             "eps_grid": _check_grid(raw.get("eps_grid", DEFAULT_EPS_GRID), where),
-            "adaptive": adaptive, "entries": checked}
+            "adaptive": adaptive, "adaptive_plan": plan, "entries": checked}
 
 
 def _parse_json(text: str, where: str) -> Any:
@@ -292,7 +332,8 @@ def _refuse_impostor(proto: Mapping[str, Any], where: str) -> None:
     if not _versions(name):
         return
     same = _shipped().get((name, version))
-    if same is None or any(proto[k] != same[k] for k in ("entries", "eps_grid", "adaptive")):
+    if same is None or any(proto[k] != same[k] for k in ("entries", "eps_grid", "adaptive",
+                                                             "adaptive_plan")):
         raise ValueError(f"{where}: calls itself {name}@{version} but is not the shipped "
                          f"{name}@{version}; give an edited protocol its own 'name' (shipped: "
                          f"{', '.join(f'{name}@{v}' for v in _versions(name))})")
@@ -369,11 +410,19 @@ def _entry_line(e: Mapping[str, Any], widths: tuple[int, int]) -> str:
             f"{e['role']:<13}  {e['eps']:<5}  {e['on']:<9}  {note}").rstrip()
 
 
+def _plan_text(plan: Mapping[str, Any]) -> str:
+    first = f"; first: {', '.join(plan['order'])}" if plan.get("order") else ""
+    steps = "".join(f"; {k}: {n} steps" for k, n in plan.get("steps", {}).items())
+    return first + steps
+
+
 def format_protocols(protocols: Sequence[Mapping[str, Any]]) -> str:
     """``available_protocols()`` as plain text: one block per protocol (id, marked latest;
     description; changes; ε grid; adaptive placement), then one line per attack: key, attack
     spec, role, ε mode, cascade rule and any restriction."""
     where = {"before_costly": "after the white-box entries, before the costly ones",
+             "before_loss_variant": "after the untargeted white-box entries, before the loss "
+                                    "variants",
              "last": "after every entry", "none": "none added"}
     blocks = []
     for p in protocols:
@@ -385,7 +434,8 @@ def format_protocols(protocols: Sequence[Mapping[str, Any]]) -> str:
                  *textwrap.wrap(p.get("description") or "-", **wrap),
                  *textwrap.wrap(f"changes: {p.get('changes') or '-'}", **wrap),
                  f"  eps grid: {', '.join(f'{m:g}' for m in p['eps_grid'])} (x the main eps)",
-                 f"  adaptive attacks: {where.get(p['adaptive'], p['adaptive'])}",
+                 f"  adaptive attacks: {where.get(p['adaptive'], p['adaptive'])}"
+                 + _plan_text(p.get("adaptive_plan") or {}),
                  f"    {'key':<{widths[0]}}  {'attack':<{widths[1]}}  {'role':<13}  eps    on",
                  *(_entry_line(e, widths) for e in p["entries"])]
         blocks.append("\n".join(lines))

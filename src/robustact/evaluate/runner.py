@@ -289,7 +289,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              progress: bool = True, sample_ids: torch.Tensor | None = None,
              adaptive: bool = True, overrides: Mapping[str, Any] | None = None,
              meta: Mapping[str, Any] | None = None, locked: bool = False,
-             eot: int | None = None, keep_adversarial: bool = True) -> ResultsTable:
+             eot: int | None = None, keep_adversarial: bool = True,
+             surrogate: nn.Module | None = None) -> ResultsTable:
     """Run ``protocol`` on ``(x, y)`` and return the per-sample results table.
 
     Args:
@@ -314,11 +315,11 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         keep_adversarial: with ``out``, keep the adversarial example of every point broken at
             the main ε in its cell's file (False: for very large runs; a folder made one way
             does not resume the other way).
+        surrogate: the model that ``through: twin`` entries craft on (default: the undefended
+            twin, ``strip_defenses(model)``): a paper's black-box transfer from a ReLU-trained
+            copy (``robustact reproduce``). Part of the fingerprint.
     """
-    check_eval_mode(model, "evaluating it")
-    check_images(x)
-    check_labels(y, x.shape[0])
-    batch_size = check_positive_int(batch_size, "batch_size")
+    batch_size = _check_inputs(model, x, y, batch_size, surrogate)
     proto = get_protocol(protocol, overrides)
     eps, grid = _budgets(eps, eps_grid, norm, math.prod(x.shape[1:]), proto["eps_grid"])
     n = x.shape[0]
@@ -329,12 +330,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
     draws, judge, randomness = _randomness(model, x, eot, seed)
     pred, correct, k = clean_predictions(judge, x, y, batch_size)
-    entries_raw = protocol_entries(proto, model, adaptive=adaptive)
-    entries = [_Entry(e, norm, seed, k) for e in entries_raw]
-    if len({e.key for e in entries}) != len(entries):
-        raise ValueError("an adaptive attack's key collides with a protocol entry's key")
-    notes = {e.key: e.unavailable for e in entries if e.unavailable}
-    entries = [e for e in entries if not e.unavailable]
+    entries, notes = _resolve_entries(proto, model, norm, seed, k, adaptive)
 
     clean = _clean_columns(ids, x, y, pred, correct)
     table_meta: dict[str, Any] = {
@@ -345,6 +341,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         "data_fingerprint": data_fingerprint(x, y, ids),
         "attacks": _attack_meta(entries, eps), "unavailable": notes, "randomness": randomness,
         "environment": environment_info(), "device": str(dev), **dict(meta or {}),
+        **({"surrogate": model_fingerprint(surrogate)} if surrogate is not None else {}),
     }
     fingerprint = _fingerprint(table_meta, [e.e for e in entries], draws, keep_adversarial)
 
@@ -357,9 +354,32 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
             folder.write_clean(clean)
             folder.save_manifest()
         table = _run_cells(model, x, y, ids, pred, correct, entries, grid, eps, norm,
-                           batch_size, folder, table_meta, progress, draws, keep_adversarial)
+                           batch_size, folder, table_meta, progress, draws, keep_adversarial,
+                           surrogate)
     table.meta = {**table.meta, "clean": clean}  # as load_table gives it (not in the JSON)
     return table
+
+
+def _check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+                  surrogate: nn.Module | None) -> int:
+    """One line per bad input (train mode, range, labels, batch size); the batch size."""
+    check_eval_mode(model, "evaluating it")
+    if surrogate is not None:
+        check_eval_mode(surrogate, "crafting transfer attacks on it")
+    check_images(x)
+    check_labels(y, x.shape[0])
+    return check_positive_int(batch_size, "batch_size")
+
+
+def _resolve_entries(proto: Mapping[str, Any], model: nn.Module, norm: str, seed: int, k: int,
+                     adaptive: bool) -> tuple[list[_Entry], dict[str, str]]:
+    """The cascade's entries that can run on this model, and why the others cannot."""
+    entries = [_Entry(e, norm, seed, k)
+               for e in protocol_entries(proto, model, adaptive=adaptive)]
+    if len({e.key for e in entries}) != len(entries):
+        raise ValueError("an adaptive attack's key collides with a protocol entry's key")
+    notes = {e.key: e.unavailable for e in entries if e.unavailable}
+    return [e for e in entries if not e.unavailable], notes
 
 
 def _fingerprint(meta: Mapping[str, Any], entries: list[dict[str, Any]], draws: int,
@@ -370,7 +390,10 @@ def _fingerprint(meta: Mapping[str, Any], entries: list[dict[str, Any]], draws: 
     return {"protocol": meta["protocol"], "entries": protocol_fingerprint(entries),
             "model": meta["model"]["fingerprint"], "data": meta["data_fingerprint"],
             "norm": meta["norm"], "eps_grid": meta["eps_grid"], "seed": meta["seed"],
-            **({"eot": draws} if draws else {}), "adversarial": keep_adversarial}
+            **({"eot": draws} if draws else {}), "adversarial": keep_adversarial,
+            # always present (None: the undefended twin), so dropping a surrogate is a change;
+            # a folder written before the field reads as None
+            "surrogate": meta.get("surrogate")}
 
 
 def _cells(entries: list[_Entry], grid: list[float], eps: float, norm: str, x: torch.Tensor
@@ -405,9 +428,10 @@ def _run_cells(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Te
                pred: torch.Tensor, correct: torch.Tensor, entries: list[_Entry],
                grid: list[float], eps: float, norm: str, batch_size: int,
                folder: RunFolder | None, meta: dict[str, Any], progress: bool,
-               draws: int = 0, keep_adversarial: bool = True) -> ResultsTable:
+               draws: int = 0, keep_adversarial: bool = True,
+               surrogate: nn.Module | None = None) -> ResultsTable:
     done = folder.finished() if folder is not None else {}
-    twin: nn.Module | None = None
+    twin = surrogate
     cells = _cells(entries, grid, eps, norm, x)
     broken = {e_val: ~correct.cpu().numpy() for e_val in grid}  # not robust at ε (so far)
     tables: list[ResultsTable] = []

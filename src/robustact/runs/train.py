@@ -20,7 +20,7 @@ from torch import nn
 from robustact.core.runfolder import open_run
 from robustact.core.storage import atomic_write_json, environment_info
 from robustact.core.validate import resolve_device
-from robustact.data import binary_task, load_dataset, train_val_split
+from robustact.data import binary_task, fixed_subset, load_dataset, train_val_split
 from robustact.defenses.output_activation import add_output_activation
 from robustact.models import create_model
 from robustact.models.predict import accuracy
@@ -65,8 +65,9 @@ class TrainOutcome:
 
 def load_splits(dataset: str, *, data_root: str | Path | None = None, val_fraction: float = 0.1,
                 classes: tuple[str | int, str | int] | None = None, seed: int = 0,
-                download: bool = False) -> tuple[Any, Any, Any]:
-    """(train, val, test) ImageDatasets; ``classes`` keeps two classes relabelled 0/1."""
+                download: bool = False, n_train: int | None = None) -> tuple[Any, Any, Any]:
+    """(train, val, test) ImageDatasets; ``classes`` keeps two classes relabelled 0/1;
+    ``n_train``: a fixed subset of that many training images (after the validation split)."""
     train = load_dataset(dataset, "train", root=data_root, download=download)
     test = load_dataset(dataset, "test", root=data_root, download=download)
     if classes is not None:
@@ -75,7 +76,7 @@ def load_splits(dataset: str, *, data_root: str | Path | None = None, val_fracti
         train, val = train_val_split(train, val_fraction=val_fraction, seed=seed)
     else:
         val = None
-    return train, val, test
+    return fixed_subset(train, n_train, seed), val, test
 
 
 def _check_temperature(output_activation: str | None, temperature: float, force: bool) -> None:
@@ -111,6 +112,7 @@ def train_classifier(
     resume: bool = False,
     progress: bool = True,
     model_kwargs: dict[str, Any] | None = None,
+    n_train: int | None = None,
     force: bool = False,
     download: bool = False,
     command: str | None = None,
@@ -122,7 +124,9 @@ def train_classifier(
     ``output_activation`` wraps the model in f(T·z) *before* training (papers.md §3). A temperature
     above :data:`MAX_TRAIN_TEMPERATURE` is refused unless ``force`` (it does not learn; train at
     T = 1 and raise T with ``robustact defend``). ``config.seed`` seeds everything random: the
-    split, the initial weights, the batches. ``out_dir=None`` trains without writing anything.
+    split, the initial weights, the batches. ``n_train``: train on a fixed subset of that many
+    images (short runs: ``robustact reproduce --quick``). ``out_dir=None`` trains without
+    writing anything.
     """
     _check_temperature(output_activation, temperature, force)
     config = config if config is not None else TrainConfig()
@@ -136,7 +140,8 @@ def train_classifier(
     settings = dict(model_name=model_name, dataset=dataset, activation=activation,
                     data_root=data_root, val_fraction=val_fraction, classes=classes, loss=loss,
                     output_activation=output_activation, temperature=temperature,
-                    progress=progress, model_kwargs=model_kwargs, download=download)
+                    progress=progress, model_kwargs=model_kwargs, download=download,
+                    n_train=n_train)
     if out_dir is None:
         return _train(config=config, out_dir=None, resume=False, **settings)
     with open_run(out_dir, "train", what="training run",
@@ -157,13 +162,15 @@ def _train(model_name: str, dataset: str, *, out_dir: Path | None, config: Train
            activation: str, data_root: str | Path | None, val_fraction: float,
            classes: tuple[str | int, str | int] | None, loss: str,
            output_activation: str | None, temperature: float, resume: bool, download: bool,
-           progress: bool, model_kwargs: dict[str, Any] | None) -> TrainOutcome:
+           progress: bool, model_kwargs: dict[str, Any] | None, n_train: int | None = None
+           ) -> TrainOutcome:
     """:func:`train_classifier` after its checks, with ``out_dir`` locked."""
     t0 = time.perf_counter()
     if loss == "differential" and classes is None:
         classes = ("cat", "dog")
     train, val, test = load_splits(dataset, data_root=data_root, val_fraction=val_fraction,
-                                   classes=classes, seed=config.seed, download=download)
+                                   classes=classes, seed=config.seed, download=download,
+                                   n_train=n_train)
     with seeded(config.seed, "model"):  # the initial weights are part of the seeded run
         model = create_model(model_name, dataset=dataset, num_classes=train.num_classes,
                              activation=activation, **(model_kwargs or {}))

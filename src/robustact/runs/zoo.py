@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from robustact.checkpoint import load_checkpoint, read_card, save_checkpoint
-from robustact.data import as_tensors, load_dataset, to_float
+from robustact.data import as_tensors, fixed_subset, load_dataset, to_float
 from robustact.defenses.jumprelu_retrofit import (
     paper_kappa_grid,
     retrofit_jumprelu,
@@ -231,11 +231,7 @@ def test_data(dataset: str, n: int, *, data_root: str | Path | None = None,
 
 def _train_subset(spec: HealthySpec, data_root: str | Path | None, download: bool) -> Any:
     train = load_dataset(spec.dataset, "train", root=data_root, download=download)
-    if spec.n_train is None or spec.n_train >= len(train):
-        return train
-    # A fixed subset (its own generator, seed 0): the same images on every machine and rerun.
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
-    return train.subset(order[: spec.n_train].sort().values)
+    return fixed_subset(train, spec.n_train)
 
 
 def _train(spec: HealthySpec, folder: Path, *, data_root: str | Path | None, download: bool,
