@@ -208,8 +208,8 @@ def test_any_model_in_every_command(model_file: dict[str, Path], tmp_path: Path)
 
 def test_protocols_are_listed_runnable_and_copyable(tied: Path, tmp_path: Path) -> None:
     listing = ok(["protocols"])
-    for pid in ("quick@1", "quick@2", "standard@1", "standard@2", "standard@3", "standard@4", "standard@5",
-                "thorough@1", "thorough@2", "thorough@3"):
+    for pid in ("quick@1", "quick@2", "standard@1", "standard@2", "standard@3", "standard@4",
+                "standard@5", "thorough@1", "thorough@2", "thorough@3"):
         assert re.search(rf"^{pid}\b", listing, re.M), pid
     assert "changes:" in listing and "eps grid" in listing
     base = ["evaluate", "--model", str(tied), "--n", "20", "--no-audit", "--no-progress", *CPU,

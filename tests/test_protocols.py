@@ -20,11 +20,11 @@ from robustact.evaluate import evaluate, load_table, summarize
 from robustact.evaluate.protocols import (
     FIELDS,
     PROTOCOLS,
-    protocol_entries,
     available_protocols,
     format_protocols,
     get_protocol,
     one_attack_protocol,
+    protocol_entries,
     protocol_fingerprint,
     protocol_names,
 )
@@ -33,8 +33,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 FAST = {"steps": 2, "n_queries": 20}
 EPS = 0.1
-SHIPPED = ("quick@1", "quick@2", "standard@1", "standard@2", "standard@3", "standard@4", "standard@5",
-           "thorough@1", "thorough@2", "thorough@3")
+SHIPPED = ("quick@1", "quick@2", "standard@1", "standard@2", "standard@3", "standard@4",
+           "standard@5", "thorough@1", "thorough@2", "thorough@3")
 LATEST = {"quick": 2, "standard": 5, "thorough": 3}
 #: protocol_fingerprint of each version-2 protocol's entries, computed from the dict-based
 #: protocols.py before the protocols became files (without and with FAST): run folders made

@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 
 import robustact.runs.reproduce as R
 from robustact.cli import app
-from robustact.report.reproduction import write_summary
 from robustact.evaluate import evaluate
+from robustact.report.reproduction import write_summary
 from robustact.runs.reproduce import load_paper, paper_names, reproduce
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -199,3 +199,19 @@ def test_transfer_entries_craft_on_the_given_surrogate(tmp_path):
     assert (tr[2] != wb).any()  # crafted on another model: other points
     with pytest.raises(ValueError):
         evaluate(model, x, y, proto, eps=0.2, progress=False, out=str(tmp_path / "o"))
+
+
+def test_a_settings_output_activation_replaces_the_trained_one(tmp_path):
+    """As ``robustact defend`` does: f and T of the setting, not f(T·f(z))."""
+    paper = {**TINY, "models": [{**TINY["models"][0], "output_activation": "sigmoid",
+                                 "temperature": 1.0}],
+             "settings": [{"key": "T=50", "defenses": [
+                 {"type": "output_activation", "f": "tanh", "temperature": 50.0}]}],
+             "attacks": {**TINY["attacks"], "norms": ["linf"],
+                         "entries": TINY["attacks"]["entries"][:1]},
+             "claims": []}
+    cell = reproduce(paper, out=tmp_path / "oa", progress=False, n=12)["cells"][0]
+    assert cell["defenses"] == [{"type": "output_activation", "f": "tanh", "temperature": 50.0}]
+    stored = json.loads((tmp_path / "oa" / "cells" / "mlp" / "T=50" / "test" / "strongest"
+                         / "table.json").read_text())
+    assert stored["meta"]["model"]["defenses"] == cell["defenses"]  # one wrapper, tanh at 50

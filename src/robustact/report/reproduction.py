@@ -93,8 +93,8 @@ def _markdown(record: Mapping[str, Any], rows: list[dict[str, Any]]) -> str:
              if record.get("reduced") else "")
     lines = [f"# Reproduction: {p['title'] or p['name']}{label}", "",
              f"{p['source']}. {p['description']}", "",
-             f"Command: `{record.get('command') or '-'}`; device {record['device']}; wall time "
-             f"{record['seconds']:.0f} s; robustact {record['environment'].get('robustact')}.",
+             f"Command: `{record.get('command') or '-'}`; device {record['device']}; "
+             f"{_work_text(record)}; robustact {record['environment'].get('robustact')}.",
              ""]
     lines += [f"- {n}" for n in p["notes"]] + [""]
     lines += ["## Claimed, measured under the paper's protocol, and what survives", "",
@@ -130,6 +130,12 @@ def _markdown(record: Mapping[str, Any], rows: list[dict[str, Any]]) -> str:
           _pct(r["success_rate"]), _pct(r.get("rho"), 2), _pct(r["grad_zero"]),
           _pct(c["tie_rate"])] for c in record["cells"] for r in c["paper"]]), ""]
     return "\n".join(lines)
+
+
+def _work_text(record: Mapping[str, Any]) -> str:
+    w = record.get("work_seconds") or {}
+    return (f"training {w.get('training', 0):.0f} s and cells {w.get('cells', 0):.0f} s of "
+            f"work, this invocation {record['seconds']:.0f} s wall")
 
 
 def _reduced_text(reduced: Mapping[str, Any]) -> str:
@@ -181,6 +187,7 @@ def write_reproduction_views(out: str | os.PathLike[str], record: Mapping[str, A
     tpl = template_environment().get_template("reproduction.html.j2")
     html = tpl.render(r=record, rows=rows, groups=model_groups(record),
                       reduced=_reduced_text(record.get("reduced") or {}),
+                      work=_work_text(record),
                       image=figure_data_uri(fig),
                       rel=lambda p: os.path.relpath(p, out) if p else "")
     atomic_write_bytes(paths["html"], html.encode())
@@ -210,7 +217,7 @@ def write_summary(out: str | os.PathLike[str], records: Mapping[str, Mapping[str
                   ) -> Path:
     """``summary.md`` in ``out``: :func:`summary_table` with the wall times."""
     out = Path(out)
-    times = ", ".join(f"{n} {r['seconds']:.0f} s" for n, r in records.items())
+    times = "; ".join(f"{n}: {_work_text(r)}" for n, r in records.items())
     text = "\n".join(["# Reproductions", "", summary_table(records, out), "",
                       f"Wall time: {times}.", ""])
     return atomic_write_bytes(out / "summary.md", text.encode())

@@ -60,9 +60,11 @@ import robustact.protocols.papers as shipped_papers
 from robustact import __version__
 from robustact.checkpoint import load_checkpoint
 from robustact.core.storage import atomic_write_json, environment_info, read_json
+from robustact.core.validate import resolve_device
 from robustact.data import as_tensors
 from robustact.defenses import apply_defenses
 from robustact.defenses.jumprelu_retrofit import tune_jumprelu
+from robustact.defenses.output_activation import OutputActivationModel
 from robustact.evaluate import evaluate, get_protocol
 from robustact.models.predict import predict
 from robustact.report.reproduction import same_eps, write_reproduction_views, write_summary
@@ -70,7 +72,7 @@ from robustact.runs.evaluate import evaluate_model
 from robustact.runs.train import load_splits, train_classifier
 from robustact.train import TrainConfig
 
-__all__ = ["FIELDS", "load_paper", "paper_names", "reproduce", "reproduce_all"]
+__all__ = ["FIELDS", "load_paper", "paper_names", "reproduce", "reproduce_all", "summarize"]
 
 #: A paper file's fields; ``name``, ``models``, ``attacks`` and ``data`` are required.
 FIELDS = ("name", "version", "title", "source", "description", "notes", "models", "settings",
@@ -288,7 +290,7 @@ def _model(spec: Mapping[str, Any], out: Path, *, data_root: Any, device: str, p
                          progress=progress, model_kwargs=spec.get("model_kwargs"),
                          n_train=spec.get("n_train"), download=download)
         atomic_write_json(folder / "spec.json", recipe)
-    model, card = load_checkpoint(folder / "final", device="cpu" if device == "auto" else device)
+    model, card = load_checkpoint(folder / "final", device=device)
     metrics = card.get("metrics") or {}
     return model.eval(), {"key": spec["key"], "group": spec.get("group", spec["key"]),
                           "folder": str(folder), "test_accuracy": metrics.get("test_accuracy"),
@@ -340,6 +342,9 @@ def _run_cell(paper: Mapping[str, Any], model: nn.Module, minfo: Mapping[str, An
     """One (model, setting, split): the paper's attacks per norm, then robustact's evaluation."""
     x, y = _images(spec, split, paper["data"]["n"], data_root)
     defenses, tuned = _defenses(model, spec, setting, data_root)
+    if isinstance(model, OutputActivationModel) and any(
+            d["type"] == "output_activation" for d in defenses):
+        model = model.base  # the setting's f and T replace the trained ones (robustact defend)
     defended = apply_defenses(model, defenses).eval()
     clean = predict(defended, (x, y))
     attacks = dict(paper["attacks"])
@@ -417,6 +422,7 @@ def reproduce(paper: str | os.PathLike[str] | Mapping[str, Any], *, out: str | P
     that many images), recorded and shown as such in the report.
     """
     t0 = time.perf_counter()
+    device = str(resolve_device(device))  # "auto" named: the report says what ran
     p = load_paper(paper)
     p = _quick(p) if quick else p
     p, reduced = _reduce(p, only=only, epochs=epochs, n=n)
@@ -432,7 +438,8 @@ def reproduce(paper: str | os.PathLike[str] | Mapping[str, Any], *, out: str | P
         bar.set_postfix_str(f"{spec['key']} / {setting['key']} / {split} ({i + 1}/{len(todo)})")
         model, minfo = models[spec["key"]]
         folder = out / "cells" / spec["key"] / setting["key"] / split
-        key = {"model": minfo["folder"], "setting": setting, "attacks": p["attacks"],
+        key = {"model": minfo["folder"], "attacks": p["attacks"],
+               "setting": {k: v for k, v in setting.items() if k != "models"},
                "surrogate": spec.get("surrogate"), "evaluation": p["evaluation"],
                "n": p["data"]["n"], "version": __version__}
         stored = read_json(folder / "cell.json") if (folder / "cell.json").is_file() else None
@@ -451,10 +458,24 @@ def reproduce(paper: str | os.PathLike[str] | Mapping[str, Any], *, out: str | P
               "device": device, "data": p["data"], "attacks": p["attacks"],
               "evaluation": p["evaluation"], "headline": p["headline"],
               "models": [m[1] for m in models.values()], "cells": cells,
-              "claims": _claims(p, cells), "seconds": time.perf_counter() - t0}
-    atomic_write_json(out / "results.json", record)
+              "claims": _claims(p, cells), "seconds": time.perf_counter() - t0,
+              # what the work took, whichever invocation did it (a rerun only re-renders)
+              "work_seconds": {
+                  "training": sum(m[1]["train_seconds"] or 0 for m in models.values()),
+                  "cells": sum(c["paper_seconds"] + c["strongest"]["seconds"] for c in cells)}}
     record["views"] = {k: str(v) for k, v in write_reproduction_views(out, record).items()}
+    atomic_write_json(out / "results.json", record)
     return record
+
+
+def summarize(folder: str | Path) -> Path:
+    """``folder/summary.md`` from the reproductions in its subfolders (each a ``results.json``
+    written by :func:`reproduce`), without running anything."""
+    folder = Path(folder)
+    records = {f.parent.name: read_json(f) for f in sorted(folder.glob("*/results.json"))}
+    if not records:
+        raise ValueError(f"{folder} holds no reproduction (no */results.json)")
+    return write_summary(folder, records)
 
 
 def reproduce_all(*, out: str | Path, **kwargs: Any) -> dict[str, Any]:
