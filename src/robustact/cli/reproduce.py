@@ -28,8 +28,9 @@ def reproduce_cmd(
              "same --out resumes: trained models, finished cells and attack cells are read "
              "back; a finished reproduction only re-renders its report.")] = None,
     only: Annotated[list[str] | None, typer.Option(
-        "--only", help="Only the models whose key contains this (repeatable), with the models "
-                       "they transfer from; e.g. --only lenetlike for jumprelu's MNIST part.")
+        "--only", help="Only the model with this key, or else the models whose key contains "
+                       "it (repeatable), with the models they transfer from; e.g. --only lenet "
+                       "for jumprelu's MNIST part, --only lenetlike for its plain model alone.")
     ] = None,
     epochs: Annotated[int | None, typer.Option(
         min=1, help="Reduced settings: train at most this many epochs (milestones scaled). "
