@@ -61,7 +61,7 @@ from robustact import __version__
 from robustact.checkpoint import load_checkpoint
 from robustact.core.storage import atomic_write_json, environment_info, read_json
 from robustact.core.validate import resolve_device
-from robustact.data import as_tensors
+from robustact.data import as_tensors, to_float
 from robustact.defenses import apply_defenses
 from robustact.defenses.jumprelu_retrofit import tune_jumprelu
 from robustact.defenses.output_activation import OutputActivationModel
@@ -223,11 +223,8 @@ def _quick(paper: dict[str, Any]) -> dict[str, Any]:
     q = paper["quick"]
     p = copy.deepcopy(paper)
     p["data"]["n"] = min(p["data"]["n"], q.get("n", 64))
-    keep = q.get("models")
-    if keep is not None:  # and the models they transfer from
-        keep = {*keep, *(m["surrogate"] for m in p["models"]
-                         if m["key"] in keep and m.get("surrogate"))}
-    p["models"] = [m for m in p["models"] if keep is None or m["key"] in keep]
+    if q.get("models") is not None:
+        p["models"] = _keep_models(p["models"], set(q["models"]))
     for m in p["models"]:
         m["train"]["epochs"] = min(m["train"].get("epochs", 10), q.get("epochs", 1))
         m["train"]["milestones"] = [x for x in m["train"].get("milestones", [])
@@ -239,6 +236,12 @@ def _quick(paper: dict[str, Any]) -> dict[str, Any]:
     if q.get("eps_grid") is not None:
         p["attacks"]["eps_grid"] = q["eps_grid"]
     return p
+
+
+def _keep_models(models: list[dict[str, Any]], keep: set[str]) -> list[dict[str, Any]]:
+    """The models in ``keep`` and the models they transfer from, in file order."""
+    keep = keep | {m["surrogate"] for m in models if m["key"] in keep and m.get("surrogate")}
+    return [m for m in models if m["key"] in keep]
 
 
 def _reduce(paper: dict[str, Any], *, only: list[str] | None, epochs: int | None,
@@ -254,9 +257,8 @@ def _reduce(paper: dict[str, Any], *, only: list[str] | None, epochs: int | None
         if not keep:
             raise ValueError(f"--only {', '.join(only)} matches no model of {p['name']} "
                              f"({', '.join(m['key'] for m in p['models'])})")
-        keep |= {m["surrogate"] for m in p["models"] if m["key"] in keep and m.get("surrogate")}
-        p["models"] = [m for m in p["models"] if m["key"] in keep]
-        reduced["models"] = sorted(keep)
+        p["models"] = _keep_models(p["models"], keep)
+        reduced["models"] = sorted(m["key"] for m in p["models"])
     if epochs is not None:
         for m in p["models"]:
             full = m["train"].get("epochs", 10)
@@ -286,10 +288,9 @@ def _model(spec: Mapping[str, Any], out: Path, *, data_root: Any, device: str, p
     final = folder / "final" / "card.json"
     if not final.is_file():
         cfg = TrainConfig(**{**spec.get("train", {}), "device": device})
-        classes = tuple(spec["classes"]) if spec.get("classes") else None
         train_classifier(spec["arch"], spec["dataset"], out_dir=folder, config=cfg,
                          activation=spec.get("activation", "relu"), data_root=data_root,
-                         classes=classes, loss=spec.get("loss", "ce"),
+                         classes=_classes(spec), loss=spec.get("loss", "ce"),
                          output_activation=spec.get("output_activation"),
                          temperature=spec.get("temperature", 1.0),
                          resume=(folder / "train" / "last" / "card.json").is_file(),
@@ -305,16 +306,20 @@ def _model(spec: Mapping[str, Any], out: Path, *, data_root: Any, device: str, p
                           "epochs": metrics.get("epochs"), "attacked": spec.get("attacked", True)}
 
 
-def _images(spec: Mapping[str, Any], split: str, n: int, data_root: Any
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``n`` images of ``split``: the test split, or the images the model trained on."""
-    classes = tuple(spec["classes"]) if spec.get("classes") else None
-    train, _, test = load_splits(spec["dataset"], data_root=data_root, classes=classes,
-                                 seed=spec.get("train", {}).get("seed", 1),
-                                 n_train=spec.get("n_train"))
-    ds = test if split == "test" else train
+def _classes(spec: Mapping[str, Any]) -> tuple[str | int, str | int] | None:
+    return tuple(spec["classes"]) if spec.get("classes") else None  # type: ignore[return-value]
+
+
+def _splits(spec: Mapping[str, Any], data_root: Any) -> tuple[Any, Any, Any]:
+    """(train, val, test) as the model was trained on them (its seed, classes and subset)."""
+    return load_splits(spec["dataset"], data_root=data_root, classes=_classes(spec),
+                       seed=spec.get("train", {}).get("seed", 1), n_train=spec.get("n_train"))
+
+
+def _images(ds: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` images of ``ds`` as floats in [0, 1], and their labels."""
     x, y = as_tensors(ds.subset(torch.arange(min(n, len(ds)))), "data")
-    return (x.float() / 255 if x.dtype == torch.uint8 else x), y
+    return to_float(x), y
 
 
 def _metrics(table: Any, x: torch.Tensor, norm: str) -> list[dict[str, Any]]:
@@ -346,8 +351,9 @@ def _run_cell(paper: Mapping[str, Any], model: nn.Module, minfo: Mapping[str, An
               *, data_root: Any, progress: bool, quick: bool,
               surrogate: nn.Module | None = None) -> dict[str, Any]:
     """One (model, setting, split): the paper's attacks per norm, then robustact's evaluation."""
-    x, y = _images(spec, split, paper["data"]["n"], data_root)
-    defenses, tuned = _defenses(model, spec, setting, data_root)
+    train, val, test = _splits(spec, data_root)
+    x, y = _images(test if split == "test" else train, paper["data"]["n"])
+    defenses, tuned = _defenses(model, setting, val)
     if isinstance(model, OutputActivationModel) and any(
             d["type"] == "output_activation" for d in defenses):
         model = model.base  # the setting's f and T replace the trained ones (robustact defend)
@@ -391,19 +397,15 @@ def _run_cell(paper: Mapping[str, Any], model: nn.Module, minfo: Mapping[str, An
                           + float(s["seconds"].get("audit") or 0)}}
 
 
-def _defenses(model: nn.Module, spec: Mapping[str, Any], setting: Mapping[str, Any],
-              data_root: Any) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+def _defenses(model: nn.Module, setting: Mapping[str, Any], val: Any
+              ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """The setting's defenses; ``"tune": {"grid": [...], "max_drop": 1.0}`` picks JumpReLU's κ
     on the model's validation split as the paper does (the largest κ within the drop)."""
     tune = setting.get("tune")
     if not tune:
         return list(setting.get("defenses", [])), None
-    classes = tuple(spec["classes"]) if spec.get("classes") else None
-    _, val, _ = load_splits(spec["dataset"], data_root=data_root, classes=classes,
-                            seed=spec.get("train", {}).get("seed", 1))
     x_val, y_val = as_tensors(val, "validation split")
-    x_val = x_val.float() / 255 if x_val.dtype == torch.uint8 else x_val
-    t = tune_jumprelu(model, x_val, y_val, grid=tune["grid"],
+    t = tune_jumprelu(model, to_float(x_val), y_val, grid=tune["grid"],
                       max_drop=float(tune.get("max_drop", 1.0)), progress=False)
     return [{"type": "jumprelu", "kappa": t.kappa}], t.to_dict()
 
