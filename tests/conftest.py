@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Iterator
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -62,3 +63,20 @@ def tiny() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """
     with single_thread():
         return train_prototype_cnn(0)
+
+
+@pytest.fixture(scope="module")
+def digits_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SmallCNN trained 2 epochs on sklearn's digits by ``robustact train`` (the command
+    line's checkpoint folder, ``final/``): what the evaluate and shard CLI tests evaluate."""
+    from typer.testing import CliRunner
+
+    from robustact.cli import app
+
+    out = tmp_path_factory.mktemp("digits-ckpt") / "m"
+    res = CliRunner().invoke(app, ["train", "--model", "smallcnn", "--dataset", "digits",
+                                   "--epochs", "2", "--optimizer", "adam", "--lr", "0.003",
+                                   "--batch-size", "64", "--out", str(out), "--no-progress",
+                                   "--threads", "1", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    return out / "final"

@@ -67,14 +67,8 @@ def not_a_model():
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("evalcli") / "m"
-    res = runner.invoke(app, ["train", "--model", "smallcnn", "--dataset", "digits",
-                              "--epochs", "2", "--optimizer", "adam", "--lr", "0.003",
-                              "--batch-size", "64", "--out", str(out), "--no-progress",
-                              "--threads", "1", "--device", "cpu"])
-    assert res.exit_code == 0, res.output
-    return out / "final"
+def ckpt(digits_ckpt: Path) -> Path:
+    return digits_ckpt
 
 
 @pytest.fixture(scope="module")

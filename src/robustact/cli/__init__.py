@@ -2,9 +2,9 @@
 (:mod:`robustact.runs`) and prints. Nothing here is needed to use robustact from Python.
 
 One module per command group: :mod:`.train`, :mod:`.defend` (retrofit, defend, tune-jump),
-:mod:`.evaluate` (eval, attack, evaluate, protocols, leaderboard), :mod:`.audit` (audit
-calibrate), :mod:`.reproduce` and :mod:`.demo`; the group itself, its error handling and the
-shared options live in :mod:`.app`.
+:mod:`.evaluate` (eval, attack, evaluate, merge, protocols, leaderboard), :mod:`.audit` (audit
+calibrate), :mod:`.reproduce`, :mod:`.grid` and :mod:`.demo`; the group itself, its error
+handling and the shared options live in :mod:`.app`.
 """
 
 from robustact.cli import (  # noqa: F401  (registers the commands)
@@ -13,6 +13,7 @@ from robustact.cli import (  # noqa: F401  (registers the commands)
     demo,
     evaluate,
     export,
+    grid,
     reproduce,
     train,
     verify,

@@ -29,6 +29,7 @@ from robustact.evaluate.protocols import available_protocols, format_protocols
 from robustact.report.intervals import pct_ci
 from robustact.report.leaderboard import write_leaderboard
 from robustact.runs.evaluate import attack_model, clean_accuracy, evaluate_source
+from robustact.runs.shards import evaluate_sharded, merge_shards
 
 
 @app.command("eval")
@@ -118,7 +119,9 @@ def evaluate_cmd(
              "your own (copy a shipped one and edit it).")] = "standard",
     eps: Eps = None,
     norm: Annotated[str, typer.Option(help="linf | l2")] = "linf",
-    n: Annotated[int, typer.Option(min=1, help="Evaluate the first N test images.")] = 1000,
+    n: Annotated[int, typer.Option(
+        "--n", "-n", min=1, help="Evaluate the first N test images (-n under torchrun, whose "
+                                 "own options make --n ambiguous).")] = 1000,
     batch_size: Annotated[int, typer.Option(min=1)] = 256,
     seed: int = 0,
     audit: Annotated[bool, typer.Option(
@@ -134,6 +137,11 @@ def evaluate_cmd(
              "(adversarial.safetensors, for verify and export). --no-adversarial for very large "
              "runs: the examples take about the size of the broken test images, twice.")
                              ] = True,
+    shard: Annotated[str | None, typer.Option(
+        help="Evaluate only shard i/N of the images (e.g. 0/4) into OUT/shards/i-of-N; "
+             "`robustact merge OUT` joins the shards into the evaluation one process would "
+             "make. auto: the rank and world size of torchrun or srun, and rank 0 merges when "
+             "every shard is done. Needs --out.")] = None,
     run: dict[str, Any] | None = None,
     chosen: Chosen = NO_MODEL,
     rt: Runtime = NO_RUNTIME,
@@ -145,14 +153,58 @@ def evaluate_cmd(
     (adversarial.safetensors, in the model's input dtype, with its provenance): about the size
     of the broken test images, for `robustact verify OUT` and `robustact export OUT`
     (--no-adversarial: none kept, for very large runs)."""
-    summary = evaluate_source(
-        chosen.source, dataset=chosen.dataset, n=n, **rt._asdict(), protocol=_protocol(protocol),
+    options: dict[str, Any] = dict(
+        dataset=chosen.dataset, n=n, **rt._asdict(), protocol=_protocol(protocol),
         eps=None if eps is None else parse_budget(eps, norm, name="--eps"), norm=norm,
         batch_size=batch_size, seed=seed, audit=audit, keep_adversarial=adversarial,
         **(run or {}),
         audit_options={"max_samples": audit_samples, "random_samples": audit_samples,
                        "binarization_samples": min(20, audit_samples)},
         command=command_line(ctx))
+    if shard is None:
+        summary = evaluate_source(chosen.source, **options)
+    else:
+        if options.pop("out") is None or options.pop("force"):
+            raise ValueError("--shard needs --out (the folder every shard and the merge share) "
+                             "and takes no --force (delete OUT/shards/i-of-N to redo a shard)")
+        summary = evaluate_sharded(chosen.source, out=(run or {})["out"], shard=shard,
+                                   **options)
+        if "shard" in summary:  # not rank 0: the shard's own record
+            typer.echo(f"shard {summary['shard']}: {summary['samples']} images, "
+                       f"{summary['cells']} cells in {summary['seconds']:.1f} s -> "
+                       f"{summary['out']}")
+            return
+    _print_run(summary, summary["model"].get("dataset"))
+
+
+@app.command()
+@runtime_options
+def merge(
+    ctx: typer.Context,
+    shards: Annotated[list[Path], typer.Argument(
+        help="Shard folders (OUT/shards/i-of-N), or the OUT that holds them.")],
+    out: Annotated[Path | None, typer.Option(
+        help="The merged evaluation's folder (default: the OUT holding the shards).")] = None,
+    model: Annotated[Path | None, typer.Option(
+        help="The checkpoint, if it moved since the shards ran.")] = None,
+    model_file: Annotated[str | None, typer.Option(
+        help="The model file (path.py:Factory), if it moved.")] = None,
+    weights: Annotated[Path | None, typer.Option(help="Its weights, if they moved.")] = None,
+    audit: Annotated[bool, typer.Option("--audit/--no-audit")] = True,
+    audit_samples: Annotated[int, typer.Option("--audit-samples", min=1)] = 100,
+    force: Force = False,
+    progress: Annotated[bool, typer.Option()] = True,
+    rt: Runtime = NO_RUNTIME,
+) -> None:
+    """Join the shards of an evaluation (`evaluate --shard i/N`) into the evaluation one process
+    makes: the same table, worst case, audit and reports. The model and images are reloaded
+    from what the shards record; shards of another model, protocol, eps or version, or a
+    missing shard, are refused."""
+    summary = merge_shards(
+        shards, out=out, model=model, model_file=model_file, weights=weights,
+        progress=progress, audit=audit, force=force, command=command_line(ctx),
+        audit_options={"max_samples": audit_samples, "random_samples": audit_samples,
+                       "binarization_samples": min(20, audit_samples)}, **rt._asdict())
     _print_run(summary, summary["model"].get("dataset"))
 
 

@@ -1,18 +1,32 @@
 """``robustact train``: options → :class:`~robustact.train.TrainConfig` →
-:func:`robustact.runs.train.train_classifier`."""
+:func:`robustact.runs.train.train_classifier`.
+
+Started by ``torchrun`` (or ``srun``) as several processes, the same command trains with DDP:
+:func:`_distributed` finds the process's place from the environment and joins the group.
+"""
 
 from __future__ import annotations
 
+import logging
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
+import torch
 import typer
 
-from robustact.cli.common import NO_RUNTIME, Runtime, app, command_line, numbers, runtime_options
+from robustact.cli.common import (
+    EXIT_USER_ERROR,
+    NO_RUNTIME,
+    Runtime,
+    app,
+    command_line,
+    numbers,
+    runtime_options,
+)
 from robustact.core.budget import parse_budget
 from robustact.runs.train import train_classifier
-from robustact.train import TrainConfig
+from robustact.train import DistEnv, DistributedAbort, TrainConfig
 from robustact.train.adversarial import adversarial_spec
 
 
@@ -42,6 +56,25 @@ def _adv_spec(adv: Adv | None, eps: str | None, steps: int | None, fraction: flo
     return adversarial_spec(
         adv.value, parse_budget(eps, "linf", name="--adv-eps"), steps=steps, fraction=fraction,
         alpha=None if alpha is None else parse_budget(alpha, name="--adv-alpha"), beta=beta)
+
+
+def _distributed(ctx: typer.Context, device: str) -> DistEnv | None:
+    """This process's place in a DDP run when torchrun or srun started several (else None),
+    with the process group joined.
+
+    Threads: ``--threads``, else ``OMP_NUM_THREADS`` (torchrun sets 1 unless it is set), else
+    the node's cores shared among its processes; this replaces the one-process default the
+    runtime options set, which would give every process of the node the same cores. Ranks
+    other than 0 log errors only (rank 0 speaks for the run).
+    """
+    dist = DistEnv.from_env(device)
+    if dist is None:
+        return None
+    torch.set_num_threads(dist.threads(ctx.params.get("threads")))
+    if not dist.is_main:
+        logging.getLogger("robustact").setLevel(logging.ERROR)
+    dist.init()
+    return dist
 
 
 # Long by design: typer declares every option as a parameter; the body builds the config and calls
@@ -98,7 +131,9 @@ def train(
 
     For the output-activation defense train at T = 1 and raise T afterwards with `defend`.
     With --adv the card records the recipe and its parameters; --resume without --adv (or
-    --ema) takes them from the interrupted run.
+    --ema) takes them from the interrupted run. Started by torchrun (torchrun --nproc-per-node N
+    -m robustact train ...), the N processes train one model together (DDP); --batch-size is
+    then the global batch (see docs/training.md).
     """
     config = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule,
@@ -108,11 +143,20 @@ def train(
     cls = tuple(c.strip() for c in classes.split(",")) if classes else None
     if cls is not None and len(cls) != 2:
         raise ValueError(f"--classes needs exactly two classes, got {classes!r}")
-    outcome = train_classifier(
-        model, dataset, out_dir=out, config=config, activation=activation,
-        data_root=rt.data_root, val_fraction=val_fraction, classes=cls,  # type: ignore[arg-type]
-        loss=loss.value, output_activation=output_activation, temperature=temperature,
-        resume=resume, progress=progress, download=rt.download, force=force,
-        command=command_line(ctx))
+    dist = _distributed(ctx, rt.device)
+    try:
+        outcome = train_classifier(
+            model, dataset, out_dir=out, config=config, activation=activation,
+            data_root=rt.data_root, val_fraction=val_fraction, classes=cls,  # type: ignore[arg-type]
+            loss=loss.value, output_activation=output_activation, temperature=temperature,
+            resume=resume, progress=progress, download=rt.download, force=force,
+            command=command_line(ctx), dist=dist)
+    except DistributedAbort:  # rank 0 has printed why
+        raise typer.Exit(code=EXIT_USER_ERROR) from None
+    finally:
+        if dist is not None:
+            dist.close()
+    if dist is not None and not dist.is_main:
+        return
     typer.echo(f"test accuracy {outcome.test_accuracy:.2%} after {len(outcome.history)} epochs "
                f"({outcome.seconds:.0f}s); model saved to {outcome.checkpoint}")

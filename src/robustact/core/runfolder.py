@@ -120,8 +120,10 @@ def _clear(path: Path, names: Sequence[str]) -> None:
 def _remove_if_empty(path: Path) -> None:
     """Remove a folder this run created when it holds nothing but its own record."""
     with contextlib.suppress(OSError):
+        if any(p.name != RECORD_FILE for p in path.iterdir()):
+            return  # work is kept, and the record that says how its run ended
         (path / RECORD_FILE).unlink(missing_ok=True)
-        path.rmdir()  # fails (and is ignored) when anything else is inside
+        path.rmdir()
 
 
 @contextlib.contextmanager

@@ -30,11 +30,11 @@ are not counted.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,12 +60,13 @@ from robustact.core.validate import (
     top_ties,
 )
 from robustact.defenses.registry import describe_defenses, strip_defenses
-from robustact.evaluate.protocols import (
-    DEFAULT_EPS_GRID,
-    get_protocol,
-    protocol_entries,
-    protocol_fingerprint,
+from robustact.evaluate.fingerprints import (
+    data_fingerprint,
+    evaluation_fingerprint,
+    model_fingerprint,
 )
+from robustact.evaluate.protocols import DEFAULT_EPS_GRID, get_protocol, protocol_entries
+from robustact.evaluate.shards import RANDOMIZED, ShardSet
 from robustact.evaluate.storage import RunFolder
 from robustact.evaluate.table import COLUMNS, ResultsTable
 from robustact.models.outputs import is_randomized, rng_fork
@@ -83,28 +84,6 @@ def default_eps_grid(eps: float, multiples: Sequence[float] = DEFAULT_EPS_GRID) 
     floats as the ε/4, ε/2, 2ε it replaced.
     """
     return [m * eps for m in multiples]
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """SHA-256 (16 hex) of the model's class, defenses and every parameter and buffer."""
-    h = hashlib.sha256(type(model).__qualname__.encode())
-    h.update(repr(describe_defenses(model)).encode())
-    for name, t in model.state_dict().items():
-        h.update(name.encode())
-        h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
-        h.update(t.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes()
-                 if t.numel() else b"")
-    return h.hexdigest()[:16]
-
-
-def data_fingerprint(x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor) -> str:
-    """SHA-256 (16 hex) of the evaluated images, labels and sample ids (dtype, shape, bytes):
-    what a resumed run and ``robustact verify`` check the reloaded data against."""
-    h = hashlib.sha256()
-    for t in (x, y, ids):
-        h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
-        h.update(t.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def _batches(n: int, size: int) -> list[slice]:
@@ -290,7 +269,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              adaptive: bool = True, overrides: Mapping[str, Any] | None = None,
              meta: Mapping[str, Any] | None = None, locked: bool = False,
              eot: int | None = None, keep_adversarial: bool = True,
-             surrogate: nn.Module | None = None) -> ResultsTable:
+             surrogate: nn.Module | None = None, shard: tuple[int, int] | None = None,
+             merge: Sequence[str | Path] | None = None) -> ResultsTable:
     """Run ``protocol`` on ``(x, y)`` and return the per-sample results table.
 
     Args:
@@ -329,21 +309,20 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     x, y, ids = x.to(dev), y.to(dev), ids.to(dev).to(torch.int64)
 
     draws, judge, randomness = _randomness(model, x, eot, seed)
+    if draws and (shard is not None or merge):
+        raise ValueError(RANDOMIZED)
     pred, correct, k = clean_predictions(judge, x, y, batch_size)
     entries, notes = _resolve_entries(proto, model, norm, seed, k, adaptive)
 
     clean = _clean_columns(ids, x, y, pred, correct)
-    table_meta: dict[str, Any] = {
-        "protocol": proto["id"], "protocol_overrides": proto["overrides"],
-        "eps": eps, "eps_grid": grid, "norm": norm, "seed": seed, "num_classes": k,
-        "n": n, "model": {"class": type(model).__name__, "defenses": describe_defenses(model),
-                          "fingerprint": model_fingerprint(model)},
-        "data_fingerprint": data_fingerprint(x, y, ids),
-        "attacks": _attack_meta(entries, eps), "unavailable": notes, "randomness": randomness,
-        "environment": environment_info(), "device": str(dev), **dict(meta or {}),
-        **({"surrogate": model_fingerprint(surrogate)} if surrogate is not None else {}),
-    }
-    fingerprint = _fingerprint(table_meta, [e.e for e in entries], draws, keep_adversarial)
+    table_meta = _table_meta(proto, model, x, y, ids, eps, grid, norm, seed, k, entries, notes,
+                             randomness, dev, meta, surrogate, shard)
+    fingerprint = evaluation_fingerprint(table_meta, [e.e for e in entries], draws,
+                                         keep_adversarial)
+    shards = None
+    if merge:
+        shards = ShardSet(merge)
+        shards.bind(fingerprint, x, y, ids, clean, table_meta["environment"]["robustact"])
 
     with ExitStack() as stack:
         folder = None
@@ -355,9 +334,31 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
             folder.save_manifest()
         table = _run_cells(model, x, y, ids, pred, correct, entries, grid, eps, norm,
                            batch_size, folder, table_meta, progress, draws, keep_adversarial,
-                           surrogate)
+                           surrogate, shards=shards, defer=shard is not None)
     table.meta = {**table.meta, "clean": clean}  # as load_table gives it (not in the JSON)
     return table
+
+
+def _table_meta(proto: Mapping[str, Any], model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                ids: torch.Tensor, eps: float, grid: list[float], norm: str, seed: int, k: int,
+                entries: list[_Entry], notes: dict[str, str], randomness: dict[str, Any],
+                dev: torch.device, meta: Mapping[str, Any] | None,
+                surrogate: nn.Module | None, shard: tuple[int, int] | None) -> dict[str, Any]:
+    """The table's metadata: what ran on what (the run folder's manifest holds it)."""
+    deferred = [e.key for e in entries if "max_points" in e.e]
+    return {
+        "protocol": proto["id"], "protocol_overrides": proto["overrides"],
+        "eps": eps, "eps_grid": grid, "norm": norm, "seed": seed, "num_classes": k,
+        "n": x.shape[0], "model": {"class": type(model).__name__,
+                                   "defenses": describe_defenses(model),
+                                   "fingerprint": model_fingerprint(model)},
+        "data_fingerprint": data_fingerprint(x, y, ids),
+        "attacks": _attack_meta(entries, eps), "unavailable": notes, "randomness": randomness,
+        "environment": environment_info(), "device": str(dev), **dict(meta or {}),
+        **({"surrogate": model_fingerprint(surrogate)} if surrogate is not None else {}),
+        **({"shard": {"index": shard[0], "count": shard[1], "deferred": deferred}}
+           if shard is not None else {}),
+    }
 
 
 def _check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
@@ -380,20 +381,6 @@ def _resolve_entries(proto: Mapping[str, Any], model: nn.Module, norm: str, seed
         raise ValueError("an adaptive attack's key collides with a protocol entry's key")
     notes = {e.key: e.unavailable for e in entries if e.unavailable}
     return [e for e in entries if not e.unavailable], notes
-
-
-def _fingerprint(meta: Mapping[str, Any], entries: list[dict[str, Any]], draws: int,
-                 keep_adversarial: bool) -> dict[str, Any]:
-    """What a resumed run folder must match: protocol and entries, model, data, norm, grid,
-    seed, EOT draws (randomized models only: deterministic fingerprints stay as they were) and
-    whether adversarial examples are kept."""
-    return {"protocol": meta["protocol"], "entries": protocol_fingerprint(entries),
-            "model": meta["model"]["fingerprint"], "data": meta["data_fingerprint"],
-            "norm": meta["norm"], "eps_grid": meta["eps_grid"], "seed": meta["seed"],
-            **({"eot": draws} if draws else {}), "adversarial": keep_adversarial,
-            # always present (None: the undefended twin), so dropping a surrogate is a change;
-            # a folder written before the field reads as None
-            "surrogate": meta.get("surrogate")}
 
 
 def _cells(entries: list[_Entry], grid: list[float], eps: float, norm: str, x: torch.Tensor
@@ -429,7 +416,10 @@ def _run_cells(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Te
                grid: list[float], eps: float, norm: str, batch_size: int,
                folder: RunFolder | None, meta: dict[str, Any], progress: bool,
                draws: int = 0, keep_adversarial: bool = True,
-               surrogate: nn.Module | None = None) -> ResultsTable:
+               surrogate: nn.Module | None = None, *, shards: ShardSet | None = None,
+               defer: bool = False) -> ResultsTable:
+    """Every cell in run order: read when ``folder`` has it, merged when ``shards`` do, left
+    out when ``defer`` and a screen (a shard's), else attacked and added to ``folder``."""
     done = folder.finished() if folder is not None else {}
     twin = surrogate
     cells = _cells(entries, grid, eps, norm, x)
@@ -440,15 +430,21 @@ def _run_cells(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Te
     for e, e_val, attack_eps in bar:
         bar.set_postfix_str(f"{e.key} eps={e_val:.4g}")
         cached = done.get((e.key, float(e_val)))
+        merged = shards.cell(e.key, e_val, len(ids)) if shards and cached is None else None
         if cached is not None and folder is not None:
             t = folder.read(cached)
+        elif defer and "max_points" in e.e:
+            continue  # a screen: its sample is drawn from every shard's survivors at the merge
         else:
-            if e.through == "twin" and twin is None:
-                twin = strip_defenses(model).eval()
-            t, mismatch, secs, adv = _run_cell(
-                model, x, y, ids, pred, correct_np, e, e_val, attack_eps, broken.get(e_val),
-                batch_size, progress, twin,
-                keep=keep_adversarial and folder is not None and e_val == eps, draws=draws)
+            if merged is not None:
+                t, mismatch, secs, adv = merged
+            else:
+                if e.through == "twin" and twin is None:
+                    twin = strip_defenses(model).eval()
+                t, mismatch, secs, adv = _run_cell(
+                    model, x, y, ids, pred, correct_np, e, e_val, attack_eps,
+                    broken.get(e_val), batch_size, progress, twin,
+                    keep=keep_adversarial and folder is not None and e_val == eps, draws=draws)
             if folder is not None:
                 folder.add(t, attack=e.key, eps=e_val, norm=norm, seconds=secs,
                            mismatch=mismatch, adversarial=adv)

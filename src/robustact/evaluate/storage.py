@@ -45,8 +45,8 @@ from robustact.core.runfolder import RunRefused
 from robustact.core.storage import atomic_write_json, load_tensors, read_json, save_tensors
 from robustact.evaluate.table import COLUMNS, ResultsTable
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "ResultsFolderMismatch", "RunFolder", "load_table",
-           "load_adversarial"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "ResultsFolderMismatch", "RunFolder", "jsonable",
+           "load_adversarial", "load_table", "read_cell", "read_manifest"]
 
 FORMAT = "robustact-results"
 FORMAT_VERSION = 1
@@ -64,7 +64,7 @@ def _to_tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a))
 
 
-def _read_manifest(path: Path) -> dict[str, Any]:
+def read_manifest(path: Path) -> dict[str, Any]:
     file = path / MANIFEST
     try:
         man = read_json(file)
@@ -80,7 +80,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return man
 
 
-def _read_cell(path: Path, cell: Mapping[str, Any]) -> ResultsTable:
+def read_cell(path: Path, cell: Mapping[str, Any]) -> ResultsTable:
     file = path / cell["file"]
     try:
         t = load_tensors(file)
@@ -104,11 +104,11 @@ def load_table(path: str | os.PathLike[str]) -> ResultsTable:
     ``meta["clean"]`` is a dict of per-sample numpy arrays (:data:`CLEAN_FIELDS`).
     """
     path = Path(path)
-    man = _read_manifest(path)
+    man = read_manifest(path)
     meta = dict(man["meta"])
     if (path / CLEAN).exists():
         meta["clean"] = {k: v.numpy() for k, v in load_tensors(path / CLEAN).items()}
-    return ResultsTable.concat([_read_cell(path, c) for c in man["cells"]], meta)
+    return ResultsTable.concat([read_cell(path, c) for c in man["cells"]], meta)
 
 
 #: What a fingerprint field meant before it was recorded: a folder written before robustact
@@ -129,19 +129,19 @@ class RunFolder:
         if self.path.exists() and not self.path.is_dir():
             raise ValueError(f"results folder {self.path} is a file")
         if (self.path / MANIFEST).exists():
-            man = _read_manifest(self.path)
+            man = read_manifest(self.path)
             old = man.get("fingerprint", {})
             for k, v in fingerprint.items():
                 there = old.get(k, FINGERPRINT_DEFAULTS.get(k))
-                if there != _jsonable(v):
+                if there != jsonable(v):
                     raise ResultsFolderMismatch(
                         f"{self.path} holds results of a different evaluation ({k}: "
-                        f"{there!r} there, {_jsonable(v)!r} now); choose another output "
+                        f"{there!r} there, {jsonable(v)!r} now); choose another output "
                         "folder or delete it to start over")
             self.manifest = man
         else:
             self.manifest = {"format": FORMAT, "format_version": FORMAT_VERSION,
-                             "fingerprint": _jsonable(dict(fingerprint)), "meta": dict(meta),
+                             "fingerprint": jsonable(dict(fingerprint)), "meta": dict(meta),
                              "cells": []}
         self.manifest["meta"] = {**self.manifest["meta"], **dict(meta)}
 
@@ -149,7 +149,7 @@ class RunFolder:
         return {(c["attack"], float(c["eps"])): c for c in self.manifest["cells"]}
 
     def read(self, cell: Mapping[str, Any]) -> ResultsTable:
-        return _read_cell(self.path, cell)
+        return read_cell(self.path, cell)
 
     def write_clean(self, clean: Mapping[str, np.ndarray]) -> None:
         save_tensors(self.path / CLEAN, {k: _to_tensor(np.asarray(v)) for k, v in clean.items()})
@@ -176,13 +176,13 @@ class RunFolder:
         atomic_write_json(self.path / MANIFEST, self.manifest)
 
 
-def _jsonable(v: Any) -> Any:
+def jsonable(v: Any) -> Any:
     if isinstance(v, tuple):
-        return [_jsonable(x) for x in v]
+        return [jsonable(x) for x in v]
     if isinstance(v, list):
-        return [_jsonable(x) for x in v]
+        return [jsonable(x) for x in v]
     if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
+        return {k: jsonable(x) for k, x in v.items()}
     return v
 
 
@@ -195,7 +195,7 @@ def load_adversarial(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     when the run kept none (an older run folder, or no point broken).
     """
     folder = Path(path)
-    man = _read_manifest(folder)
+    man = read_manifest(folder)
     found: dict[int, tuple[torch.Tensor, str]] = {}
     for cell in man["cells"]:
         if "adversarial" not in cell:

@@ -141,6 +141,8 @@ def check_spatial(x: torch.Tensor, in_channels: int, input_size: int | None, mod
 
     Without this a wrong image size reaches the first ``nn.Linear`` as an opaque matmul error.
     """
+    if isinstance(x, torch.fx.Proxy):
+        return  # traced into a bound graph (robustact.certify): real inputs are checked there
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{model} expects a torch.Tensor, got {type(x).__name__}")
     if x.ndim != 4:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +47,9 @@ from robustact.models.predict import predict
 from robustact.report.evaluation import evaluation_record, keep_earlier_audit, write_views
 from robustact.runs.sources import ModelSource, as_logits, load_target
 
-__all__ = ["EVALUATE_AUDIT_DEFAULTS", "EVALUATION_FILES", "clean_accuracy", "evaluate_model",
-           "evaluate_source", "attack_model", "chance_threshold", "check_not_chance"]
+__all__ = ["EVALUATE_AUDIT_DEFAULTS", "EVALUATION_FILES", "attack_model", "chance_threshold",
+           "check_not_chance", "checked_inputs", "clean_accuracy", "evaluate_model",
+           "evaluate_source", "prepare_model"]
 
 #: The audit counts :func:`evaluate_model` uses (``run_audit``'s own defaults are for a study):
 #: the model-level checks on the first 100 samples, random search with 1000 points per sample on
@@ -120,8 +121,26 @@ def check_not_chance(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     return p.accuracy
 
 
-def _prepared(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: Any,
-              allow_chance: bool, batch_size: int) -> tuple[nn.Module, dict[str, Any]]:
+def checked_inputs(model: nn.Module, data: Any, dataset: str | None,
+                   protocol: str | Path | Mapping[str, Any], overrides: dict[str, Any] | None,
+                   eps: float | None, norm: str
+                   ) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor, float]:
+    """(protocol, images as floats, labels, ε) of an evaluation, checked before any folder is
+    made: the model in eval mode, a known protocol, ε given or the dataset's standard one."""
+    check_eval_mode(model, "evaluating it")
+    proto = get_protocol(protocol, overrides)  # a bad protocol fails before any folder
+    x, y = as_tensors(data, "data")
+    x = x.float() / 255 if x.dtype == torch.uint8 else x
+    if eps is None:
+        if dataset is None:
+            raise ValueError("no eps given and no dataset to take the standard budget from; "
+                             "pass eps")
+        eps = default_budget(dataset, norm)
+    return proto, x, y, check_budget(eps, norm, math.prod(x.shape[1:]))
+
+
+def prepare_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: Any,
+                  allow_chance: bool, batch_size: int) -> tuple[nn.Module, dict[str, Any]]:
     """The model on its device, probabilities wrapped into logits (said in the returned info),
     past the chance gate unless ``allow_chance``."""
     if device is not None:
@@ -162,7 +181,8 @@ def evaluate_model(model: nn.Module, data: Any, *, dataset: str | None = None,
                    adaptive: bool = True, overrides: dict[str, Any] | None = None,
                    extra_curves: dict[str, Any] | None = None, kind: str = "evaluate",
                    eot: int | None = None, allow_chance: bool = False,
-                   keep_adversarial: bool = True) -> dict[str, Any]:
+                   keep_adversarial: bool = True,
+                   merge: Sequence[str | Path] | None = None) -> dict[str, Any]:
     """Run ``protocol`` on ``data`` into ``out``, audit it, write the record and its views.
 
     ``model`` is any ``nn.Module`` taking [0, 1] images and returning logits (eval mode);
@@ -182,32 +202,26 @@ def evaluate_model(model: nn.Module, data: Any, *, dataset: str | None = None,
     is made (:func:`check_not_chance`) unless ``allow_chance``. ``keep_adversarial``: write
     ``adversarial.safetensors`` (every point broken at the main ε, for ``robustact verify`` and
     ``export``); False for very large runs, where it holds about the broken test images twice
-    (once per cell, once gathered).
+    (once per cell, once gathered). ``merge``: shard folders of this very evaluation
+    (:mod:`robustact.runs.shards`) whose cells are joined instead of attacked.
     """
-    check_eval_mode(model, "evaluating it")
-    proto = get_protocol(protocol, overrides)  # a bad protocol fails before any folder
-    x, y = as_tensors(data, "data")
-    x = x.float() / 255 if x.dtype == torch.uint8 else x
-    if eps is None:
-        if dataset is None:
-            raise ValueError("no eps given and no dataset to take the standard budget from; "
-                             "pass eps")
-        eps = default_budget(dataset, norm)
-    eps = check_budget(eps, norm, math.prod(x.shape[1:]))
+    proto, x, y, eps = checked_inputs(model, data, dataset, protocol, overrides, eps, norm)
     digest = model_digest(model)  # of the model as given: what `verify` reloads and re-hashes
-    model, found = _prepared(model, x, y, device, allow_chance, batch_size)
+    model, found = prepare_model(model, x, y, device, allow_chance, batch_size)
     described = {"name": name, "dataset": dataset, **(info or {}), **found,
                  "model_digest": digest}
     with open_run(out, kind, what="evaluation", force=force, clear=EVALUATION_FILES,
                   default=(f"runs/{kind}", name, proto["name"].split(":", 1)[-1]),
                   command=command, config={"protocol": proto["id"], "eps": eps, "norm": norm,
-                                           "seed": seed, "n": int(x.shape[0])}) as run:
+                                           "seed": seed, "n": int(x.shape[0]),
+                                           **({"merged": [str(p) for p in merge]}
+                                              if merge else {})}) as run:
         t0 = time.perf_counter()
         table = evaluate(model, x, y, protocol, eps=eps, norm=norm, out=str(run.path),
                          batch_size=batch_size, seed=seed, progress=progress,
                          meta={"dataset": dataset, "source": info or {}}, adaptive=adaptive,
                          overrides=overrides, locked=True, eot=eot,
-                         keep_adversarial=keep_adversarial)
+                         keep_adversarial=keep_adversarial, merge=merge)
         wall = time.perf_counter() - t0
         described.update(_randomness_info(table.meta.get("randomness") or {}))
         report = None

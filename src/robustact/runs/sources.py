@@ -33,7 +33,7 @@ from robustact.modelfile import load_model_file, parse_model_spec
 from robustact.models.outputs import logit_model
 
 __all__ = ["as_logits", "ModelSource", "LoadedModel", "Target", "load_model", "load_split",
-           "load_target", "checkpoint_run_name"]
+           "load_target", "checkpoint_run_name", "recorded_source"]
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,31 @@ class ModelSource:
         return {"source": "model_file", "model_file": self.model_file,
                 "weights": None if self.weights is None else str(self.weights),
                 "normalize": self.normalize, "factory_kwargs": self.factory_kwargs or {}}
+
+
+def recorded_source(info: dict[str, Any], where: str | Path, model: str | Path | None = None,
+                    model_file: str | None = None, weights: str | Path | None = None
+                    ) -> ModelSource:
+    """The model a run recorded (its ``info``: :meth:`ModelSource.info` and more), with the
+    user's overrides (a moved checkpoint or file); ``where`` names the run in errors.
+
+    Why: ``verify``, ``export`` and ``merge`` rebuild the very model an evaluation ran on from
+    its folder alone, so a user does not retype the options."""
+    if model is not None:
+        return ModelSource(checkpoint=model)
+    if info.get("source") == "model_file" or model_file is not None:
+        same = info.get("source") == "model_file"
+        return ModelSource(model_file=model_file or info.get("model_file"),
+                           weights=weights or info.get("weights"),
+                           normalize=info.get("normalize") if same else None,
+                           factory_kwargs=(info.get("factory_kwargs") or None) if same else None)
+    if weights is not None:
+        raise ValueError("--weights goes with --model-file; the run's model is a checkpoint "
+                         "(give a moved one with --model)")
+    if info.get("source") == "checkpoint":
+        return ModelSource(checkpoint=info["checkpoint"])
+    raise ValueError(f"{where} does not record where its model came from (evaluated from "
+                     "Python?): give it with --model DIR or --model-file/--weights")
 
 
 @dataclass

@@ -4,6 +4,11 @@ The run folder (``out``) goes through :func:`robustact.core.runfolder.open_run`:
 finished model (``final/``) or an interrupted run (``train/last/``) refused unless ``resume``
 or ``force``, ``--resume`` with nothing to resume said in one line, ``run.json`` recording how
 the run ended, Ctrl-C turned into one line saying how to continue.
+
+Under DDP (``dist``, see :mod:`robustact.train.distributed`) every rank calls
+:func:`train_classifier` with the same arguments; rank 0 alone opens the run folder and tells the
+others whether the run resumes (or the one line why it cannot start), trains with them, and
+alone writes ``final/`` and ``results.json``.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from robustact.models.predict import accuracy
 from robustact.nn.bounded import check_temperature
 from robustact.train import (
     CheckpointError,
+    DistEnv,
+    DistributedAbort,
     TrainConfig,
     Trainer,
     read_card,
@@ -116,6 +123,7 @@ def train_classifier(
     force: bool = False,
     download: bool = False,
     command: str | None = None,
+    dist: DistEnv | None = None,
 ) -> TrainOutcome:
     """Train ``model_name`` on ``dataset`` and save ``out_dir/final`` with its test accuracy.
 
@@ -126,7 +134,9 @@ def train_classifier(
     T = 1 and raise T with ``robustact defend``). ``config.seed`` seeds everything random: the
     split, the initial weights, the batches. ``n_train``: train on a fixed subset of that many
     images (short runs: ``robustact reproduce --quick``). ``out_dir=None`` trains without
-    writing anything.
+    writing anything. ``dist``: this process's place in a DDP run (process group joined); every
+    rank calls this alike, ``out_dir`` must be one folder all ranks see (to resume), and a rank
+    other than 0 raises :class:`~robustact.train.DistributedAbort` when rank 0 cannot start.
     """
     _check_temperature(output_activation, temperature, force)
     config = config if config is not None else TrainConfig()
@@ -141,36 +151,63 @@ def train_classifier(
                     data_root=data_root, val_fraction=val_fraction, classes=classes, loss=loss,
                     output_activation=output_activation, temperature=temperature,
                     progress=progress, model_kwargs=model_kwargs, download=download,
-                    n_train=n_train)
+                    n_train=n_train, dist=dist if dist is not None and dist.world_size > 1
+                    else None)
+    dist = settings["dist"]
     if out_dir is None:
         return _train(config=config, out_dir=None, resume=False, **settings)
-    with open_run(out_dir, "train", what="training run",
-                  markers={"final/card.json": "a trained model (final/)",
-                           "train/last/card.json": "an unfinished training run (train/last/)"},
-                  resume_marker="train/last/card.json", resume=resume, force=force,
-                  command=command, resume_hint="rerun with --resume to continue",
-                  config={"model": model_name, "dataset": dataset, **config.to_dict()}) as run:
-        if run.resumed:
-            config = _saved_recipe(Path(out_dir) / "train" / "last", config)
-        outcome = _train(config=config, out_dir=Path(out_dir), resume=run.resumed, **settings)
-        run.finish({"test_accuracy": outcome.test_accuracy, "checkpoint": str(outcome.checkpoint),
-                    "epochs": len(outcome.history), "seconds": outcome.seconds})
+    if dist is not None and not dist.is_main:
+        return _follow(dist, Path(out_dir), settings)
+    told = False  # whether the other ranks know how the run starts
+    try:
+        with open_run(out_dir, "train", what="training run",
+                      markers={"final/card.json": "a trained model (final/)",
+                               "train/last/card.json": "an unfinished training run "
+                                                       "(train/last/)"},
+                      resume_marker="train/last/card.json", resume=resume, force=force,
+                      command=command, resume_hint="rerun with --resume to continue",
+                      config={"model": model_name, "dataset": dataset,
+                              **config.to_dict()}) as run:
+            if run.resumed:
+                config = _saved_recipe(Path(out_dir) / "train" / "last", config)
+            told = True
+            if dist is not None:
+                dist.share((run.resumed, config.to_dict()))
+            outcome = _train(config=config, out_dir=Path(out_dir), resume=run.resumed,
+                             **settings)
+            run.finish({"test_accuracy": outcome.test_accuracy,
+                        "checkpoint": str(outcome.checkpoint), "epochs": len(outcome.history),
+                        "seconds": outcome.seconds})
+    except BaseException as e:
+        if dist is not None and not told:  # the others wait to hear how the run starts
+            dist.share(f"rank 0 could not start: {(str(e).splitlines() or [''])[0]}")
+        raise
     return outcome
+
+
+def _follow(dist: DistEnv, out_dir: Path, settings: dict[str, Any]) -> TrainOutcome:
+    """A rank other than 0: train as rank 0 says (resumed or not, with which config)."""
+    word = dist.share()
+    if isinstance(word, str):
+        raise DistributedAbort(word)
+    resumed, config = word
+    return _train(config=TrainConfig.from_dict(config), out_dir=out_dir, resume=resumed,
+                  **settings)
 
 
 def _train(model_name: str, dataset: str, *, out_dir: Path | None, config: TrainConfig,
            activation: str, data_root: str | Path | None, val_fraction: float,
            classes: tuple[str | int, str | int] | None, loss: str,
            output_activation: str | None, temperature: float, resume: bool, download: bool,
-           progress: bool, model_kwargs: dict[str, Any] | None, n_train: int | None = None
-           ) -> TrainOutcome:
-    """:func:`train_classifier` after its checks, with ``out_dir`` locked."""
+           progress: bool, model_kwargs: dict[str, Any] | None, n_train: int | None = None,
+           dist: DistEnv | None = None) -> TrainOutcome:
+    """:func:`train_classifier` after its checks, with ``out_dir`` locked (by rank 0)."""
     t0 = time.perf_counter()
     if loss == "differential" and classes is None:
         classes = ("cat", "dog")
-    train, val, test = load_splits(dataset, data_root=data_root, val_fraction=val_fraction,
-                                   classes=classes, seed=config.seed, download=download,
-                                   n_train=n_train)
+    train, val, test = _load_splits_once(
+        dist, download, dataset=dataset, data_root=data_root, val_fraction=val_fraction,
+        classes=classes, seed=config.seed, n_train=n_train)
     with seeded(config.seed, "model"):  # the initial weights are part of the seeded run
         model = create_model(model_name, dataset=dataset, num_classes=train.num_classes,
                              activation=activation, **(model_kwargs or {}))
@@ -181,7 +218,7 @@ def _train(model_name: str, dataset: str, *, out_dir: Path | None, config: Train
                  "val_fraction": val_fraction}
     run_dir = out_dir / "train" if out_dir is not None else None
     history, extra = _fit_recipe(model, train, val, config, loss=loss, run_dir=run_dir,
-                                 resume=resume, progress=progress)
+                                 resume=resume, progress=progress, dist=dist)
     model.eval()
     test_acc = accuracy(model, test)
     train_acc = accuracy(model, train)
@@ -190,7 +227,7 @@ def _train(model_name: str, dataset: str, *, out_dir: Path | None, config: Train
     metrics = {"test_accuracy": test_acc, "train_accuracy": train_acc,
                "val_accuracy": history[-1].get("val_acc") if history else None,
                "epochs": len(history), "seconds": seconds}
-    if out_dir is not None:
+    if out_dir is not None and (dist is None or dist.is_main):
         ckpt = save_checkpoint(out_dir / "final", model, epoch=len(history), config=config,
                                metrics=metrics, history=history, data=data_desc,
                                extra={"loss": loss, **extra})
@@ -200,25 +237,42 @@ def _train(model_name: str, dataset: str, *, out_dir: Path | None, config: Train
             "data": data_desc, "metrics": metrics, "extra": extra,
             "config": config.to_dict(), "environment": environment_info(),
         })
+    if dist is not None:  # the run ends for all ranks once final/ is written
+        dist.barrier()
     return TrainOutcome(model, history, test_acc, ckpt, seconds, {"train_accuracy": train_acc,
                                                                    **extra})
 
 
+def _load_splits_once(dist: DistEnv | None, download: bool, **kw: Any) -> tuple[Any, Any, Any]:
+    """:func:`load_splits`; under DDP with ``download``, each node's local rank 0 fetches while
+    the others wait (one writer per data folder; the files are replaced atomically)."""
+    if dist is None or not download:
+        return load_splits(download=download, **kw)
+    if dist.local_rank == 0:
+        splits = load_splits(download=True, **kw)
+        dist.barrier()
+        return splits
+    dist.barrier()
+    return load_splits(download=False, **kw)
+
+
 def _fit_recipe(model: nn.Module, train: Any, val: Any, config: TrainConfig, *, loss: str,
-                run_dir: Path | None, resume: bool, progress: bool
+                run_dir: Path | None, resume: bool, progress: bool, dist: DistEnv | None = None
                 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Train with the run's recipe (differential, adversarial or plain); returns the history and
-    what the card should record about the recipe."""
+    what the card should record about the recipe (and, under DDP, the processes)."""
+    ran = ({"distributed": {"world_size": dist.world_size, "backend": dist.backend}}
+           if dist is not None else {})
     if loss == "differential":
         history, bias_info = differential_train(model, train, val, config, out_dir=run_dir,
-                                                resume=resume, progress=progress)
-        return history, {"bias": bias_info}
+                                                resume=resume, progress=progress, dist=dist)
+        return history, {"bias": bias_info, **ran}
     if config.adv:
         history, _ = adversarial_train(model, train, val, config, out_dir=run_dir,
-                                       resume=resume, progress=progress)
-        return history, {"adv": config.adv}
-    trainer = Trainer(model, train, val, config, out_dir=run_dir, progress=progress)
-    return trainer.fit(resume=resume), {}
+                                       resume=resume, progress=progress, dist=dist)
+        return history, {"adv": config.adv, **ran}
+    trainer = Trainer(model, train, val, config, out_dir=run_dir, progress=progress, dist=dist)
+    return trainer.fit(resume=resume), ran
 
 
 def _saved_recipe(last: Path, config: TrainConfig) -> TrainConfig:

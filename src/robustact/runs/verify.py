@@ -36,7 +36,7 @@ from robustact.data import as_tensors, to_float
 from robustact.evaluate.runner import data_fingerprint
 from robustact.models.predict import predict
 from robustact.report.evaluation import REPORT_FORMAT
-from robustact.runs.sources import ModelSource, as_logits, load_split, load_target
+from robustact.runs.sources import as_logits, load_split, load_target, recorded_source
 
 __all__ = ["ADVERSARIAL_FILE", "EvaluatedRun", "read_evaluation", "run_images", "verify_run"]
 
@@ -188,27 +188,6 @@ def run_images(ev: EvaluatedRun, data: Any = None, *, data_root: str | Path | No
     return x, y
 
 
-def _source(ev: EvaluatedRun, model: str | Path | None, model_file: str | None,
-            weights: str | Path | None) -> ModelSource:
-    """The model the run recorded, with the user's overrides (a moved checkpoint or file)."""
-    info = ev.info
-    if model is not None:
-        return ModelSource(checkpoint=model)
-    if info.get("source") == "model_file" or model_file is not None:
-        same = info.get("source") == "model_file"
-        return ModelSource(model_file=model_file or info.get("model_file"),
-                           weights=weights or info.get("weights"),
-                           normalize=info.get("normalize") if same else None,
-                           factory_kwargs=(info.get("factory_kwargs") or None) if same else None)
-    if weights is not None:
-        raise ValueError("--weights goes with --model-file; the run's model is a checkpoint "
-                         "(give a moved one with --model)")
-    if info.get("source") == "checkpoint":
-        return ModelSource(checkpoint=info["checkpoint"])
-    raise ValueError(f"{ev.path} does not record where its model came from (evaluated from "
-                     "Python?): give it with --model DIR or --model-file/--weights")
-
-
 def _ids(mask: torch.Tensor, sample: torch.Tensor) -> str:
     ids = sample[mask.cpu()].tolist()
     more = ", ..." if len(ids) > SHOWN else ""
@@ -278,7 +257,7 @@ def verify_run(run: str | Path, *, model: str | Path | None = None,
                          f"is randomized (judged by {how}), so its count cannot be "
                          "recomputed exactly")
     dataset, split = _dataset(ev)
-    source = _source(ev, model, model_file, weights)
+    source = recorded_source(ev.info, ev.path, model, model_file, weights)
     t = load_target(source, dataset=dataset, split=split, n=ev.n, data_root=data_root,
                     download=download, device=device)
     digest, recorded = model_digest(t.model), ev.meta["model_digest"]

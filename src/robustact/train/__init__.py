@@ -6,7 +6,8 @@
 - :mod:`~robustact.train.batches`: dataset tensors, seeds, batch orders;
 - :mod:`~robustact.train.recipes`: differential training, FGSM batch hooks;
 - :mod:`~robustact.train.adversarial`: adversarial training (mix, PGD-AT, fast AT, TRADES);
-- :mod:`~robustact.train.averaging`: the weight average (EMA) the trainer can keep.
+- :mod:`~robustact.train.averaging`: the weight average (EMA) the trainer can keep;
+- :mod:`~robustact.train.distributed`: DDP under torchrun or srun (:class:`DistEnv`).
 
 Checkpoints live in :mod:`robustact.checkpoint` (re-exported here for convenience).
 """
@@ -35,6 +36,7 @@ from robustact.train.config import (
     jumprelu_mnist_config,
     jumprelu_resnet_config,
 )
+from robustact.train.distributed import DistEnv, DistributedAbort, LocalBatch
 from robustact.train.loop import Callback, Trainer, cross_entropy_loss
 from robustact.train.recipes import fgsm_batch_hook, jumprelu_robust_hook
 from robustact.train.schedules import LRSchedule, lr_at
@@ -47,6 +49,9 @@ __all__ = [
     "as_tensors",
     "Callback",
     "CheckpointError",
+    "DistEnv",
+    "DistributedAbort",
+    "LocalBatch",
     "LRSchedule",
     "TrainConfig",
     "Trainer",

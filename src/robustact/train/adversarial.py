@@ -25,6 +25,13 @@ uninterrupted one does. Training attacks skip the attacks' final judging forward
 with ``early_stop=False``: training wants the final
 iterate for every sample (Madry, Wong and Zhang all train on it), not the first adversarial one.
 
+Under DDP (:mod:`robustact.train.distributed`) a rank crafts examples for its rows of the global
+batch only, yet gets the examples one process would: the per-call seed comes from the
+one-process stream (``LocalBatch.seeds``) and the random start is drawn for the whole global
+batch and sliced to the rank's rows (an L∞ start is one uniform draw per pixel in batch order).
+Keying the start by sample index (the attacks' ``keys=``) would have served too, but it would
+change every existing one-process run; this way one-process runs stay bit for bit as they were.
+
 Why fast AT has a guard: FGSM training can collapse within an epoch ("catastrophic
 overfitting": FGSM accuracy high, PGD accuracy near 0). :class:`OverfittingGuard` measures PGD
 accuracy on a fixed held-out batch after every epoch, keeps the best such model
@@ -44,11 +51,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustact.attacks import random_start
+from robustact.attacks.base import LogitsView
 from robustact.attacks.pgd import PGD
 from robustact.checkpoint import CheckpointError, load_weights, read_card, save_checkpoint
 from robustact.core.budget import check_budget
 from robustact.train.batches import as_tensors, to_float
 from robustact.train.config import TrainConfig
+from robustact.train.distributed import DistEnv, LocalBatch, unwrap
 from robustact.train.loop import BatchHook, LossFn, Trainer
 from robustact.train.recipes import fgsm_batch_hook
 
@@ -129,25 +139,54 @@ def adversarial_spec(recipe: str, eps: float, *, steps: int | None = None,
     return spec
 
 
-def _fresh_seed() -> int:
-    """A seed for one attack call, drawn from the global RNG (which the trainer seeds per epoch).
+def _fresh_seed(part: LocalBatch | None = None) -> int:
+    """A seed for one attack call, drawn from the global RNG (which the trainer seeds per epoch),
+    or under DDP from the one-process stream the trainer hands over in ``part``.
 
     Why not the attack's fixed seed: its random start would be the same noise for every batch.
     """
-    return int(torch.randint(0, 2**62, ()))
+    return int(torch.randint(0, 2**62, (), generator=part.seeds if part is not None else None))
 
 
-def _pgd(spec: dict[str, Any], loss: Any = "ce") -> PGD:
-    return PGD(spec["eps"], spec["alpha"], spec["steps"], random_start=True, early_stop=False,
-               loss=loss, force_eval=True, seed=_fresh_seed())
+class _GlobalBatchPGD(PGD):
+    """PGD on one rank's rows whose random start is the one-process start of those rows.
+
+    The start is drawn for the whole global batch (``part.size`` rows) from the attack's
+    generator and sliced to ``part.rows``: exactly the noise a single process draws for them.
+    """
+
+    part: LocalBatch
+
+    def start_point(self, view: LogitsView, x: torch.Tensor, idx: torch.Tensor | None,
+                    restart: int, gen: torch.Generator | None) -> torch.Tensor:
+        if view.keys is not None or idx is not None or restart:  # not a training attack's
+            return super().start_point(view, x, idx, restart, gen)
+        rows = self.part.rows.to(x.device)
+        full = x.new_zeros((self.part.size, *x.shape[1:]))
+        full[rows] = x
+        return random_start(full, self.eps, self.norm, gen)[rows]
+
+
+def _pgd(spec: dict[str, Any], loss: Any = "ce", part: LocalBatch | None = None) -> PGD:
+    args = (spec["eps"], spec["alpha"], spec["steps"])
+    kw: dict[str, Any] = dict(random_start=True, early_stop=False, loss=loss, force_eval=True,
+                              seed=_fresh_seed(part))
+    if part is None:
+        return PGD(*args, **kw)
+    attack = _GlobalBatchPGD(*args, **kw)
+    attack.part = part
+    return attack
 
 
 def pgd_batch_hook(spec: dict[str, Any]) -> BatchHook:
-    """Replace every batch by PGD examples (``pgd``; ``fast`` is the one-step case)."""
+    """Replace every batch by PGD examples (``pgd``; ``fast`` is the one-step case).
 
-    def hook(model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-        return _pgd(spec)(model, x, y, check=False).x_adv, y
+    ``part`` (under DDP, from the trainer): this rank's rows of the global batch.
+    """
+
+    def hook(model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int,
+             part: LocalBatch | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return _pgd(spec, part=part)(model, x, y, check=False).x_adv, y
 
     return hook
 
@@ -164,22 +203,25 @@ class TradesLoss:
         self.spec = spec
         self.beta = float(spec["beta"])
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        was_training = model.training
-        model.eval()
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 part: LocalBatch | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        # The clean prediction and the attack skip a DDP wrapper (no gradient to reduce);
+        # the two forwards of the loss go through it.
+        inner = unwrap(model)
+        was_training = inner.training
+        inner.eval()
         try:
             with torch.no_grad():
-                p_clean = F.softmax(model(x), dim=1)
+                p_clean = F.softmax(inner(x), dim=1)
         finally:
-            model.train(was_training)
+            inner.train(was_training)
         log_p = torch.log(p_clean.clamp_min(1e-12))
 
         def kl(z: torch.Tensor, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
             # early_stop=False and one restart: the rows of z are always the batch's rows.
             return (p_clean * (log_p - F.log_softmax(z, dim=1))).sum(1)
 
-        x_adv = _pgd(self.spec, loss=kl)(model, x, y, check=False).x_adv
+        x_adv = _pgd(self.spec, loss=kl, part=part)(inner, x, y, check=False).x_adv
         logits = model(x)
         robust = F.kl_div(F.log_softmax(model(x_adv), dim=1), F.softmax(logits, dim=1),
                           reduction="batchmean")
@@ -239,7 +281,7 @@ class OverfittingGuard:
         if self.best_acc is None or acc > self.best_acc:
             self.best_acc, self.best_epoch = acc, epoch
             self.best_state = copy.deepcopy(trainer.model.state_dict())
-            where = self._dir(trainer)
+            where = self._dir(trainer) if trainer.writes else None  # rank 0 writes, under DDP
             if where is not None:
                 save_checkpoint(where, trainer.model, epoch=epoch, config=trainer.config,
                                 metrics={"robust_acc": acc, "epoch": epoch},
@@ -247,11 +289,10 @@ class OverfittingGuard:
         elif acc < self.best_acc - self.drop:
             if self.collapsed_epoch is None:
                 self.collapsed_epoch = epoch
-            log.warning(
-                "catastrophic overfitting: held-out PGD accuracy fell to %.1f%% in epoch %d "
-                "(best %.1f%% in epoch %d); the best model is kept%s and restored at the end",
-                100 * acc, epoch, 100 * self.best_acc, self.best_epoch,
-                f" in {self._dir(trainer)}" if trainer.out_dir is not None else "")
+            _warn(trainer, "catastrophic overfitting: held-out PGD accuracy fell to %.1f%% in "
+                  "epoch %d (best %.1f%% in epoch %d); the best model is kept%s and restored at "
+                  "the end", 100 * acc, epoch, 100 * self.best_acc, self.best_epoch,
+                  f" in {self._dir(trainer)}" if trainer.out_dir is not None else "")
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, record: dict[str, Any]) -> None:
         acc = self.accs.get(epoch)
@@ -261,11 +302,10 @@ class OverfittingGuard:
         # see), and then shows as high accuracy on the training attack's examples next to
         # near-zero PGD accuracy.
         if acc is not None and isinstance(train_acc, float) and train_acc - acc > self.gap:
-            log.warning(
-                "catastrophic overfitting: held-out PGD accuracy %.1f%% in epoch %d against "
-                "%.1f%% on the training attack's examples; the model resists the single-step "
-                "attack only (try a smaller step, --adv-alpha, or --adv pgd)",
-                100 * acc, epoch, 100 * train_acc)
+            _warn(trainer, "catastrophic overfitting: held-out PGD accuracy %.1f%% in epoch %d "
+                  "against %.1f%% on the training attack's examples; the model resists the "
+                  "single-step attack only (try a smaller step, --adv-alpha, or --adv pgd)",
+                  100 * acc, epoch, 100 * train_acc)
 
     def on_fit_end(self, trainer: Trainer, history: list[dict[str, Any]]) -> None:
         if not self.restore or self.collapsed_epoch is None:
@@ -274,8 +314,15 @@ class OverfittingGuard:
             trainer.model.load_state_dict(self.best_state)
         elif self._dir(trainer) is not None:
             load_weights(self._dir(trainer), trainer.model)
-        log.warning("restored the weights of epoch %s (held-out PGD accuracy %.1f%%)",
-                    self.best_epoch, 100 * (self.best_acc or 0.0))
+        _warn(trainer, "restored the weights of epoch %s (held-out PGD accuracy %.1f%%)",
+              self.best_epoch, 100 * (self.best_acc or 0.0))
+
+
+def _warn(trainer: Trainer, msg: str, *args: Any) -> None:
+    """A warning from the process that writes (once per run, not once per DDP rank); without a
+    trainer (a guard called directly) there is one process."""
+    if getattr(trainer, "writes", True):
+        log.warning(msg, *args)
 
 
 def recipe_parts(spec: dict[str, Any], model: nn.Module, guard_data: Any = None
@@ -304,11 +351,13 @@ def recipe_parts(spec: dict[str, Any], model: nn.Module, guard_data: Any = None
 def adversarial_train(model: nn.Module, train_data: Any, val_data: Any = None,
                       config: TrainConfig | None = None, *, out_dir: str | Path | None = None,
                       resume: bool = False, progress: bool = False,
-                      callbacks: Any = ()) -> tuple[list[dict[str, Any]], Trainer]:
+                      callbacks: Any = (), dist: DistEnv | None = None
+                      ) -> tuple[list[dict[str, Any]], Trainer]:
     """Train with the recipe in ``config.adv`` (a spec from :func:`adversarial_spec`).
 
     Fast AT's guard measures on ``val_data`` (the training data when there is none). Returns the
-    history and the trainer (its callbacks hold the guard's figures).
+    history and the trainer (its callbacks hold the guard's figures). ``dist``: this process's
+    place in a DDP run (see :class:`~robustact.train.Trainer`).
     """
     if config is None or not config.adv:
         raise ValueError("adversarial_train needs config.adv (see adversarial_spec)")
@@ -316,5 +365,6 @@ def adversarial_train(model: nn.Module, train_data: Any, val_data: Any = None,
     guard_data = val_data if val_data is not None else train_data
     hook, loss, extra = recipe_parts(spec, model, guard_data)
     trainer = Trainer(model, train_data, val_data, config, out_dir=out_dir, loss=loss,
-                      batch_hook=hook, progress=progress, callbacks=[*extra, *callbacks])
+                      batch_hook=hook, progress=progress, callbacks=[*extra, *callbacks],
+                      dist=dist)
     return trainer.fit(resume=resume), trainer

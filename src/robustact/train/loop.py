@@ -9,9 +9,16 @@ Extension points (so new recipes slot in without touching the loop):
   FGSM replacement of the JumpReLU paper's robust variants
   (:func:`robustact.train.recipes.fgsm_batch_hook`). ``model`` is the unwrapped module;
   ``step`` the global optimizer step.
-- ``wrap_model(model) -> module``: e.g. DistributedDataParallel. The trainer keeps the unwrapped
-  module for checkpoints and hooks. (Sharding data across ranks and writing checkpoints from one
-  rank only — ``out_dir=None`` elsewhere — are the caller's job.)
+- ``wrap_model(model) -> module``: e.g. DistributedDataParallel with options of one's own. The
+  trainer keeps the unwrapped module for checkpoints, hooks and validation.
+- ``dist``: a :class:`~robustact.train.distributed.DistEnv` (process group joined) trains this
+  process's share of a multi-process run: the model in DDP (unless ``wrap_model`` says
+  otherwise), rank ``r`` of ``W`` on rows ``r, r + W, …`` of the global batches one process
+  would draw, validation split over the ranks and summed, ``out_dir`` read by every rank (to
+  resume) and written by rank 0 only. A hook or loss that takes a ``part`` keyword gets the
+  :class:`~robustact.train.distributed.LocalBatch` (the PGD and FGSM recipes use it to treat
+  their rows as one process treats the global batch). See :mod:`robustact.train.distributed`
+  for what is and is not identical to one process.
 - ``callbacks``: objects with any of ``on_fit_start(trainer)``, ``on_epoch_start(trainer,
   epoch)``, ``on_train_epoch_end(trainer, epoch)`` (after the optimizer steps, before validation
   and checkpointing, so a callback may adjust the model, e.g. set a bias), ``on_epoch_end(trainer,
@@ -24,12 +31,15 @@ Determinism (CPU): epoch ``e`` (1-based) draws its shuffle order, its augmentati
 seeds derived from ``(seed, e)``. An epoch is therefore a pure function of the weights and
 optimizer state at its start, so a run resumed from the epoch-``k`` checkpoint ends with
 bit-identical weights, and the caller's global RNG state is left as it was. On CUDA the same
-seeding applies but cuDNN/atomics may still be non-deterministic.
+seeding applies but cuDNN/atomics may still be non-deterministic. Under DDP the global RNG of
+rank ``r`` is seeded from ``(seed, e, r)`` instead (independent dropout masks per rank), and
+the one-process stream goes to the training attacks' seeds (``LocalBatch.seeds``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
 import time
@@ -63,6 +73,7 @@ from robustact.train.batches import (
     to_float,
 )
 from robustact.train.config import TRAJECTORY_FIELDS, TrainConfig, TrainingDivergedError
+from robustact.train.distributed import DistEnv, LocalBatch
 from robustact.train.schedules import LRSchedule
 
 __all__ = ["BatchHook", "Callback", "LossFn", "Trainer", "cross_entropy_loss"]
@@ -121,7 +132,8 @@ class Trainer:
 
     ``out_dir`` receives ``last/`` (every ``checkpoint_every`` epochs and at the end) and
     ``best/`` (best validation accuracy so far; needs ``val_data``). Without ``out_dir`` nothing
-    is written and ``fit(resume=True)`` is an error.
+    is written and ``fit(resume=True)`` is an error. With ``dist`` (several processes) every
+    rank reads ``out_dir`` and rank 0 alone writes it, logs and shows progress (``writes``).
     """
 
     def __init__(
@@ -136,13 +148,18 @@ class Trainer:
         wrap_model: Callable[[nn.Module], nn.Module] | None = None,
         progress: bool = True,
         callbacks: Iterable[Any] = (),
+        dist: DistEnv | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         self.config = config if config is not None else TrainConfig()
         if not isinstance(self.config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(self.config).__name__}")
-        self.device = self._resolve_device(self.config.device)
+        self.dist = self._check_dist(dist, self.config)
+        #: whether this process writes checkpoints, logs and progress (rank 0, or the only one)
+        self.writes = self.dist is None or self.dist.is_main
+        self.device = (dist.device if dist is not None
+                       else self._resolve_device(self.config.device))
         self.train_x, self.train_y = as_tensors(train_data, "train_data")
         self.val = as_tensors(val_data, "val_data") if val_data is not None else None
         num_classes = self._num_classes(model)
@@ -152,6 +169,8 @@ class Trainer:
                 check_labels(self.val[1], self.val[0].shape[0], num_classes, "val_data labels")
         self.data_info = self._describe(train_data, self.train_x, self.val)
         self.model = model.to(self.device)
+        if wrap_model is None and self.dist is not None:
+            wrap_model = self.dist.wrap
         self.net = wrap_model(self.model) if wrap_model is not None else self.model
         if self.device.type == "cuda":  # keep the (usually uint8) data on the GPU once
             self.train_x, self.train_y = self.train_x.to(self.device), self.train_y.to(self.device)
@@ -160,7 +179,9 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.loss_fn: LossFn = loss if loss is not None else cross_entropy_loss
         self.batch_hook = batch_hook
-        self.progress = progress
+        # which of them want this rank's LocalBatch (the ``part`` keyword) under DDP
+        self._parts = (_takes_part(batch_hook), _takes_part(self.loss_fn))
+        self.progress = progress and self.writes
         self.callbacks = list(callbacks)
         self.augment = get_augmentation(self.config.augment)
         cfg = self.config
@@ -189,6 +210,21 @@ class Trainer:
     @staticmethod
     def _resolve_device(spec: str) -> torch.device:
         return resolve_device(spec, "TrainConfig.device")
+
+    @staticmethod
+    def _check_dist(dist: DistEnv | None, cfg: TrainConfig) -> DistEnv | None:
+        """``dist`` when it spans several processes (else None: one process), checked."""
+        if dist is None:
+            return None
+        if not isinstance(dist, DistEnv):
+            raise TypeError(f"dist must be a DistEnv, got {type(dist).__name__}")
+        if dist.world_size == 1:
+            return None
+        if cfg.batch_size % dist.world_size:
+            raise ValueError(f"batch_size {cfg.batch_size} (the global batch) must be divisible "
+                             f"by the {dist.world_size} processes, so each gets an equal share")
+        dist.check_ready()
+        return dist
 
     @staticmethod
     def _num_classes(model: nn.Module) -> int | None:
@@ -222,13 +258,20 @@ class Trainer:
     def _rng_devices(self) -> list[int]:
         if self.device.type != "cuda":
             return []
+        if self.dist is not None:  # touching the other GPUs' RNGs would open a context on each
+            return [self.device.index]
         return list(range(torch.cuda.device_count()))
+
+    def _info(self, msg: str, *args: Any) -> None:
+        """Log on the process that writes (one line per run, not one per rank)."""
+        if self.writes:
+            log.info(msg, *args)
 
     # -- epochs ---------------------------------------------------------------------------------
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         """One epoch (1-based ``epoch``); runs inside the caller's ``fork_rng``."""
         cfg = self.config
-        torch.manual_seed(derive_seed(cfg.seed, epoch, "global"))
+        seeds = self._seed_epoch(epoch)
         g_shuffle = torch.Generator().manual_seed(derive_seed(cfg.seed, epoch, "shuffle"))
         g_aug = torch.Generator().manual_seed(derive_seed(cfg.seed, epoch, "augment"))
         labels_cpu = self.train_y.cpu()
@@ -242,46 +285,99 @@ class Trainer:
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
         seen = counted = 0
         first_lr = None
+        totals = (0.0, 0, 0.0, 0)
         bar = _bar(len(batches), f"epoch {epoch}/{cfg.epochs}", self.progress)
         try:
             for step, idx in enumerate(batches):
                 lr = self.scheduler.apply(epoch - 1, step)
                 first_lr = lr if first_lr is None else first_lr
-                idx = idx.to(self.train_x.device)
-                x = to_float(self.train_x[idx])
-                y = self.train_y[idx]
-                if self.augment is not None:
-                    x = self.augment(x, g_aug)
-                if self.batch_hook is not None:
-                    x, y = self.batch_hook(self.model, x, y, self.state.global_step)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss, logits = self.loss_fn(self.net, x, y)
-                loss.backward()
-                self.optimizer.step()
-                if self.average is not None:
-                    self.average.update(self.model)
-                self.state.global_step += 1
-                loss_sum += loss.detach().double() * y.shape[0]
-                seen += y.shape[0]
-                if logits is not None:
-                    correct += correct_untied(logits.detach(), y).sum()
-                    counted += y.shape[0]
+                loss, logits, y, n = self._step(idx, g_aug, seeds)
+                if n:
+                    loss_sum += loss.detach().double() * n
+                    seen += n
+                    if logits is not None:
+                        correct += correct_untied(logits.detach(), y).sum()
+                        counted += n
                 if (step + 1) % cfg.log_every == 0 or step + 1 == len(batches):
-                    # Checked here, not every step, to avoid a device sync per step.
-                    if not torch.isfinite(loss_sum):
+                    # Checked here, not every step, to avoid a device sync per step (and under
+                    # DDP on the sums over all ranks, so that every rank stops together).
+                    totals = self._totals(loss_sum, seen, correct, counted)
+                    if not math.isfinite(totals[0]):
                         raise self._diverged(epoch, step, len(batches), lr)
-                    post = {"loss": f"{float(loss_sum) / seen:.4f}"}
-                    if counted:
-                        post["acc"] = f"{float(correct) / counted:.4f}"
+                    post = {"loss": f"{totals[0] / totals[1]:.4f}"}
+                    if totals[3]:
+                        post["acc"] = f"{totals[2] / totals[3]:.4f}"
                     bar.set_postfix(post, refresh=False)
                 bar.update(1)
         finally:
             bar.close()
         return {
-            "train_loss": float(loss_sum) / seen,
-            "train_acc": float(correct) / counted if counted else float("nan"),
+            "train_loss": totals[0] / totals[1],
+            "train_acc": totals[2] / totals[3] if totals[3] else float("nan"),
             "lr": float(first_lr if first_lr is not None else 0.0),
         }
+
+    def _seed_epoch(self, epoch: int) -> torch.Generator | None:
+        """Seed the global RNG for epoch ``epoch``; under DDP, also return the one-process
+        stream for the training attacks' seeds.
+
+        Why per rank under DDP: with one seed for all ranks each rank's i-th sample would get
+        the same dropout mask. The attacks' seeds still follow one process's global RNG (what
+        ``LocalBatch.seeds`` carries), so adversarial examples match a one-process run.
+        """
+        one_process = derive_seed(self.config.seed, epoch, "global")
+        if self.dist is None:
+            torch.manual_seed(one_process)
+            return None
+        torch.manual_seed(derive_seed(self.config.seed, epoch, f"global/rank{self.dist.rank}"))
+        return torch.Generator().manual_seed(one_process)
+
+    def _local_batch(self, idx: torch.Tensor, g_aug: torch.Generator,
+                     seeds: torch.Generator | None
+                     ) -> tuple[torch.Tensor, torch.Tensor, LocalBatch | None]:
+        """(x, y, part) of global batch ``idx``: all of it, or under DDP this rank's rows."""
+        idx = idx.to(self.train_x.device)
+        if self.dist is None or seeds is None:
+            x = to_float(self.train_x[idx])
+            if self.augment is not None:
+                x = self.augment(x, g_aug)
+            return x, self.train_y[idx], None
+        part = self.dist.part(idx.numel(), seeds)
+        rows = part.rows.to(idx.device)
+        if self.augment is not None:  # drawn for the global batch, so a sample is cropped as
+            x = self.augment(to_float(self.train_x[idx]), g_aug)[rows]  # in one process
+        else:
+            x = to_float(self.train_x[idx[rows]])
+        return x, self.train_y[idx[rows]], part
+
+    def _step(self, idx: torch.Tensor, g_aug: torch.Generator, seeds: torch.Generator | None
+              ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, int]:
+        """One optimizer step on global batch ``idx``; (loss, logits, y, samples to count)."""
+        x, y, part = self._local_batch(idx, g_aug, seeds)
+        given = {"part": part} if part is not None else {}
+        if self.batch_hook is not None:
+            x, y = self.batch_hook(self.model, x, y, self.state.global_step,
+                                   **(given if self._parts[0] else {}))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, logits = self.loss_fn(self.net, x, y, **(given if self._parts[1] else {}))
+        # DDP averages the ranks' gradients: weighting each rank's mean by its share of the
+        # global batch makes that average the one-process gradient (weight 1 when shares match)
+        (loss if part is None or part.weight == 1.0 else loss * part.weight).backward()
+        self.optimizer.step()
+        if self.average is not None:
+            self.average.update(self.model)
+        self.state.global_step += 1
+        return loss, logits, y, (y.shape[0] if part is None else part.samples)
+
+    def _totals(self, loss_sum: torch.Tensor, seen: int, correct: torch.Tensor, counted: int
+                ) -> tuple[float, int, float, int]:
+        """(loss sum, samples, correct, samples with logits) so far, over all ranks."""
+        if self.dist is None:
+            return float(loss_sum), seen, float(correct), counted
+        local = torch.zeros(4, dtype=torch.float64, device=loss_sum.device)
+        local[0], local[1], local[2], local[3] = loss_sum, seen, correct, counted
+        t = self.dist.sum(local).tolist()
+        return t[0], int(t[1]), t[2], int(t[3])
 
     def _diverged(self, epoch: int, step: int, steps: int, lr: float) -> TrainingDivergedError:
         """The one-line error for a NaN/inf loss: where, at which rate, and what to change.
@@ -302,6 +398,8 @@ class Trainer:
         correct), so the number training logs is the one ``robustact evaluate`` reports. The
         loss is cross-entropy of the logits whatever the training loss: a pairwise loss needs
         both classes in every batch, which unbalanced validation batches do not guarantee.
+        Under DDP every rank must call it: each predicts on its rows (``r, r + W, …``, on the
+        unwrapped model) and the sums are added up, so every rank gets the one-process numbers.
         """
         if data is None:
             if self.val is None:
@@ -309,20 +407,32 @@ class Trainer:
             x_all, y_all = self.val
         else:
             x_all, y_all = as_tensors(data, "data")
+        if self.dist is None:
+            loss_sum, correct, n = self._predict_sums(self.net, x_all, y_all)
+            return {"loss": loss_sum / n, "acc": correct / n}
+        rows = self.dist.rows(x_all.shape[0]).to(x_all.device)
+        local = (self._predict_sums(self.model, x_all[rows], y_all[rows]) if rows.numel()
+                 else (0.0, 0, 0))
+        loss_sum, correct, n = self.dist.sum(torch.tensor(local, dtype=torch.float64)).tolist()
+        return {"loss": loss_sum / n, "acc": correct / n}
+
+    def _predict_sums(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor
+                      ) -> tuple[float, int, int]:
+        """(cross-entropy sum, correct, samples) of ``net`` in eval mode on ``(x, y)``."""
         loss_sum = 0.0
 
         def add_loss(logits: torch.Tensor, yb: torch.Tensor | None) -> None:
             nonlocal loss_sum
             loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
 
-        was_training = self.net.training
-        self.net.eval()
+        was_training = net.training
+        net.eval()
         try:
-            p = predict(self.net, (x_all, y_all), batch_size=self.config.eval_batch_size,
+            p = predict(net, (x, y), batch_size=self.config.eval_batch_size,
                         device=self.device, on_batch=add_loss)
         finally:
-            self.net.train(was_training)
-        return {"loss": loss_sum / p.n, "acc": p.accuracy}
+            net.train(was_training)
+        return loss_sum, p.n_correct, p.n
 
     # -- checkpoints ----------------------------------------------------------------------------
     def _save(self, name: str, record: dict[str, Any], with_optimizer: bool) -> None:
@@ -356,7 +466,7 @@ class Trainer:
         try:
             resolve_checkpoint(last)
         except CheckpointError:
-            log.info("no checkpoint in %s: starting from scratch", last)
+            self._info("no checkpoint in %s: starting from scratch", last)
             return
         saved = (read_card(last).get("train") or {})
         mine = self.config.to_dict()
@@ -376,7 +486,7 @@ class Trainer:
             epoch=int(card["epoch"]), global_step=int(t.get("global_step", 0)),
             best_val_acc=t.get("best_val_acc"), best_epoch=t.get("best_epoch"),
             history=[dict(h) for h in card.get("history") or []])
-        log.info("resumed from %s at epoch %d", last, self.state.epoch)
+        self._info("resumed from %s at epoch %d", last, self.state.epoch)
 
     # -- main loop ------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> list[dict[str, Any]]:
@@ -389,6 +499,8 @@ class Trainer:
         self.state, self.average = _Progress(), None
         if resume:
             self._resume()
+        if self.dist is not None:  # e.g. a run folder that only rank 0's node can see
+            self.dist.agree(self.state.epoch, "the epoch to resume from")
         if cfg.ema is not None and self.average is None:  # a fresh run (or nothing to resume)
             self.average = WeightAverage(self.model, cfg.ema)
         self._call("on_fit_start")
@@ -397,6 +509,7 @@ class Trainer:
             with torch.random.fork_rng(devices=self._rng_devices()):
                 self._call("on_epoch_start", epoch)
                 train = self._train_epoch(epoch)
+                self._sync_buffers()
                 with self._judged():
                     self._call("on_train_epoch_end", epoch)
             with self._judged():
@@ -424,15 +537,42 @@ class Trainer:
             s.best_val_acc is None or val["acc"] > s.best_val_acc)
         if improved:
             s.best_val_acc, s.best_epoch = val["acc"], epoch
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.writes:
             if improved:
                 self._save("best", record, with_optimizer=False)
             if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
                 self._save("last", record, with_optimizer=True)
-        log.info("epoch %d/%d %s", epoch, cfg.epochs,
-                 " ".join(f"{k}={v:.4g}" for k, v in record.items()
-                          if isinstance(v, float)))
+        if self.dist is not None:  # no rank runs ahead of a checkpoint being written
+            self.dist.barrier()
+        self._info("epoch %d/%d %s", epoch, cfg.epochs,
+                   " ".join(f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float)))
         self._call("on_epoch_end", epoch, record)
+
+    def _sync_buffers(self) -> None:
+        """Under DDP, give every rank rank 0's buffers (batch-norm running statistics, also
+        in the weight average), which each rank updated from its own rows.
+
+        Why: validation is split over the ranks and the checkpoint is rank 0's; both must see
+        one model.
+        """
+        if self.dist is None:
+            return
+        named = list(self.model.named_buffers())
+        tensors = [b for _, b in named]
+        if self.average is not None:
+            tensors += [self.average.shadow[k] for k, _ in named if k in self.average.shadow]
+        self.dist.broadcast_tensors(tensors)
+
+
+def _takes_part(fn: Callable[..., Any] | None) -> bool:
+    """Whether a hook or loss takes the ``part`` keyword (this rank's :class:`LocalBatch`)."""
+    if fn is None:
+        return False
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
+    return any(p.name == "part" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 class _NoBar:

@@ -28,6 +28,7 @@ from robustact.attacks.fgsm import FGSM
 from robustact.losses.differential import DifferentialLoss, find_classifier, score_direction
 from robustact.train.batches import as_tensors
 from robustact.train.config import TrainConfig
+from robustact.train.distributed import DistEnv, LocalBatch
 from robustact.train.loop import BatchHook, Trainer
 
 __all__ = [
@@ -123,9 +124,18 @@ def differential_train(
 
     ``config.balanced`` is forced to True (the loss needs both classes in every batch). Returns
     the trainer history and the final :func:`set_bias_by_margin` numbers. Extra keyword arguments
-    (``batch_hook``, ``wrap_model``, ``callbacks``) go to :class:`~robustact.train.Trainer`.
+    (``batch_hook``, ``wrap_model``, ``callbacks``, ``dist``) go to
+    :class:`~robustact.train.Trainer`. Under DDP the pairs are formed within each rank's rows
+    (not identical to one process), and DDP is told that the head's bias gets no gradient.
     """
     config = config if config is not None else TrainConfig()
+    dist: DistEnv | None = trainer_kwargs.get("dist")
+    if dist is not None and dist.world_size > 1 and "wrap_model" not in trainer_kwargs:
+        # the pairwise loss leaves the head's bias without a gradient (the margin rule sets it,
+        # alike on every rank): DDP must not wait for one
+        bias = find_classifier(model).head.bias
+        names = [n for n, p in model.named_parameters() if p is bias]
+        trainer_kwargs["wrap_model"] = lambda m: dist.wrap(m, ignore=names)
     if not config.balanced:
         config = dataclasses.replace(config, balanced=True)
     bias_cb = MarginBiasCallback(train_data, positive_class, every_epoch=set_bias_every_epoch)
@@ -154,9 +164,12 @@ def fgsm_batch_hook(fraction: float, eps: float) -> BatchHook:
         raise ValueError(f"fraction must be in [0, 1], got {fraction}")
     attack = FGSM(eps)  # the attack suite's FGSM: one implementation, checked there
 
-    def hook(model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-        k = int(round(fraction * x.shape[0]))
+    def hook(model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int,
+             part: LocalBatch | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if part is None:
+            k = int(round(fraction * x.shape[0]))
+        else:  # under DDP: this rank's rows among the global batch's first round(fraction·N)
+            k = int((part.rows < int(round(fraction * part.size))).sum()) if part.weight else 0
         if k == 0 or eps == 0:
             return x, y
         was_training = model.training
