@@ -186,3 +186,14 @@ def user_model_files(folder: Path, source: str, build: Callable[[], nn.Module], 
     save_file({prefix + k: v.contiguous() for k, v in net.state_dict().items()},
               str(folder / "w.safetensors"))
     return folder / "net.py", folder / "w.safetensors"
+
+
+def cli_ok(args: list[str]) -> str:
+    """Run ``robustact ARGS`` in-process; assert it succeeded; its output."""
+    from typer.testing import CliRunner
+
+    from robustact.cli import app
+
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    return res.output

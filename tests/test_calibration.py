@@ -15,13 +15,12 @@ from typing import Any
 
 import pytest
 import torch
-from _helpers import FeatureNet
+from _helpers import FeatureNet, cli_ok
 from torch import nn
 from typer.testing import CliRunner
 
 import robustact.runs.calibrate as calibrate_mod
 import robustact.runs.zoo as zoo_mod
-from robustact.cli import app
 from robustact.core.storage import atomic_write_json, read_json
 from robustact.defenses import add_output_activation
 from robustact.evaluate.audit import AUDIT_VERSION
@@ -34,10 +33,7 @@ runner = CliRunner()
 CPU = ["--threads", "1", "--device", "cpu"]
 
 
-def ok(args: list[str]) -> str:
-    res = runner.invoke(app, args)
-    assert res.exit_code == 0, res.output
-    return res.output
+ok = cli_ok
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,8 @@ APPLIES: dict[str, tuple[str, ...]] = {
     "lenet5": ("mnist", "cifar10"),
     "lenetlike": ("mnist",),
     "madry_mnist": ("mnist", "cifar10"),
+    "ibp_small": ("mnist", "cifar10"),
+    "ibp_medium": ("mnist", "cifar10"),
     "alexlike": ("cifar10", "mnist"),
     "allcnn": ("cifar10", "mnist"),
     "nin": ("cifar10", "mnist", "digits"),
@@ -45,6 +47,8 @@ EXPECTED: dict[str, tuple[int, int]] = {
     "lenet5": (4, 84),
     "lenetlike": (4, 90),
     "madry_mnist": (3, 1024),
+    "ibp_small": (3, 100),
+    "ibp_medium": (6, 512),
     "alexlike": (6, 256),
     "allcnn": (8, 192),
     "nin": (8, 192),
@@ -422,6 +426,17 @@ def test_out_size_matches_pytorch(
     else:
         with pytest.raises(ValueError, match="m needs input_size"):
             trace_size("m", size, [Layer(kernel, stride, padding, ceil)])
+
+
+def test_ibp_cnn_parameter_counts() -> None:
+    """Gowal et al.'s layouts on MNIST: small conv 4x4x16 s2 (28 -> 13), conv 4x4x32 (-> 10),
+    fc 3200 -> 100; medium conv 3x3x32 (-> 26), 4x4x32 s2 (-> 12), 3x3x64 (-> 10), 4x4x64 s2
+    (-> 4), fc 1024 -> 512 -> 512."""
+    small = (16 * 16 + 16) + (16 * 16 * 32 + 32) + (3200 * 100 + 100) + (100 * 10 + 10)
+    assert count_parameters(create_model("ibp_small", dataset="mnist")) == small
+    medium = ((9 * 32 + 32) + (16 * 32 * 32 + 32) + (9 * 32 * 64 + 64) + (16 * 64 * 64 + 64)
+              + (1024 * 512 + 512) + (512 * 512 + 512) + (512 * 10 + 10))
+    assert count_parameters(create_model("ibp_medium", dataset="mnist")) == medium
 
 
 def test_madry_mnist_parameter_count() -> None:

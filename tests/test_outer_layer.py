@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _helpers import USER_MLP, user_mlp_files
+from _helpers import USER_MLP, cli_ok, user_mlp_files
 from typer.testing import CliRunner
 
 import robustact.runs.evaluate as runs_evaluate
@@ -31,10 +31,7 @@ N = 60
 CHANCE = ["--allow-chance"]
 
 
-def ok(args: list[str]) -> str:
-    res = runner.invoke(app, args)
-    assert res.exit_code == 0, res.output
-    return res.output
+ok = cli_ok
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _helpers import user_mlp_files
+from _helpers import cli_ok, user_mlp_files
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
@@ -31,10 +31,7 @@ CPU = ["--threads", "1", "--device", "cpu"]
 N = 40
 
 
-def ok(args: list[str]) -> str:
-    res = runner.invoke(app, args)
-    assert res.exit_code == 0, res.output
-    return res.output
+ok = cli_ok
 
 
 def refused(args: list[str], *needles: str) -> str:

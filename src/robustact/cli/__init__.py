@@ -9,6 +9,7 @@ handling and the shared options live in :mod:`.app`.
 
 from robustact.cli import (  # noqa: F401  (registers the commands)
     audit,
+    certify,
     defend,
     demo,
     evaluate,

@@ -55,7 +55,16 @@ def _print_run(summary: dict[str, Any], dataset: str | None) -> None:
     typer.echo(f"robust accuracy {robust} at eps={summary['eps']:.4g} ({summary['norm']}, "
                f"{summary['protocol']}, per-sample worst case over "
                f"{len(summary['attacks_at_eps'])} attacks)")
-    typer.echo(f"verdict: {summary['verdict']['label']}")
+    cert = summary.get("certified") or {}
+    if summary.get("certified_accuracy") is not None:
+        sure = pct_ci(summary["certified_accuracy"], summary.get("certified_accuracy_ci"))
+        typer.echo(f"certified accuracy {sure} (CROWN-IBP lower bound: the true robust "
+                   "accuracy lies between the two)")
+    elif cert.get("reason"):
+        typer.echo(f"certified accuracy: none ({cert['reason']})")
+    sandwich = summary["verdict"].get("sandwich")
+    typer.echo(f"verdict: {summary['verdict']['label']}"
+               + (f" ({sandwich['text']})" if sandwich else ""))
     for line in summary["verdict"]["evidence"]:
         typer.echo(f"  - {line}")
     comp = summary["verdict"].get("completeness") or {}
@@ -63,7 +72,8 @@ def _print_run(summary: dict[str, Any], dataset: str | None) -> None:
         typer.echo(f"complete? {comp['text']}")
     secs = summary["seconds"]
     audit_s = "skipped" if secs.get("audit") is None else f"{secs['audit']:.1f} s"
-    typer.echo(f"time: attacks {secs['attacks']:.1f} s, audit {audit_s}")
+    cert_s = "" if secs.get("certify") is None else f", certify {secs['certify']:.1f} s"
+    typer.echo(f"time: attacks {secs['attacks']:.1f} s, audit {audit_s}{cert_s}")
     typer.echo(f"results: {summary['out']} (report: {summary['reports']['html']})")
 
 
@@ -137,6 +147,10 @@ def evaluate_cmd(
              "(adversarial.safetensors, for verify and export). --no-adversarial for very large "
              "runs: the examples take about the size of the broken test images, twice.")
                              ] = True,
+    certify: Annotated[bool, typer.Option(
+        "--certify/--no-certify", help="Certified accuracy (IBP, CROWN-IBP bounds) at every eps "
+                                       "of the grid, under the attack figure, when the model's "
+                                       "layers allow it.")] = True,
     shard: Annotated[str | None, typer.Option(
         help="Evaluate only shard i/N of the images (e.g. 0/4) into OUT/shards/i-of-N; "
              "`robustact merge OUT` joins the shards into the evaluation one process would "
@@ -157,7 +171,7 @@ def evaluate_cmd(
         dataset=chosen.dataset, n=n, **rt._asdict(), protocol=_protocol(protocol),
         eps=None if eps is None else parse_budget(eps, norm, name="--eps"), norm=norm,
         batch_size=batch_size, seed=seed, audit=audit, keep_adversarial=adversarial,
-        **(run or {}),
+        certify=certify, **(run or {}),
         audit_options={"max_samples": audit_samples, "random_samples": audit_samples,
                        "binarization_samples": min(20, audit_samples)},
         command=command_line(ctx))

@@ -25,9 +25,11 @@ from robustact.cli.common import (
     runtime_options,
 )
 from robustact.core.budget import parse_budget
+from robustact.core.spec import parse_params
 from robustact.runs.train import train_classifier
 from robustact.train import DistEnv, DistributedAbort, TrainConfig
 from robustact.train.adversarial import adversarial_spec
+from robustact.train.certified import certified_spec
 
 
 class Loss(str, Enum):
@@ -40,16 +42,36 @@ class Adv(str, Enum):
     fast = "fast"
     mix = "mix"
     trades = "trades"
+    ibp = "ibp"
+    crown_ibp = "crown-ibp"
 
 
 def _adv_spec(adv: Adv | None, eps: str | None, steps: int | None, fraction: float | None,
-              alpha: str | None, beta: float | None) -> dict[str, Any] | None:
-    """The adversarial-training spec of ``train``'s ``--adv*`` options (None without --adv)."""
+              alpha: str | None, beta: float | None, schedule: str | None = None
+              ) -> dict[str, Any] | None:
+    """The adversarial or certified training spec of ``train``'s ``--adv*`` options (None
+    without --adv)."""
     if adv is None:
-        if any(v is not None for v in (eps, steps, fraction, alpha, beta)):
-            raise ValueError("--adv-eps/--adv-steps/--adv-fraction/--adv-alpha/--trades-beta "
-                             "need --adv pgd|fast|mix|trades")
+        if any(v is not None for v in (eps, steps, fraction, alpha, beta, schedule)):
+            raise ValueError("--adv-eps/--adv-steps/--adv-fraction/--adv-alpha/--trades-beta/"
+                             "--cert-schedule need --adv")
         return None
+    if adv in (Adv.ibp, Adv.crown_ibp):
+        if eps is None:
+            raise ValueError(f"--adv {adv.value} needs --adv-eps (the budget to certify)")
+        if any(v is not None for v in (steps, fraction, alpha, beta)):
+            raise ValueError(f"--adv {adv.value} takes --adv-eps and --cert-schedule only")
+        sched = parse_params([p for p in (schedule or "").split(",") if p], "--cert-schedule")
+        if "eps_train" in sched:
+            sched["eps_train"] = parse_budget(sched["eps_train"], "linf", name="eps_train")
+        try:
+            return certified_spec(adv.value, parse_budget(eps, "linf", name="--adv-eps"),
+                                  **sched)
+        except TypeError as e:  # a key certified_spec does not take
+            raise ValueError(f"--cert-schedule: {e}; keys: eps_train, warmup, ramp, "
+                             "kappa_end") from None
+    if schedule is not None:
+        raise ValueError("--cert-schedule goes with --adv ibp or crown-ibp")
     if eps is None:
         raise ValueError(f"--adv {adv.value} needs --adv-eps (e.g. 0.3 for MNIST, 8/255 for "
                          "CIFAR)")
@@ -114,7 +136,7 @@ def train(
     progress: bool = True,
     adv: Annotated[Adv | None, typer.Option(
         help="Adversarial training: pgd (Madry) | fast (FGSM, random start) | mix (FGSM on a "
-             "fraction of each batch) | trades.")] = None,
+             "fraction of each batch) | trades; certified: ibp | crown-ibp.")] = None,
     adv_eps: Annotated[str | None, typer.Option(help="L-inf budget, e.g. 0.3 or 8/255.")] = None,
     adv_steps: Annotated[int | None, typer.Option(help="PGD steps (pgd, trades; 10).")] = None,
     adv_fraction: Annotated[float | None, typer.Option(
@@ -122,6 +144,9 @@ def train(
     adv_alpha: Annotated[str | None, typer.Option(
         help="Step size (pgd, trades: 2.5*eps/steps; fast: 1.25*eps).")] = None,
     trades_beta: Annotated[float | None, typer.Option(help="TRADES beta (6).")] = None,
+    cert_schedule: Annotated[str | None, typer.Option(help=(
+        "ibp/crown-ibp: eps_train=E,warmup=EPOCHS,ramp=EPOCHS,kappa_end=K (defaults: the "
+        "eps, 1, 20, 0.5)"))] = None,
     ema: Annotated[float | None, typer.Option(
         help="Average the weights over steps (EMA decay in (0, 1), e.g. 0.999); the average "
              "is validated, saved and tested.")] = None,
@@ -129,17 +154,15 @@ def train(
 ) -> None:
     """Train a model and save OUT/final (safetensors + JSON card) with its test accuracy.
 
-    For the output-activation defense train at T = 1 and raise T afterwards with `defend`.
-    With --adv the card records the recipe and its parameters; --resume without --adv (or
-    --ema) takes them from the interrupted run. Started by torchrun (torchrun --nproc-per-node N
-    -m robustact train ...), the N processes train one model together (DDP); --batch-size is
-    then the global batch (see docs/training.md).
-    """
+    Output activation: train at T = 1, raise T with `defend`. --adv (adversarial or certified:
+    ibp, crown-ibp) is recorded in the card; --resume takes it from the run. Under torchrun
+    the processes train one model (DDP; --batch-size is global; docs/training.md)."""
     config = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule,
         milestones=tuple(numbers(milestones, int, "--milestones")), gamma=gamma,
         weight_decay=weight_decay, augment=augment, seed=seed, device=rt.device,
-        adv=_adv_spec(adv, adv_eps, adv_steps, adv_fraction, adv_alpha, trades_beta), ema=ema)
+        adv=_adv_spec(adv, adv_eps, adv_steps, adv_fraction, adv_alpha, trades_beta,
+                      cert_schedule), ema=ema)
     cls = tuple(c.strip() for c in classes.split(",")) if classes else None
     if cls is not None and len(cls) != 2:
         raise ValueError(f"--classes needs exactly two classes, got {classes!r}")

@@ -16,12 +16,15 @@ nin            Network-in-Network                                         SPLASH
 resnet20/32/56 CIFAR ResNet, option-A shortcuts by default                SPLASH, JumpReLU
 wrn34_4        Wide ResNet 34-4 (``wideresnet`` for other depths/widths)  JumpReLU
 mobilenetv2    MobileNetV2, CIFAR strides                                 JumpReLU
+ibp_small      Gowal et al.'s small CNN (strided convs, no pooling)       certified training
+ibp_medium     Gowal et al.'s medium CNN                                  certified training
 mlp, smallcnn  small networks for the offline demo and tests
 =============  =========================================================  ====================
 """
 
 from robustact.models import (  # noqa: F401  (importing registers the architectures)
     allcnn,
+    ibp_cnn,
     jumprelu_nets,
     lenet,
     madry_mnist,

@@ -130,6 +130,38 @@ def _min_norm(table: ResultsTable, summary: Mapping[str, Any]) -> dict[str, Any]
     return out
 
 
+def _certified_at(cert: Mapping[str, Any], eps: float | None) -> float | None:
+    """The certified accuracy at ``eps`` (CROWN-IBP, else IBP), None without one."""
+    for row in cert.get("per_eps") or []:
+        if eps is not None and math.isclose(row["eps"], eps):
+            return row["crown_ibp"] if row.get("crown_ibp") is not None else row["ibp"]
+    return None
+
+
+def _certified_curve(cert: Mapping[str, Any]) -> dict[str, Any]:
+    rows = cert.get("per_eps") or []
+    if not rows:
+        return {}
+    return {"certified": {"eps": [r["eps"] for r in rows],
+                          "robust_accuracy": [_certified_at(cert, r["eps"]) for r in rows]}}
+
+
+def _with_sandwich(verdict: dict[str, Any], certified: float | None, robust: float | None
+                   ) -> dict[str, Any]:
+    """The verdict's evidence, led by the certified bound when there is one: whatever the
+    audit suspects, no masking can hide robustness below a proven lower bound."""
+    if certified is None or robust is None or certified <= 0:
+        return verdict  # no certificate (or none of use): nothing proven to say
+    line = (f"certified lower bound {certified:.1%} (CROWN-IBP) under the attacks' "
+            f"{robust:.1%}: whatever the checks below suspect, the true robust accuracy is "
+            f"proven to lie between the two ({(robust - certified) * 100:.1f} points apart)")
+    gap = robust - certified
+    return {**verdict, "evidence": [line, *verdict.get("evidence", [])],
+            "sandwich": {"certified": certified, "robust": robust, "gap": gap,
+                         "text": f"the robust accuracy is proven to within {gap * 100:.1f} "
+                                 "points by a certified bound"}}
+
+
 def _verdict(audit: AuditReport | None) -> dict[str, Any]:
     if audit is None:
         return {"label": NOT_AUDITED, "audited": False, "fired": [], "notes": [], "evidence": [
@@ -144,7 +176,8 @@ def _verdict(audit: AuditReport | None) -> dict[str, Any]:
 def evaluation_record(table: ResultsTable, audit: AuditReport | None = None, *,
                       info: Mapping[str, Any] | None = None,
                       extra_curves: Mapping[str, Curve | Mapping[str, Any]] | None = None,
-                      run: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                      run: Mapping[str, Any] | None = None,
+                      certified: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Every number of the evaluation as plain JSON (NaN and ∞ as ``null``): THE record of a
     run, of which summary.json, report.md and report.html are views (:func:`write_views`).
 
@@ -154,8 +187,10 @@ def evaluation_record(table: ResultsTable, audit: AuditReport | None = None, *,
     ``min_norm`` (stats and every successful ‖δ‖), ``cost``, ``audit`` (every check with its
     numbers and evidence, or ``None``), ``verdict``, ``protocol`` (id, overrides, ε, grid, norm,
     seed, attack specs with roles, unavailable attacks), ``model``, ``data``, ``environment``,
-    ``info`` (the caller's: name, description, dataset, ...), ``extra_curves`` and ``run``
-    (the caller's: command line, seconds, the table's identity).
+    ``info`` (the caller's: name, description, dataset, ...), ``extra_curves``, ``run``
+    (the caller's: command line, seconds, the table's identity) and ``certified`` (the
+    certified accuracies under the attack figures, :func:`robustact.evaluate.certified.
+    certify_table`; ``summary.certified_accuracy`` is the one at the main ε).
 
     Beside every accuracy and success rate sits its 95 % Wilson interval as ``<key>_ci: [lo,
     hi]``, beside each plotted curve a ``ci`` list, on each audit check ``intervals`` for its
@@ -174,18 +209,22 @@ def evaluation_record(table: ResultsTable, audit: AuditReport | None = None, *,
     protocol_id = str(meta.get("protocol") or "custom")
     name, _, version = protocol_id.partition("@")
     curves = {str(k): Curve.from_mapping(c).as_dict() for k, c in (extra_curves or {}).items()}
+    cert = dict(certified or {"available": False, "reason": "not computed"})
     record = {
         "format": REPORT_FORMAT, "format_version": REPORT_FORMAT_VERSION,
         "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "info": info,
-        "verdict": _verdict(audit),
+        "verdict": _with_sandwich(_verdict(audit), _certified_at(cert, eps),
+                                  at_eps["worst_case"] if at_eps else None),
         "summary": {"n": summary["n"], "clean_accuracy": summary["clean_accuracy"],
                     "eps": eps, "norm": meta.get("norm"),
                     "robust_accuracy": at_eps["worst_case"] if at_eps else None,
+                    "certified_accuracy": _certified_at(cert, eps),
                     "attacks_at_eps": ([a["attack"] for a in at_eps["attacks"]] if at_eps
                                        else []) + list(summary["min_norm"])},
         "per_eps": per_eps,
-        "curves": _curves(per_eps),
+        "curves": {**_curves(per_eps), **_certified_curve(cert)},
+        "certified": cert,
         "min_norm": _min_norm(table, summary),
         "cost": summary["cost"],
         "audit": audit.as_dict() if audit is not None else None,
@@ -231,7 +270,11 @@ def _headline(record: Mapping[str, Any]) -> str:
     return (f"clean accuracy {pct_ci(s['clean_accuracy'], s.get('clean_accuracy_ci'))}; robust "
             f"accuracy (per-sample worst case over {len(s['attacks_at_eps'])} attacks) "
             f"{pct_ci(s['robust_accuracy'], s.get('robust_accuracy_ci'))} at ε = {eps} "
-            f"({s['norm']}), n = {s['n']}; [95 % Wilson intervals]")
+            f"({s['norm']}), n = {s['n']}"
+            + (f"; certified accuracy (CROWN-IBP, a lower bound) "
+               f"{pct_ci(s['certified_accuracy'], s.get('certified_accuracy_ci'))}"
+               if s.get("certified_accuracy") is not None else "")
+            + "; [95 % Wilson intervals]")
 
 
 def _title(record: Mapping[str, Any]) -> str:
@@ -258,7 +301,8 @@ def render_markdown(record: Mapping[str, Any], out_dir: str | os.PathLike[str],
     """The Markdown report of ``record``; ``figures``: name → Figure, saved beside it."""
     rep = Report(out_dir, _title(record))
     v = record["verdict"]
-    rep.text(f"**Verdict: {v['label']}.** (Is there gradient masking?)\n\n"
+    sw = f" ({v['sandwich']['text']})" if v.get("sandwich") else ""
+    rep.text(f"**Verdict: {v['label']}.**{sw} (Is there gradient masking?)\n\n"
              + "\n".join(f"- {e}" for e in v["evidence"]))
     comp = v.get("completeness") or {}
     rep.text("**Is the reported number complete?** "
@@ -389,6 +433,9 @@ def summary_view(record: Mapping[str, Any], paths: Mapping[str, Any] | None = No
         "model": record["info"], "protocol": p["id"], "norm": p["norm"], "eps": s["eps"],
         "eps_grid": p["eps_grid"], "n": s["n"], "seed": p["seed"],
         "clean_accuracy": s["clean_accuracy"], "robust_accuracy": s["robust_accuracy"],
+        "certified_accuracy": s.get("certified_accuracy"),
+        "certified_accuracy_ci": s.get("certified_accuracy_ci"),
+        "certified": record.get("certified") or {"available": False},
         "clean_accuracy_ci": s.get("clean_accuracy_ci"),
         "robust_accuracy_ci": s.get("robust_accuracy_ci"),
         "attacks_at_eps": list(at_eps["attacks"]) if at_eps else [],
@@ -399,7 +446,7 @@ def summary_view(record: Mapping[str, Any], paths: Mapping[str, Any] | None = No
                      for k, m in record["min_norm"].items()},
         "unavailable": p["unavailable"], "attacks": p["attacks"],
         "verdict": {k: verdict.get(k) for k in ("label", "evidence", "fired", "notes",
-                                                 "completeness")}
+                                                 "completeness", "sandwich")}
         | ({"from_earlier_run": True} if verdict.get("from_earlier_run") else {}),
         "cost": {"forward_per_image": record["cost"]["forward_per_image"],
                  "backward_per_image": record["cost"]["backward_per_image"],

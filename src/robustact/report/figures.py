@@ -158,6 +158,11 @@ def robust_accuracy_figure(record: Mapping[str, Any]) -> Figure:
         ax.fill_between(wc["eps"], band[0], band[1], facecolor="0.55", alpha=0.18,
                         edgecolor="black", linewidth=0.6, linestyle="--", zorder=4,
                         label="worst case: 95 % interval (Wilson)")
+    cert = curves.get("certified")
+    if cert:  # the lower bound under the attack figures: the true accuracy is in between
+        ax.plot(cert["eps"], [_pct(v) for v in cert["robust_accuracy"]], "--", color="tab:green",
+                linewidth=2.2, marker="D", markersize=5, zorder=5,
+                label="certified (CROWN-IBP): lower bound")
     eps = record["protocol"]["eps"]
     if eps is not None:
         ax.axvline(eps, color="0.6", linestyle=":", linewidth=1)

@@ -89,6 +89,9 @@ def add_intervals(record: Mapping[str, Any]) -> dict[str, Any]:
     Idempotent (recomputed from the same counts), so any record can go through it again."""
     rec = copy.deepcopy(dict(record))
     n = rec["summary"]["n"]
+    if rec["summary"].get("certified_accuracy") is not None:
+        rec["summary"]["certified_accuracy_ci"] = interval_of(
+            rec["summary"]["certified_accuracy"], n)
     s = rec["summary"]
     s["clean_accuracy_ci"] = interval_of(s.get("clean_accuracy"), n)
     s["robust_accuracy_ci"] = interval_of(s.get("robust_accuracy"), n)
@@ -96,9 +99,10 @@ def add_intervals(record: Mapping[str, Any]) -> dict[str, Any]:
         cell["worst_case_ci"] = interval_of(cell.get("worst_case"), n)
         cell["attacks"] = [_attack_cell(a, n) for a in cell["attacks"]]
     curves = rec.get("curves") or {}
-    if "worst_case" in curves:
-        wc = curves["worst_case"]
-        wc["ci"] = [interval_of(v, n) for v in wc["robust_accuracy"]]
+    for key in ("worst_case", "certified"):
+        if key in curves:
+            wc = curves[key]
+            wc["ci"] = [interval_of(v, n) for v in wc["robust_accuracy"]]
     for c in (curves.get("per_attack") or {}).values():
         c["ci"] = [interval_of(v, n) for v in c["robust_accuracy"]]
     for m in (rec.get("min_norm") or {}).values():

@@ -39,6 +39,7 @@ from robustact.core.validate import check_eval_mode, check_positive_int, resolve
 from robustact.data import as_tensors
 from robustact.evaluate import evaluate, get_protocol
 from robustact.evaluate.audit import AuditReport, run_audit
+from robustact.evaluate.certified import certify_table
 from robustact.evaluate.protocols import one_attack_protocol
 from robustact.evaluate.storage import load_adversarial
 from robustact.evaluate.table import ResultsTable
@@ -182,7 +183,8 @@ def evaluate_model(model: nn.Module, data: Any, *, dataset: str | None = None,
                    extra_curves: dict[str, Any] | None = None, kind: str = "evaluate",
                    eot: int | None = None, allow_chance: bool = False,
                    keep_adversarial: bool = True,
-                   merge: Sequence[str | Path] | None = None) -> dict[str, Any]:
+                   merge: Sequence[str | Path] | None = None,
+                   certify: bool = True) -> dict[str, Any]:
     """Run ``protocol`` on ``data`` into ``out``, audit it, write the record and its views.
 
     ``model`` is any ``nn.Module`` taking [0, 1] images and returning logits (eval mode);
@@ -203,7 +205,10 @@ def evaluate_model(model: nn.Module, data: Any, *, dataset: str | None = None,
     ``adversarial.safetensors`` (every point broken at the main ε, for ``robustact verify`` and
     ``export``); False for very large runs, where it holds about the broken test images twice
     (once per cell, once gathered). ``merge``: shard folders of this very evaluation
-    (:mod:`robustact.runs.shards`) whose cells are joined instead of attacked.
+    (:mod:`robustact.runs.shards`) whose cells are joined instead of attacked. ``certify``:
+    certified accuracy (IBP, CROWN-IBP) at every ε of the grid under the attack figure, when
+    the model's layers allow (:mod:`robustact.evaluate.certified`); a sample certified and
+    broken stops the run.
     """
     proto, x, y, eps = checked_inputs(model, data, dataset, protocol, overrides, eps, norm)
     digest = model_digest(model)  # of the model as given: what `verify` reloads and re-hashes
@@ -224,6 +229,8 @@ def evaluate_model(model: nn.Module, data: Any, *, dataset: str | None = None,
                          keep_adversarial=keep_adversarial, merge=merge)
         wall = time.perf_counter() - t0
         described.update(_randomness_info(table.meta.get("randomness") or {}))
+        certified = (certify_table(model, x, y, table, norm=norm, check_at=eps) if certify
+                     else {"available": False, "reason": "not asked for (--no-certify)"})
         report = None
         if audit:
             dev = next((p.device for p in model.parameters()), x.device)
@@ -233,7 +240,9 @@ def evaluate_model(model: nn.Module, data: Any, *, dataset: str | None = None,
                                seed=seed, progress=progress,
                                **{**EVALUATE_AUDIT_DEFAULTS, **(audit_options or {})})
         record = evaluation_record(table, report, info=described, extra_curves=extra_curves,
-                                   run=_run_info(command, table, report, wall, keep_adversarial))
+                                   run=_run_info(command, table, report, wall, keep_adversarial,
+                                                 certified.get("seconds")),
+                                   certified=certified)
         if report is None:
             record = keep_earlier_audit(record, run.path / "report.json")
         paths = write_views(run.path, record)
@@ -246,13 +255,15 @@ def evaluate_model(model: nn.Module, data: Any, *, dataset: str | None = None,
 
 
 def _run_info(command: str | None, table: ResultsTable, report: AuditReport | None,
-              wall: float, keep_adversarial: bool) -> dict[str, Any]:
+              wall: float, keep_adversarial: bool, certify_s: float | None = None
+              ) -> dict[str, Any]:
     """The record's ``run`` part: the command, the table's key, whether adversarial examples
     were kept, and where the seconds went (attacks, this run's wall time, the audit)."""
     return {"command": command, "table": _table_key(table), "adversarial_kept": keep_adversarial,
             "seconds": {"attacks": float(table["seconds"].sum()) if len(table) else 0.0,
                         "evaluation_wall_this_run": wall,
                         "audit": report.seconds if report else None,
+                        "certify": certify_s,
                         "audit_model_forward_rows":
                             report.model_forward_rows if report else None}}
 
@@ -324,5 +335,6 @@ def attack_model(source: ModelSource, attack_spec: Mapping[str, Any], *,
                          "(it searches for the smallest perturbation); drop --eps")
     norm = spec.pop("norm", None) or "linf"
     proto = one_attack_protocol(spec, through="bpda" if bpda else None)
+    options.setdefault("certify", False)  # one attack: no sandwich unless asked
     return evaluate_source(source, protocol=proto, eps=eps, norm=norm, audit=audit,
                            adaptive=False, kind="attack", **options)

@@ -153,8 +153,8 @@ def merge_shards(paths: Sequence[str | Path], *, out: str | Path | None = None,
                  weights: str | Path | None = None, data_root: str | Path | None = None,
                  download: bool = False, device: str | torch.device = "auto",
                  progress: bool = True, audit: bool = True, force: bool = False,
-                 audit_options: dict[str, Any] | None = None, command: str | None = None
-                 ) -> dict[str, Any]:
+                 audit_options: dict[str, Any] | None = None, command: str | None = None,
+                 certify: bool = True) -> dict[str, Any]:
     """Join finished shards into one evaluation (default ``out``: the ``OUT`` holding them).
 
     The model and the data are reloaded from what the shards record (``model``/
@@ -175,7 +175,7 @@ def merge_shards(paths: Sequence[str | Path], *, out: str | Path | None = None,
         eot=cfg["eot"], keep_adversarial=cfg["keep_adversarial"],
         allow_chance=cfg.get("allow_chance", False), out=out or _default_out(folders),
         progress=progress, audit=audit, audit_options=audit_options, force=force,
-        command=command, merge=folders)
+        command=command, merge=folders, certify=certify)
 
 
 def _ended_since(rec: Mapping[str, Any], since: float) -> bool:
@@ -223,7 +223,8 @@ def evaluate_sharded(source: ModelSource, *, out: str | Path, shard: str = "auto
                      device: str | torch.device = "auto", split: str = "test",
                      merge: bool = True, audit: bool = True, progress: bool = True,
                      audit_options: dict[str, Any] | None = None, command: str | None = None,
-                     wait_s: float = 86400.0, **options: Any) -> dict[str, Any]:
+                     wait_s: float = 86400.0, certify: bool = True, **options: Any
+                     ) -> dict[str, Any]:
     """This process's shard of the evaluation of ``source``. Under ``shard="auto"`` rank 0
     then waits for the others and merges into ``out`` (``merge=False``: leave that to
     ``robustact merge``, as for shards given by hand).
@@ -245,4 +246,4 @@ def evaluate_sharded(source: ModelSource, *, out: str | Path, shard: str = "auto
                   then=f"run `robustact merge {out}`", timeout_s=wait_s, since=started)
     return merge_shards([out], data_root=data_root, download=download, device=device,
                         progress=progress, audit=audit, audit_options=audit_options,
-                        command=command)
+                        command=command, certify=certify)

@@ -57,6 +57,7 @@ from robustact.attacks.pgd import PGD
 from robustact.checkpoint import CheckpointError, load_weights, read_card, save_checkpoint
 from robustact.core.budget import check_budget
 from robustact.train.batches import as_tensors, to_float
+from robustact.train.certified import CERTIFIED_RECIPES, CertifiedLoss
 from robustact.train.config import TrainConfig
 from robustact.train.distributed import DistEnv, LocalBatch, unwrap
 from robustact.train.loop import BatchHook, LossFn, Trainer
@@ -338,6 +339,9 @@ def recipe_parts(spec: dict[str, Any], model: nn.Module, guard_data: Any = None
         guard = [OverfittingGuard(guard_data, spec["eps"], n=g["n"], steps=g["steps"],
                                   drop=g["drop"])] if guard_data is not None else []
         return pgd_batch_hook(spec), None, guard
+    if recipe in CERTIFIED_RECIPES:
+        loss = CertifiedLoss(spec, model)
+        return None, loss, [loss]
     if recipe == "trades":
         k = Trainer._num_classes(model)  # the trainer's reading of the class count
         if k is not None and k < 2:
@@ -362,6 +366,9 @@ def adversarial_train(model: nn.Module, train_data: Any, val_data: Any = None,
     if config is None or not config.adv:
         raise ValueError("adversarial_train needs config.adv (see adversarial_spec)")
     spec = config.adv
+    if spec.get("recipe") in CERTIFIED_RECIPES and dist is not None and dist.world_size > 1:
+        raise ValueError(f"certified training ({spec['recipe']}) runs in one process: its bound "
+                         "is computed outside DDP's gradient hooks")
     guard_data = val_data if val_data is not None else train_data
     hook, loss, extra = recipe_parts(spec, model, guard_data)
     trainer = Trainer(model, train_data, val_data, config, out_dir=out_dir, loss=loss,
