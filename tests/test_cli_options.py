@@ -105,6 +105,15 @@ def test_default_threads_follow_free_cores(monkeypatch: pytest.MonkeyPatch) -> N
     assert machine(2, 6.0) == 1      # never below one
     assert machine(16, 0.0) == 4     # capped
     assert machine(16, 13.2) == 3
+    # under torchrun the node's processes share its cores (no oversubscription)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert machine(2, 0.1) == 1
+    assert machine(16, 0.0) == 4 and machine(6, 0.0) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # what torchrun was told
+    assert machine(16, 0.0) == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # one process: OMP_NUM_THREADS is not ours
+    assert machine(2, 0.1) == 2
 
 
 def test_no_threads_option_uses_the_default(trained: Path,

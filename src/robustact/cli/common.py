@@ -168,9 +168,19 @@ def default_threads() -> int:
     2 busy cores, 2 threads per batch took 7x the time of 1; see results/README.md). Free cores
     are the cores this process may use minus the 1-minute load average; 4 caps the pool where
     small models stop gaining. Pass --threads to choose.
+
+    Under torchrun (LOCAL_WORLD_SIZE set) the node's processes share its cores: OMP_NUM_THREADS
+    when set (torchrun sets 1 for several processes unless the user chose), else the free
+    cores divided among them, so a sharded evaluation never oversubscribes the node.
     """
+    local = os.environ.get("LOCAL_WORLD_SIZE", "")
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    if local.isdigit() and int(local) > 1 and omp.isdigit() and int(omp) >= 1:
+        return int(omp)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
         os.cpu_count() or 1)
+    if local.isdigit() and int(local) > 1:
+        cores = max(1, cores // int(local))
     try:
         busy = round(os.getloadavg()[0])
     except (AttributeError, OSError):  # no load average (Windows)
