@@ -32,7 +32,7 @@ from torch import nn
 
 from robustact.certify.graph import Step
 
-__all__ = ["crown_margins", "ibp_bounds", "input_box", "margin_spec"]
+__all__ = ["crown_margins", "ibp_bounds", "input_box", "margin_spec", "wrong_classes"]
 
 Interval = tuple[torch.Tensor, torch.Tensor]
 
@@ -42,13 +42,17 @@ def input_box(x: torch.Tensor, eps: float) -> Interval:
     return (x - eps).clamp(0.0, 1.0), (x + eps).clamp(0.0, 1.0)
 
 
+def wrong_classes(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(B, K − 1): each sample's wrong classes in order (the margins' order)."""
+    b = y.shape[0]
+    others = torch.arange(num_classes, device=y.device).expand(b, -1)
+    return others[others != y[:, None]].view(b, num_classes - 1)
+
+
 def margin_spec(y: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
     """C of shape (B, K − 1, K): row j is e_y − e_j over the wrong classes j in order."""
-    b = y.shape[0]
     eye = torch.eye(num_classes, dtype=dtype, device=y.device)
-    others = torch.arange(num_classes, device=y.device).expand(b, -1)
-    others = others[others != y[:, None]].view(b, num_classes - 1)
-    return eye[y][:, None, :] - eye[others]
+    return eye[y][:, None, :] - eye[wrong_classes(y, num_classes)]
 
 
 def _act_value(s: Step, t: torch.Tensor) -> torch.Tensor:

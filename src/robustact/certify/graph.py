@@ -206,6 +206,14 @@ def _is_selection(node: fx.Node) -> bool:
     return False
 
 
+def _replay(node: fx.Node) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The node's call on a new first argument, with its other (constant) arguments."""
+    target, rest, kw = node.target, node.args[1:], dict(node.kwargs)
+    if node.op == "call_method":
+        return lambda x: getattr(x, str(target))(*rest, **kw)
+    return lambda x: target(x, *rest, **kw)  # type: ignore[operator]
+
+
 def _function_step(node: fx.Node, kappa: float) -> tuple[Step, list[fx.Node]]:
     """The step of a call_function / call_method node and its tensor inputs."""
     target, args = node.target, node.args
@@ -222,27 +230,12 @@ def _function_step(node: fx.Node, kappa: float) -> tuple[Step, list[fx.Node]]:
     if target in _RELU_FUNCTIONS:
         return Step("act", node.name, fn=torch.relu, act="jump" if kappa > 0 else "relu",
                     kappa=kappa), tensors
-    if target is torch.flatten or (node.op == "call_method" and target in _FLATTEN_METHODS):
-        rest, kw = args[1:], dict(node.kwargs)
-        if target is torch.flatten:
-            def fn(x: torch.Tensor) -> torch.Tensor:
-                return torch.flatten(x, *rest, **kw)
-        else:
-            def fn(x: torch.Tensor) -> torch.Tensor:
-                return getattr(x, str(target))(*rest, **kw)
+    if (target in (torch.flatten, F.avg_pool2d, F.adaptive_avg_pool2d) or _is_selection(node)
+            or (node.op == "call_method" and target in _FLATTEN_METHODS)):
+        # reshapes, average pooling, constant slicing, zero padding: linear with non-negative
+        # weights, so the same call maps the centre and the radius
+        fn = _replay(node)
         return Step("affine", node.name, fn=fn, abs_fn=fn), tensors
-    if _is_selection(node):  # x[:, :, ::2, ::2], F.pad(x, ...) with zeros: linear, 0/1 weights
-        rest, kw = args[1:], dict(node.kwargs)
-
-        def select(x: torch.Tensor) -> torch.Tensor:
-            return target(x, *rest, **kw)  # type: ignore[operator]
-        return Step("affine", node.name, fn=select, abs_fn=select), tensors
-    if target in (F.avg_pool2d, F.adaptive_avg_pool2d):
-        rest, kw = args[1:], dict(node.kwargs)
-
-        def pool(x: torch.Tensor) -> torch.Tensor:
-            return target(x, *rest, **kw)  # type: ignore[operator]
-        return Step("affine", node.name, fn=pool, abs_fn=pool), tensors
     what = target if isinstance(target, str) else getattr(target, "__name__", repr(target))
     raise UnsupportedModel(f"the bounds cannot cross the operation {what!r} (node "
                            f"{node.name}); supported: residual adds, relu, flatten/view/"

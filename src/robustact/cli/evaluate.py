@@ -171,9 +171,7 @@ def evaluate_cmd(
         dataset=chosen.dataset, n=n, **rt._asdict(), protocol=_protocol(protocol),
         eps=None if eps is None else parse_budget(eps, norm, name="--eps"), norm=norm,
         batch_size=batch_size, seed=seed, audit=audit, keep_adversarial=adversarial,
-        certify=certify, **(run or {}),
-        audit_options={"max_samples": audit_samples, "random_samples": audit_samples,
-                       "binarization_samples": min(20, audit_samples)},
+        certify=certify, **(run or {}), audit_options=_audit_options(audit_samples),
         command=command_line(ctx))
     if shard is None:
         summary = evaluate_source(chosen.source, **options)
@@ -217,9 +215,15 @@ def merge(
     summary = merge_shards(
         shards, out=out, model=model, model_file=model_file, weights=weights,
         progress=progress, audit=audit, force=force, command=command_line(ctx),
-        audit_options={"max_samples": audit_samples, "random_samples": audit_samples,
-                       "binarization_samples": min(20, audit_samples)}, **rt._asdict())
+        audit_options=_audit_options(audit_samples), **rt._asdict())
     _print_run(summary, summary["model"].get("dataset"))
+
+
+def _audit_options(samples: int) -> dict[str, int]:
+    """--audit-samples as the audit's counts: model-level checks and random search on that
+    many samples, binarization on at most 20 of them."""
+    return {"max_samples": samples, "random_samples": samples,
+            "binarization_samples": min(20, samples)}
 
 
 def _protocol(text: str) -> str | Path:

@@ -98,13 +98,18 @@ class _Shard:
     index: int
     count: int
     manifest: dict[str, Any]
-    sample: np.ndarray  # the shard's sample ids, in its row order
-    pos: np.ndarray | None = None  # their positions among the merged samples (after bind)
+    clean: dict[str, np.ndarray]  # clean.safetensors: sample ids in row order, predictions
+    pos: np.ndarray | None = None  # the samples' positions among the merged ones (after bind)
 
     @property
     def name(self) -> str:
         return f"shard {self.index}/{self.count} ({self.path})"
 
+    @property
+    def sample(self) -> np.ndarray:
+        return self.clean["sample"]
+
+    @property
     def cells(self) -> dict[tuple[str, float], dict[str, Any]]:
         return {(c["attack"], float(c["eps"])): c for c in self.manifest["cells"]}
 
@@ -118,7 +123,8 @@ def _open(path: Path) -> _Shard:
         clean = load_tensors(path / CLEAN)
     except (OSError, Exception) as e:  # safetensors raises its own error types
         raise ValueError(f"cannot read {path / CLEAN}: {e}") from None
-    return _Shard(path, int(info["index"]), int(info["count"]), man, clean["sample"].numpy())
+    return _Shard(path, int(info["index"]), int(info["count"]), man,
+                  {k: v.numpy() for k, v in clean.items()})
 
 
 class ShardSet:
@@ -186,7 +192,7 @@ class ShardSet:
             return None
         parts = []
         for s in self.shards:
-            c = s.cells().get((key, float(eps)))
+            c = s.cells.get((key, float(eps)))
             if c is None:
                 raise ValueError(f"{s.name} has not finished cell {key} at eps={eps:g}: rerun "
                                  "its command (same --shard and --out) to complete it")
@@ -216,11 +222,13 @@ def _merged_adversarial(parts: list[tuple[_Shard, dict[str, Any], ResultsTable]]
 
 
 def _positions(got: list[tuple[_Shard, dict[str, torch.Tensor]]]) -> np.ndarray:
+    """The merged positions of each shard's kept examples (their ids looked up in the
+    shard's own rows, whose merged positions :meth:`ShardSet.bind` found)."""
     out = []
     for s, t in got:
         assert s.pos is not None
-        where = {int(i): j for j, i in enumerate(s.sample.tolist())}
-        out.append(s.pos[[where[int(i)] for i in t["sample"].tolist()]])
+        order = np.argsort(s.sample, kind="stable")
+        out.append(s.pos[order[np.searchsorted(s.sample, t["sample"].numpy(), sorter=order)]])
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
@@ -239,9 +247,8 @@ def _same_evaluation(a: _Shard, b: _Shard) -> None:
 
 
 def _same_clean(s: _Shard, pos: np.ndarray, clean: Mapping[str, np.ndarray]) -> None:
-    mine = load_tensors(s.path / CLEAN)
     for col in ("clean_pred", "clean_correct"):
-        if not np.array_equal(mine[col].numpy(), clean[col][pos]):
+        if not np.array_equal(s.clean[col], clean[col][pos]):
             raise ValueError(f"{s.name}'s clean predictions differ from the merge's ({col}): "
                              "another model, device or precision made it")
 

@@ -66,7 +66,8 @@ def _key(name: str, where: str) -> str:
 
 
 def load_grid(path: str | Path) -> dict[str, Any]:
-    """The grid file, checked: one ValueError line naming the file and the field."""
+    """The grid file, checked (one ValueError line naming the file and the field), with each
+    evaluation as ``evaluate_source``'s options (ε text read)."""
     path = Path(path)
     try:
         grid = json.loads(path.read_text(encoding="utf-8"))
@@ -85,8 +86,7 @@ def load_grid(path: str | Path) -> dict[str, Any]:
         v, EVALUATION_FIELDS, f"{path}: evaluation {k!r}")} for k, v in grid["evaluations"].items()}
     for k, m in models.items():
         _source(m, f"{path}: model {k!r}")
-    for k, e in evals.items():
-        _evaluation(e, f"{path}: evaluation {k!r}")
+    evals = {k: _evaluation(e, f"{path}: evaluation {k!r}") for k, e in evals.items()}
     return {"name": grid.get("name", path.stem), "models": models, "evaluations": evals}
 
 
@@ -124,10 +124,9 @@ def _finished(folder: Path) -> bool:
 
 def _run_cell(grid: Mapping[str, Any], m: str, e: str, folder: Path, options: dict[str, Any]
               ) -> None:
-    model = grid["models"][m]
-    ev = _evaluation(grid["evaluations"][e], f"evaluation {e!r}")
+    model = grid["models"][m]  # both checked (and ε read) by load_grid
     evaluate_source(_source(model, f"model {m!r}"), dataset=model.get("dataset"), out=folder,
-                    **ev, **options)
+                    **grid["evaluations"][e], **options)
 
 
 def _summary(out: Path, grid: Mapping[str, Any]) -> dict[str, Any]:

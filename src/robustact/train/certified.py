@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustact.certify import bound_graph, margin_bounds
+from robustact.certify.bounds import wrong_classes
 from robustact.core.budget import check_budget
 
 __all__ = ["CERTIFIED_RECIPES", "CertifiedLoss", "certified_spec", "schedule_at"]
@@ -87,28 +88,25 @@ class CertifiedLoss:
         self.model = model
         self.steps = bound_graph(model)  # refuses batch norm, dropout, unsupported layers now
         self.trainer: Any = None
+        self.per_epoch = 1
         self.last: dict[str, float] = {}
 
     def on_epoch_start(self, trainer: Any, epoch: int) -> None:
         self.trainer = trainer
+        self.per_epoch = math.ceil(len(trainer.train_y) / trainer.config.batch_size)
 
     def __call__(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         logits = net(x)
         natural = F.cross_entropy(logits, y)
-        tr = self.trainer
-        per_epoch = len(tr.train_y) // tr.config.batch_size + bool(
-            len(tr.train_y) % tr.config.batch_size) if tr is not None else 1
-        eps, kappa, beta = schedule_at(self.spec, tr.state.global_step if tr else 0, per_epoch)
+        step = self.trainer.state.global_step if self.trainer is not None else 0
+        eps, kappa, beta = schedule_at(self.spec, step, self.per_epoch)
         self.last = {"eps": eps, "kappa": kappa, "beta": beta}
         if eps == 0.0 or kappa == 1.0:
             return natural, logits
         k = logits.shape[1]
         ibp, crown = margin_bounds(self.steps, x, y, eps, "linf", k, crown=beta > 0)
         m = ibp if crown is None else beta * crown + (1 - beta) * ibp
-        worst = torch.zeros_like(logits)
-        others = torch.arange(k, device=y.device).expand(len(y), -1)
-        others = others[others != y[:, None]].view(len(y), k - 1)
-        worst = worst.scatter(1, others, -m)
+        worst = torch.zeros_like(logits).scatter(1, wrong_classes(y, k), -m)
         robust = F.cross_entropy(worst, y)
         return kappa * natural + (1 - kappa) * robust, logits
