@@ -16,8 +16,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from robustact.certify.bounds import crown_margins, ibp_bounds, input_box, margin_spec
-from robustact.certify.graph import Step, UnsupportedModel, bound_graph
+from robustact.certify.bounds import (
+    Interval,
+    crown_margins,
+    ibp_bounds,
+    input_box,
+    margin_spec,
+)
+from robustact.certify.graph import Step, UnsupportedModel, bound_graph, shared_weight_abs
 from robustact.core.validate import check_eval_mode, check_images, check_labels
 
 __all__ = ["METHODS", "Certificate", "UnsupportedModel", "bound_graph", "certify",
@@ -45,14 +51,41 @@ class Certificate:
         return best > 0
 
 
+#: Without grad, samples are bounded this many at a time (IBP alone: ``IBP_BLOCK``): the
+#: bounds of a sample are its own, and a block's tensors (and a float64 convolution's im2col
+#: buffer) stay small enough to be reused memory, where a whole batch's are fresh pages on
+#: every call whose faults cost the CPU as much as the arithmetic (at batch 100: CROWN-IBP
+#: 1.2-1.3x faster, float64 IBP 2x). IBP's tensors are K − 1 times smaller than CROWN-IBP's,
+#: so its blocks are larger: fewer passes through the graph's Python.
+BLOCK = 12
+IBP_BLOCK = 25
+
+
 def margin_bounds(steps: list[Step], x: torch.Tensor, y: torch.Tensor, eps: float, norm: str,
                   num_classes: int, crown: bool = True
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(IBP, CROWN-IBP or None) lower bounds of every margin, shape (B, K − 1); differentiable
-    in the model's parameters (what certified training minimizes through)."""
+    in the model's parameters (what certified training minimizes through); without grad,
+    in blocks of samples (:data:`BLOCK`)."""
     box = input_box(x, eps)
-    bounds = ibp_bounds(steps, box)
     spec = margin_spec(y, num_classes, x.dtype)
+    n, block = x.shape[0], BLOCK if crown else IBP_BLOCK
+    if torch.is_grad_enabled() or n <= block:
+        return _block_bounds(steps, x, box, spec, eps, norm, crown)
+    with shared_weight_abs():
+        parts = [_block_bounds(steps, x[i:i + block], (box[0][i:i + block],
+                                                       box[1][i:i + block]),
+                               spec[i:i + block], eps, norm, crown)
+                 for i in range(0, n, block)]
+    ibp = torch.cat([p[0] for p in parts])
+    return ibp, (torch.cat([p[1] for p in parts]) if crown else None)  # type: ignore[misc]
+
+
+def _block_bounds(steps: list[Step], x: torch.Tensor, box: Interval, spec: torch.Tensor,
+                  eps: float, norm: str, crown: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`margin_bounds` of one block of samples, its input box and margin specification
+    given."""
+    bounds = ibp_bounds(steps, box, keep=crown)
     ibp = crown_margins(steps, bounds, spec, x, eps, norm, relax=False)
     if not crown:
         return ibp, None

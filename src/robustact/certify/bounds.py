@@ -25,12 +25,15 @@ the model's own inference.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from robustact.certify.graph import Step
+from robustact.nn.normalize import Normalize
 
 __all__ = ["crown_margins", "ibp_bounds", "input_box", "margin_spec", "wrong_classes"]
 
@@ -72,19 +75,42 @@ def _act_range(s: Step, lo: torch.Tensor, hi: torch.Tensor) -> Interval:
     return _act_value(s, lo), _act_value(s, hi)  # monotone non-decreasing
 
 
-def ibp_bounds(steps: Sequence[Step], box: Interval) -> list[Interval]:
-    """The interval of every step's output, the input's being ``box``."""
+def ibp_bounds(steps: Sequence[Step], box: Interval, *, keep: bool = True) -> list[Interval]:
+    """The interval of every step's output, the input's being ``box``.
+
+    ``keep=False`` (IBP with elision alone, grad off): intervals that it does not read are
+    overwritten as soon as their one reader is done with them: a ReLU or jump clamps its input
+    interval in place, the next affine step turns it into its centre and radius in place.
+    Only CROWN-IBP's relaxation reads pre-activation intervals, and each fresh tensor of a
+    layer's size costs page faults on the CPU: a quarter of IBP's time on the medium model."""
+    uses = Counter(i for s in steps for i in s.inputs)
+    inplace = not keep and not torch.is_grad_enabled()
+    reads, fresh = _elision_reads(steps) if inplace else set(), set()
     out: list[Interval] = []
-    for s in steps:
+    for n, s in enumerate(steps):
         if s.kind == "input":
             out.append(box)
             continue
         lo, hi = out[s.inputs[0]]
-        if s.kind == "affine":
+        if s.kind == "affine" and s.monotone:
+            assert s.fn is not None
+            out.append((s.fn(lo), s.fn(hi)))
+        elif s.kind == "affine":
             assert s.fn is not None and s.abs_fn is not None
-            centre = torch.lerp(lo, hi, 0.5)  # one pass each: the cost next to the layer's
-            mid, rad = s.fn(centre), s.abs_fn(hi - centre)
+            if s.inputs[0] in fresh and uses[s.inputs[0]] == 1 and s.inputs[0] not in reads:
+                centre = lo.lerp_(hi, 0.5)  # the same values, in the input's own tensors
+                radius = hi.sub_(centre)
+            else:  # one pass each: the cost next to the layer's
+                centre = torch.lerp(lo, hi, 0.5)
+                radius = hi - centre
+            mid, rad = s.fn(centre), s.abs_fn(radius)
             out.append((mid - rad, mid.add_(rad)))
+        elif s.kind == "act" and inplace and s.act in ("relu", "jump") and \
+                uses[s.inputs[0]] == 1 and steps[s.inputs[0]].kind == "affine" and \
+                not steps[s.inputs[0]].monotone:  # the affine step's own fresh tensors
+            k = s.kappa if s.act == "jump" else 0.0
+            out.append((lo.mul_(lo > k), hi.mul_(hi > k)) if k else (lo.relu_(), hi.relu_()))
+            fresh.add(n)
         elif s.kind == "act":
             out.append(_act_range(s, lo, hi))
         elif s.kind == "const":
@@ -98,39 +124,66 @@ def ibp_bounds(steps: Sequence[Step], box: Interval) -> list[Interval]:
     return out
 
 
-def _relax(s: Step, lo: torch.Tensor, hi: torch.Tensor
-           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(slope, intercept) below and (slope, intercept) above the activation on [lo, hi]."""
-    zero, one = torch.zeros_like(lo), torch.ones_like(lo)
-    if s.act in ("relu", "jump"):
-        k = s.kappa if s.act == "jump" else 0.0
-        dead, live = hi <= k, lo > k
-        width = (hi - lo).clamp_min(1e-12)
-        # above: ReLU's chord when lo < 0 (ReLU ≥ the jump for κ ≥ 0), the identity when lo ≥ 0
-        chord = lo < 0
-        a_up = torch.where(dead, zero, torch.where(chord & ~live, hi / width, one))
-        b_up = torch.where(dead | live | ~chord, zero, -lo * hi / width)
-        # below: the identity shifted by κ (x − κ ≤ f) or 0, whichever covers more of [lo, hi]
-        steep = (hi - k) > (k - lo)
-        a_lo = torch.where(dead, zero, torch.where(live | steep, one, zero))
-        b_lo = torch.where(dead | live, zero, torch.where(steep, torch.full_like(lo, -k), zero))
-        return a_lo, b_lo, a_up, b_up
-    low, high = _act_range(s, lo, hi)  # constants: the function's range on [lo, hi]
-    return zero, low, zero, high
+def _elision_reads(steps: Sequence[Step]) -> set[int]:
+    """The steps whose intervals IBP with elision reads (:func:`crown_margins`, relax=False):
+    the first steps that are neither affine nor additions, back from the output."""
+    reads, todo = set(), [len(steps) - 1]
+    while todo:
+        i = todo.pop()
+        if steps[i].kind in ("affine", "add"):
+            todo.extend(steps[i].inputs)
+        else:
+            reads.add(i)
+    return reads
 
 
-def _affine_back(fn: nn.Module | object, a: torch.Tensor, in_shape: torch.Size
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(a·M, a·c) for the affine map x ↦ Mx + c, differentiable in the map's parameters (for
-    certified training). Linear and Conv2d by their transposes (one matrix product, one
-    transposed convolution); any other affine step by a vector-Jacobian product at x = 0,
-    exact for an affine map."""
+def _relu_relax(s: Step, lo: torch.Tensor, hi: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(slope above a_up, a_lo − a_up, minus the intercept above −b_up, b_lo − b_up) of ReLU
+    or the jump (κ ≥ 0) on [lo, hi]: what the backward pass multiplies.
+
+    Above: ReLU's chord when lo < 0 (ReLU ≥ the jump for κ ≥ 0), the identity when lo ≥ 0, 0
+    when dead (hi ≤ κ). Below: the identity shifted by κ (x − κ ≤ f) or 0, whichever covers
+    more of [lo, hi]; the identity when live (lo > κ). Written with clamps and signs, not masks
+    and ``torch.where``: the CPU's masked selects cost several times a clamp."""
+    k = s.kappa if s.act == "jump" else 0.0
+    ip = not torch.is_grad_enabled()  # then temporaries are overwritten: fewer fresh tensors
+    lo_neg, hi_pos = lo.clamp_max(0), hi.clamp_min(0)
+    # the chord's slope u/(u − l) when lo < 0, 1 when lo ≥ 0 (u/u), 0 when hi ≤ 0 (the guard
+    # only keeps 0/0 out at lo = hi = 0)
+    width = (hi_pos - lo_neg).clamp_min(torch.finfo(lo.dtype).tiny)
+    a_up = hi_pos.div_(width) if ip else hi_pos / width
+    with torch.no_grad():  # piecewise constant in the bounds: no gradient to carry
+        # [hi − κ > κ − lo], as the sign of the difference (exact: a float difference is > 0
+        # iff its terms are ordered so)
+        steep = (hi + lo if k == 0 else (hi - k) - (k - lo)).clamp_min_(0).sign_()
+        if k > 0:
+            alive = (hi - k).clamp_min_(0).sign_()  # [hi > κ]
+            b_lo = (lo - k).clamp_min_(0).sign_().sub_(1).mul_(steep).mul_(k)  # −κ in between
+    if k > 0:
+        a_up = a_up.mul_(alive) if ip else a_up * alive
+    neg_b_up = lo_neg.mul_(a_up) if ip else lo_neg * a_up
+    diff = steep.sub_(a_up) if ip else steep - a_up
+    return a_up, diff, neg_b_up, (b_lo + neg_b_up if k > 0 else neg_b_up)
+
+
+def _affine_back(s: Step, a: torch.Tensor, in_shape: torch.Size
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(a·M, a·c or None when c = 0) for the affine step x ↦ Mx + c, differentiable in the
+    map's parameters (for certified training). Reshapes by a reshape; Linear and Conv2d by
+    their transposes (one matrix product, one transposed convolution); any other affine step
+    by a vector-Jacobian product at x = 0, exact for an affine map."""
+    fn, (b, k) = s.fn, a.shape[:2]
+    if s.reshape:
+        return a.reshape(b, k, *in_shape), None
     if isinstance(fn, nn.Linear):
-        bias = (a * fn.bias).sum(2) if fn.bias is not None else a.new_zeros(a.shape[:2])
+        bias = (a * fn.bias).sum(2) if fn.bias is not None else None
         return a @ fn.weight, bias
     if isinstance(fn, nn.Conv2d) and not isinstance(fn.padding, str):
         return _conv_back(fn, a, in_shape)
-    b, k = a.shape[:2]
+    if isinstance(fn, Normalize) and len(in_shape) == 3:  # (x − mean)/std per channel
+        std, mean = fn.std.view(-1, 1, 1), fn.mean.view(-1)
+        return a / std, -(a.sum((3, 4)) * (mean / std.view(-1))).sum(2)
     zeros = torch.zeros((b * k, *in_shape), dtype=a.dtype, device=a.device)
     const, vjp = torch.func.vjp(fn, zeros)  # type: ignore[arg-type]
     flat = a.reshape(b * k, *const.shape[1:])
@@ -140,16 +193,47 @@ def _affine_back(fn: nn.Module | object, a: torch.Tensor, in_shape: torch.Size
 
 
 def _conv_back(conv: nn.Conv2d, a: torch.Tensor, in_shape: torch.Size
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """a·W for a convolution: its input gradient (the backward-data kernel, much faster on
-    the CPU than a transposed convolution; differentiable in W for certified training)."""
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """a·W for a convolution, by the fastest CPU kernel for the case (measured at the
+    benchmark's shapes, 900 rows): float64, the input-gradient kernel (im2col and a matrix
+    product; transposed convolutions are 2-4x slower); float32, oneDNN's transposed convolution
+    on channels-last rows, left channels-last (2-3x faster than on NCHW, whose result oneDNN
+    copies back), and for one input channel a batched matrix product and ``fold`` (3x). All
+    differentiable in W for certified training."""
     b, k = a.shape[:2]
-    flat = a.reshape(b * k, *a.shape[2:])
-    back = torch.nn.grad.conv2d_input((b * k, *in_shape), conv.weight, flat, conv.stride,
-                                      conv.padding, conv.dilation, conv.groups)
-    bias = ((a.sum((3, 4)) * conv.bias).sum(2) if conv.bias is not None
-            else a.new_zeros(a.shape[:2]))
+    flat = a.flatten(0, 1)
+    w = conv.weight
+    if w.dtype != torch.float32 or w.device.type != "cpu":
+        back = torch.nn.grad.conv2d_input((b * k, *in_shape), w, flat, conv.stride,
+                                          conv.padding, conv.dilation, conv.groups)
+    elif conv.in_channels == 1:  # the columns of the input positions, then summed in place
+        cols = torch.bmm(w.flatten(1).t().expand(b * k, -1, -1), _spatial_rows(flat))
+        back = F.fold(cols, in_shape[1:], w.shape[2:], conv.dilation, conv.padding,
+                      conv.stride)
+    else:  # output_padding: the input rows and columns that the strides skipped
+        extra = [n - ((m - 1) * st - 2 * p + d * (kk - 1) + 1) for n, m, st, p, d, kk in
+                 zip(in_shape[1:], a.shape[3:], conv.stride, conv.padding, conv.dilation,
+                     w.shape[2:], strict=True)]
+        if max(conv.stride) > 1:
+            flat = flat.contiguous(memory_format=torch.channels_last)
+        back = F.conv_transpose2d(flat, w, None, conv.stride, conv.padding, extra, conv.groups,
+                                  conv.dilation)
+    bias = (a.sum((3, 4)) * conv.bias).sum(2) if conv.bias is not None else None
     return back.view(b, k, *in_shape), bias
+
+
+def _spatial_rows(t: torch.Tensor) -> torch.Tensor:
+    """(N, C, H·W) of a 4-d tensor, a view whether it is NCHW or channels-last."""
+    n, c = t.shape[:2]
+    if t.is_contiguous():
+        return t.view(n, c, -1)
+    return t.permute(0, 2, 3, 1).reshape(n, -1, c).transpose(1, 2)
+
+
+def _channels_last(a: torch.Tensor) -> bool:
+    """Whether the (B, K, C, H, W) coefficients lie channels-last (a float32 convolution's)."""
+    return a.dim() == 5 and not a.is_contiguous() and \
+        a.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
 
 
 def _concretize(a: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
@@ -174,51 +258,94 @@ def crown_margins(steps: Sequence[Step], bounds: Sequence[Interval], spec: torch
                   ) -> torch.Tensor:
     """Lower bounds (B, K − 1) of spec·z by backward linear bounds.
 
-    ``relax=True`` (CROWN-IBP): through every step, each activation relaxed on its IBP
-    interval (``bounds`` of its input). ``relax=False`` (IBP with elision): through the affine
-    steps and additions that end the network only, then the IBP interval of the step reached.
+    ``relax=True`` (CROWN-IBP): through every step, each ReLU or jump relaxed on its IBP
+    interval (``bounds`` of its input); other activations (monotone, SPLASH) are relaxed by
+    constants, their output interval, so the bound stops there as at max pooling.
+    ``relax=False`` (IBP with elision): through the affine steps and additions that end the
+    network only, then the IBP interval of the step reached.
     """
     last = len(steps) - 1
-    pending: dict[int, torch.Tensor] = {last: spec}
+    # per step: the coefficients waiting to cross it, and whether this pass alone holds them
+    # (then they are overwritten in place when grad is off: no fresh sample × margin × unit
+    # tensor, whose first touch costs the CPU as much as the arithmetic)
+    pending: dict[int, tuple[torch.Tensor, bool]] = {last: (spec, False)}
     total = torch.zeros(spec.shape[:2], dtype=spec.dtype, device=spec.device)
+    inplace = not torch.is_grad_enabled()
     for i in range(last, -1, -1):
-        a = pending.pop(i, None)
-        if a is None:
+        if i not in pending:
             continue
+        a, own = pending.pop(i)
         s = steps[i]
         if s.kind == "input":
             total = total + _at_input(a, x, bounds[0], eps, norm)
         elif s.kind == "affine":
-            back, bias = _affine_back(s.fn, a, bounds[s.inputs[0]][0].shape[1:])
-            total = total + bias
-            _add(pending, s.inputs[0], back)
+            back, bias = _affine_back(s, a, bounds[s.inputs[0]][0].shape[1:])
+            if bias is not None:
+                total = total + bias
+            _add(pending, s.inputs[0], back, own or not s.reshape)
         elif s.kind == "add":
-            _add(pending, s.inputs[0], a)
-            _add(pending, s.inputs[1], a)
-        elif s.kind == "act" and relax:
-            back, bias = _relaxed_back(s, a, *bounds[s.inputs[0]])
+            _add(pending, s.inputs[0], a, False)
+            _add(pending, s.inputs[1], a, False)
+        elif s.kind == "act" and relax and s.act in ("relu", "jump"):
+            back, bias = _relaxed_back(s, a, *bounds[s.inputs[0]], own and inplace)
             total = total + bias
-            _add(pending, s.inputs[0], back)
-        else:  # max pooling, or an activation when not relaxing: its output interval
+            _add(pending, s.inputs[0], back, True)
+        else:  # max pooling, monotone, SPLASH, or an activation when not relaxing: its interval
             total = total + _concretize(a, *bounds[i])
     return total
 
 
-def _relaxed_back(s: Step, a: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(a⁺·slope_lo + a⁻·slope_up, a⁺·b_lo + a⁻·b_up) through an activation relaxed on
+#: Bytes of coefficients relaxed at a time without grad: a few samples' (sample, margin, unit)
+#: block, so that its several passes run in the CPU's cache, not in memory (3-4x).
+CHUNK_BYTES = 1 << 18
+
+
+def _relaxed_back(s: Step, a: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+                  inplace: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a⁺·slope_lo + a⁻·slope_up, a⁺·b_lo + a⁻·b_up) through ReLU or the jump relaxed on
     [lo, hi], written as a·slope_up + a⁺·(slope_lo − slope_up) and a·b_up + a⁺·(b_lo − b_up) so
-    that the (sample, margin, unit) tensors are read a few times only: the backward pass's
-    element-wise cost on the CPU."""
-    a_lo, b_lo, a_up, b_up = _relax(s, lo, hi)
+    that the (sample, margin, unit) tensor is read a few times only and one is written (a⁺):
+    the backward pass's element-wise cost on the CPU.
+
+    ``inplace`` (``a`` is ours to overwrite, grad is off): a few samples at a time, so that
+    each block's passes run in the cache. Channels-last coefficients are taken in their memory
+    order, the bounds reordered to match: no copy of the large tensor."""
     b, k = a.shape[:2]
+    cl = _channels_last(a)
+    if cl:
+        a, lo, hi = a.permute(0, 1, 3, 4, 2), lo.permute(0, 2, 3, 1), hi.permute(0, 2, 3, 1)
     flat = a.reshape(b, k, -1)
-    pos = flat.clamp_min(0)
-    back = (flat * a_up.reshape(b, 1, -1)).addcmul_(pos, (a_lo - a_up).reshape(b, 1, -1))
-    bias = (torch.bmm(flat, b_up.reshape(b, -1, 1))
-            + torch.bmm(pos, (b_lo - b_up).reshape(b, -1, 1))).squeeze(2)
-    return back.view_as(a), bias
+    up, diff, neg_b_up, diff_b = (t.reshape(b, 1, -1) for t in
+                                  _relu_relax(s, lo.reshape(b, -1), hi.reshape(b, -1)))
+    if not inplace:
+        pos = flat.clamp_min(0)
+        bias = _relax_bias(flat, pos, neg_b_up, diff_b)
+        back = (flat * up).addcmul_(pos, diff)
+    else:
+        step = max(1, CHUNK_BYTES // (flat[0].numel() * flat.element_size()))
+        bias, buf = flat.new_empty(b, k), flat.new_empty(min(step, b), *flat.shape[1:])
+        for i in range(0, b, step):  # a⁺ in one buffer: fresh memory per block is page faults
+            rows, sl = flat[i:i + step], slice(i, i + step)
+            pos = torch.clamp_min(rows, 0, out=buf[:rows.shape[0]])
+            bias[sl] = _relax_bias(rows, pos, neg_b_up[sl], diff_b[sl])
+            rows.mul_(up[sl]).addcmul_(pos, diff[sl])
+        back = flat
+    back = back.view(a.shape)
+    return (back.permute(0, 1, 4, 2, 3) if cl else back), bias
 
 
-def _add(pending: dict[int, torch.Tensor], i: int, a: torch.Tensor) -> None:
-    pending[i] = pending[i] + a if i in pending else a
+def _relax_bias(a: torch.Tensor, pos: torch.Tensor, neg_b_up: torch.Tensor,
+                diff_b: torch.Tensor) -> torch.Tensor:
+    """a·b_up + a⁺·(b_lo − b_up) per (sample, margin), as two batched matrix-vector products."""
+    return torch.baddbmm(torch.bmm(pos, diff_b.transpose(1, 2)), a, neg_b_up.transpose(1, 2),
+                         alpha=-1).squeeze(2)
+
+
+def _add(pending: dict[int, tuple[torch.Tensor, bool]], i: int, a: torch.Tensor,
+         own: bool) -> None:
+    """Queue ``a`` for step ``i``, summed with what waits there (a residual's two branches);
+    ``own``: no other reference to ``a`` is kept."""
+    if i in pending:
+        pending[i] = (pending[i][0] + a, True)
+    else:
+        pending[i] = (a, own)
