@@ -25,6 +25,7 @@ from robustact.attacks import (
     PGD,
     Attack,
     TransferAttack,
+    target_classes,
     verify,
     with_bpda,
 )
@@ -275,3 +276,21 @@ def test_bad_configuration_types_raise_type_error() -> None:
         PGD("0.1")  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         PGD(0.1, steps=2.5)  # type: ignore[arg-type]
+
+
+def test_target_classes_never_the_label_keyed_per_sample_and_cover_every_wrong_class():
+    """``next`` is (y + 1) mod K; ``random`` depends on (seed, key) only, so a sample keeps its
+    target in any batch or shard, and over many keys reaches every wrong class."""
+    y = torch.arange(2000) % 10
+    keys = torch.arange(2000) * 7 + 3
+    assert torch.equal(target_classes("next", y, keys, 10, 0), (y + 1) % 10)
+    t = target_classes("random", y, keys, 10, 5)
+    assert not (t == y).any() and ((t >= 0) & (t < 10)).all()
+    counts = torch.bincount((t - y) % 10, minlength=10)
+    assert counts[0] == 0 and (counts[1:] > 150).all()  # each offset about 2000 / 9
+    perm = torch.randperm(2000)
+    assert torch.equal(target_classes("random", y[perm], keys[perm], 10, 5), t[perm])
+    assert not torch.equal(target_classes("random", y, keys, 10, 6), t)
+    assert torch.equal(target_classes("random", y % 2, keys, 2, 5), 1 - y % 2)
+    with pytest.raises(ValueError, match="target rule"):
+        target_classes("least", y, keys, 10, 0)

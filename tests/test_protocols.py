@@ -329,3 +329,19 @@ def test_available_protocols_lists_every_shipped_version():
     assert "apgd:steps=100,loss=dlr" in text and "deepfool" in text
     listed[0]["entries"].clear()  # a copy: the shipped protocols are untouched
     assert get_protocol("quick@1")["entries"]
+
+
+@pytest.mark.parametrize("attack, words", [
+    ({"name": "deepfool"}, "no targeted form"), ({"name": "apgd_t"}, "no targeted form"),
+    ({"name": "pgd"}, None)])
+def test_a_targeted_entry_is_checked_when_the_protocol_is_read(attack, words):
+    entry = {"key": "t", "attack": attack, "role": "loss_variant", "eps": "main", "on": "all",
+             "target": "random"}
+    proto = {"name": "mine", "entries": [entry]}
+    if words is None:
+        assert get_protocol(proto)["entries"][0]["target"] == "random"
+    else:
+        with pytest.raises(ValueError, match=words):
+            get_protocol(proto)
+    with pytest.raises(ValueError, match="choose from next, random"):
+        get_protocol({"name": "mine", "entries": [{**entry, "target": "least"}]})

@@ -18,8 +18,13 @@ from typer.testing import CliRunner
 
 import robustact.runs.reproduce as R
 from robustact.cli import app
-from robustact.evaluate import evaluate
-from robustact.report.reproduction import write_summary
+from robustact.evaluate import COLUMNS, ResultsTable, evaluate, load_table
+from robustact.report.reproduction import (
+    headline_for,
+    headline_rows,
+    summary_table,
+    write_summary,
+)
 from robustact.runs.reproduce import load_paper, paper_names, reproduce
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -62,7 +67,8 @@ def _stable(rec: dict[str, Any]) -> list[dict[str, Any]]:
 def test_shipped_papers_load_and_expand():
     assert {"jumprelu"} <= set(paper_names())
     p = load_paper("jumprelu")
-    assert [m["key"] for m in p["models"]] == ["lenetlike", "lenetlike-robust", "alexlike"]
+    assert [m["key"] for m in p["models"]] == ["lenetlike", "lenetlike-robust", "alexlike",
+                                               "alexlike-robust", "resnet20", "resnet20-robust"]
     assert load_paper("jumprelu@1")["name"] == "jumprelu"
     grid = {**TINY, "models": [{**TINY["models"][0], "key": "mlp-{activation}-s{seed}",
                                 "grid": {"activation": ["relu", "tanh"], "seed": [1, 2]},
@@ -167,6 +173,13 @@ def test_reduced_settings_are_recorded_and_labelled(tmp_path):
     assert "Reduced settings: models mlp; at most 1 epochs; 10 images" in (
         tmp_path / "r" / "report.html").read_text()
     assert "(reduced settings:" in (tmp_path / "r" / "report.md").read_text()
+    # some models of the file in its full settings: a part, not a reduced run
+    two = {**TINY, "models": [TINY["models"][0], {**TINY["models"][0], "key": "mlp2"}]}
+    part = reproduce(two, out=tmp_path / "p", progress=False, only=["mlp2"])
+    assert part["reduced"] == {"models": ["mlp2"]}
+    assert "(part of the file, full settings: models mlp2)" in (
+        tmp_path / "p" / "report.md").read_text()
+    assert "[tiny](p/report.html) (part)" in summary_table({"tiny": part}, tmp_path)
     with pytest.raises(ValueError, match="--only cnn matches no model of tiny"):
         reproduce(TINY, out=tmp_path / "x", progress=False, only=["cnn"])
 
@@ -215,3 +228,102 @@ def test_a_settings_output_activation_replaces_the_trained_one(tmp_path):
     stored = json.loads((tmp_path / "oa" / "cells" / "mlp" / "T=50" / "test" / "strongest"
                          / "table.json").read_text())
     assert stored["meta"]["model"]["defenses"] == cell["defenses"]  # one wrapper, tanh at 50
+
+
+def test_entries_and_budgets_per_dataset_and_a_cells_key_is_its_own_datasets():
+    """``datasets`` keeps an entry to those datasets and ``eps`` may be one per dataset; a
+    cell's key is what ran on its dataset, so another dataset's entries change no MNIST key."""
+    attacks = {"eps": {"digits": 0.1, "mnist": 0.3}, "norms": ["linf"], "entries": [
+        {"key": "i", "attack": {"name": "ifgsm", "alpha": 0.02, "steps": 5}, "role": "min_norm",
+         "eps": "none", "on": "all", "datasets": ["digits"]},
+        {"key": "i", "attack": {"name": "ifgsm", "alpha": 0.01, "steps": 7}, "role": "min_norm",
+         "eps": "none", "on": "all", "datasets": ["mnist"]},
+        {"key": "f", "attack": {"name": "fgsm"}, "role": "single_step", "eps": "main",
+         "on": "all"}]}
+    paper = load_paper({**TINY, "attacks": attacks, "claims": [],
+                        "models": [TINY["models"][0], {**TINY["models"][0], "key": "m2",
+                                                       "dataset": "mnist"}]})
+    digits = R._attacks_for(paper["attacks"], "digits")
+    assert digits["eps"] == 0.1
+    assert [e["attack"].get("steps") for e in digits["entries"]] == [5, None]
+    assert all("datasets" not in e for e in digits["entries"])
+    assert R._attacks_for(paper["attacks"], "mnist")["entries"][0]["attack"]["steps"] == 7
+    # the same entries without the field: the same key, so nothing reruns
+    bare = {"eps": 0.1, "norms": ["linf"], "entries": [
+        {k: v for k, v in e.items() if k != "datasets"} for e in attacks["entries"][::2]]}
+    assert R._attacks_for(bare, "digits") == digits
+    with pytest.raises(ValueError, match="one per dataset"):
+        load_paper({**TINY, "attacks": {**attacks, "eps": {"mnist": 0.3}}})
+    with pytest.raises(ValueError, match="'datasets' is a list"):
+        load_paper({**TINY, "attacks": {**attacks, "entries": [
+            {**attacks["entries"][2], "datasets": "digits"}]}})
+
+
+def test_a_targeted_entry_aims_at_its_rule_and_reports_reaching_it(tmp_path):
+    """``target``: the attack gets each sample's target; the table's success stays
+    "misclassified" (the evaluation's meaning) and the reproduction's success is reaching it."""
+    paper = {**TINY, "claims": [], "settings": TINY["settings"][:1],
+             "attacks": {"eps": 0.3, "eps_grid": [1], "norms": ["linf"], "entries": [
+                 {"key": "pgd", "attack": {"name": "pgd", "steps": 10}, "role": "standard",
+                  "eps": "main", "on": "all"},
+                 {"key": "pgd-next", "attack": {"name": "pgd", "steps": 10},
+                  "role": "loss_variant", "eps": "main", "on": "all", "target": "next"}]}}
+    rec = reproduce(paper, out=tmp_path / "t", progress=False, n=24)
+    rows = {r["attack"]: r for r in rec["cells"][0]["paper"]}
+    t = load_table(tmp_path / "t" / "cells" / "mlp" / "plain" / "test" / "paper-linf")
+    assert t.meta["attacks"]["pgd-next"]["target"] == "next"
+    c = t.cell("pgd-next")
+    ok = c["clean_correct"]
+    hit = ok & c["success"] & (c["pred"] == (c["label"] + 1) % 10)
+    assert rows["pgd-next"]["success_rate"] == pytest.approx(hit.sum() / ok.sum())
+    assert (c["success"] >= hit).all()  # the row's success: any misclassification
+    cells = json.loads((tmp_path / "t" / "cells" / "mlp" / "plain" / "test" / "paper-linf"
+                        / "table.json").read_text())["cells"]
+    assert [x["mismatch"] for x in cells] == [0, 0]  # the attack's "hit" is the verified one
+    # reaching one named class is harder than leaving the true one
+    assert 0 < rows["pgd-next"]["success_rate"] <= rows["pgd"]["success_rate"]
+    # the file edited under a finished reproduction: that cell reruns instead of the engine
+    # refusing its old folders
+    edited = {**paper, "attacks": {**paper["attacks"],
+                                   "entries": paper["attacks"]["entries"][:1]}}
+    again = reproduce(edited, out=tmp_path / "t", progress=False, n=24)["cells"][0]["paper"]
+    assert again == [rows["pgd"]]
+    with pytest.raises(ValueError, match="target"):
+        load_paper({**paper, "attacks": {**paper["attacks"], "entries": [
+            {**paper["attacks"]["entries"][1], "target": "far"}]}})
+
+
+def test_a_headline_per_dataset_picks_each_cells_own_attack_and_budget():
+    rec = {"headline": {"mnist": {"attack": "a", "eps": 0.1},
+                        "cifar10": {"attack": "b", "eps": None}},
+           "models": [{"key": "m", "dataset": "mnist"}, {"key": "c", "dataset": "cifar10"}],
+           "claims": [], "cells": []}
+    for key in ("m", "c"):
+        rec["cells"].append({
+            "model": key, "group": key, "setting": "s", "split": "test", "n": 4,
+            "clean_accuracy": 1.0, "defenses": [], "tuning": None,
+            "paper": [{"attack": "a", "eps": 0.1, "accuracy": 0.5},
+                      {"attack": "b", "eps": None, "accuracy": 0.25}],
+            "strongest": {"robust_accuracy": 0.0, "eps": 0.1, "verdict": "v", "report": "r"}})
+    got = [(r["attack"], r["paper"]) for r in headline_rows(rec)]
+    assert got == [("a", 0.5), ("b", 0.25)]
+    assert headline_for({"attack": "a"}, "cifar10") == {"attack": "a"}
+
+
+def test_rho_in_pixels_and_on_the_normalized_inputs_the_jumprelu_paper_uses():
+    """ρ = mean ‖δ‖/‖x‖ over the broken points; normalized: ‖δ/σ‖ / ‖(x − μ)/σ‖ (digits:
+    μ 0.3, σ 0.38, one channel, so exact)."""
+    x = torch.full((3, 1, 2, 2), 0.5)
+    x[1] = 0.9
+    base = {c: 0 for c in COLUMNS}
+    rows = [{**base, "sample": i, "label": 0, "attack": "df", "eps": float("inf"), "norm": "l2",
+             "clean_correct": True, "success": i < 2, "pred": 1, "linf": 0.0,
+             "l2": 0.1 * (i + 1), "loss_first": float("nan"), "loss_best": float("nan"),
+             "stall": float("nan"), "silent": False, "grad_zero": False, "skipped": False,
+             "seconds": 0.0} for i in range(3)]
+    table = ResultsTable.from_rows(rows, {"attacks": {"df": {"role": "min_norm"}}})
+    (row,) = R._metrics(table, x, "l2", "digits")
+    assert row["rho"] == pytest.approx((0.1 / 1.0 + 0.2 / 1.8) / 2, rel=1e-6)
+    want = ((0.1 / 0.38) / (0.4 / 0.38) + (0.2 / 0.38) / (1.2 / 0.38)) / 2
+    assert row["rho_normalized"] == pytest.approx(want, rel=1e-6)
+    assert row["success_rate"] == pytest.approx(2 / 3)

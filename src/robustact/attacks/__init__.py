@@ -6,7 +6,14 @@ based) RayS and HopSkipJump, BPDA and transfer wrappers for adaptive / black-box
 and :func:`verify` to re-check any result independently.
 """
 
-from robustact.attacks._utils import clip_to_box, normalize_direction, project, random_start
+from robustact.attacks._utils import (
+    TARGET_RULES,
+    clip_to_box,
+    normalize_direction,
+    project,
+    random_start,
+    target_classes,
+)
 from robustact.attacks.apgd import APGD
 from robustact.attacks.apgd_t import APGDT
 from robustact.attacks.base import Attack, AttackResult, LogitsView, lp_norms, prepared_model
@@ -43,6 +50,7 @@ __all__ = [
     "RandomSearch",
     "RayS",
     "Square",
+    "TARGET_RULES",
     "TransferAttack",
     "TrustRegion",
     "VerifiedResult",
@@ -55,6 +63,7 @@ __all__ = [
     "project",
     "random_start",
     "robust_accuracy",
+    "target_classes",
     "verify",
     "with_bpda",
 ]

@@ -377,3 +377,26 @@ class StepRecorder:
         return {"forward": self.forward, "backward": self.backward,
                 "loss_first": s["loss_first"], "loss_best": best, "stall": s["stall"],
                 "ever_adversarial": self.ever, "grad_zero": self.grad_zero}
+
+
+#: How :func:`target_classes` picks a targeted attack's class for each sample.
+TARGET_RULES = ("next", "random")
+
+
+def target_classes(rule: str, labels: torch.Tensor, keys: torch.Tensor, num_classes: int,
+                   seed: int) -> torch.Tensor:
+    """Each sample's target class for a targeted attack, never its label.
+
+    ``next``: the class after the label, (y + 1) mod K, the usual choice of papers that report
+    one targeted figure. ``random``: a wrong class drawn per sample, keyed by (seed, the
+    sample's key) as the random starts are, so a shard, a resumed cell or another batch size
+    aims every sample at the same class.
+    """
+    if num_classes < 2:
+        raise ValueError(f"a targeted attack needs at least 2 classes, the model has {num_classes}")
+    if rule == "next":
+        return (labels + 1) % num_classes
+    if rule == "random":
+        shift = keyed_bits(seed, keys, stream=0x7A, count=1)[:, 0] % (num_classes - 1)
+        return (labels + 1 + shift.to(labels.device)) % num_classes
+    raise ValueError(f"unknown target rule {rule!r}; choose from {', '.join(TARGET_RULES)}")

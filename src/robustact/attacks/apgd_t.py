@@ -54,6 +54,7 @@ class APGDT(APGD):
     """
 
     name = "apgd_t"
+    takes_target = False
 
     def __init__(self, eps: float, *, norm: str = "linf", steps: int = 100, n_targets: int = 9,
                  restarts: int = 1, close_targets: int = 0, close_loss: float = -0.2,

@@ -205,6 +205,10 @@ class Attack:
 
     name: str = "attack"
     norm: str = "linf"
+    #: Whether ``target=`` is meaningful: False for attacks that are untargeted by design
+    #: (DeepFool, the trust region, APGD-T, which picks its own targets); protocols refuse a
+    #: targeted entry of such an attack when they are read, not mid-run.
+    takes_target: bool = True
 
     _spec: dict[str, Any]
 

@@ -119,6 +119,7 @@ class DeepFool(Attack):
     """
 
     name = "deepfool"
+    takes_target = False
 
     def __init__(self, norm: str = "l2", steps: int = 50, overshoot: float = 0.02,
                  candidates: int = 10, box_aware: bool = False, refine: int = 3, bisect: int = 8, *,

@@ -67,6 +67,7 @@ class TrustRegion(Attack):
     """
 
     name = "trust_region"
+    takes_target = False
 
     def __init__(self, norm: str = "l2", radius: float = 0.01, steps: int = 40,
                  overshoot: float = 0.02, candidates: int = 10, grow: float = 2.0,

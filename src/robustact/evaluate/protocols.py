@@ -37,8 +37,12 @@ and each entry::
                                              # the sample id (a screen: see below)
      "min_classes": 3, "max_classes": 2,     # optional: AUDIT C23 (no DLR for < 3 classes)
      "norms": ["linf"],                      # optional: the norms the attack exists for
-     "through": "bpda"}                      # optional, adaptive only: bpda | bpda_smooth |
+     "through": "bpda",                      # optional, adaptive only: bpda | bpda_smooth |
                                              # twin (transfer from the undefended twin)
+     "target": "next"}                       # optional: a targeted attack, aimed at the
+                                             # class after the label (next) or at one drawn
+                                             # per sample id (random): see
+                                             # robustact.attacks.target_classes
 
 ``get_protocol`` also takes a user's file (a path: a shipped file copied and edited) or a dict
 of the same fields. The engine (:mod:`robustact.evaluate.runner`) adds ``eps``, ``norm`` and
@@ -72,6 +76,7 @@ from typing import Any
 from torch import nn
 
 import robustact.protocols as shipped_protocols
+from robustact.attacks import TARGET_RULES
 from robustact.attacks.registry import ATTACKS, attack_parameters, resolve_attack
 from robustact.core.spec import SpecError, format_spec
 from robustact.defenses.registry import describe_defenses
@@ -95,7 +100,8 @@ DEFAULT_EPS_GRID = (0.0, 0.25, 0.5, 1.0, 2.0)
 FIELDS = ("name", "version", "description", "changes", "eps_grid", "adaptive", "adaptive_plan",
           "entries")
 _ENTRY_FIELDS = ("key", "attack", "role", "eps", "on", "max_points", "min_classes",
-                 "max_classes", "norms", "through")
+                 "max_classes", "norms", "through", "target")
+
 
 #: Roles that run after the model-specific adaptive attacks: black-box, label-only and other
 #: costly attacks should only see the points that cheap white-box and adaptive ones left robust.
@@ -197,6 +203,13 @@ def _check_entry(e: Any, where: str) -> dict[str, Any]:
     if e.get("through") not in (None, *THROUGH):
         raise ValueError(f"{where}: entry {e['key']!r} has through {e['through']!r}; "
                          f"choose from {', '.join(THROUGH)}")
+    if e.get("target") not in (None, *TARGET_RULES):
+        raise ValueError(f"{where}: entry {e['key']!r} has target {e['target']!r}; "
+                         f"choose from {', '.join(TARGET_RULES)}")
+    cls = ATTACKS.get(e["attack"]["name"])
+    if e.get("target") and cls is not None and not cls.takes_target:
+        raise ValueError(f"{where}: entry {e['key']!r} is targeted, but {cls.name} has no "
+                         "targeted form; remove 'target'")
     mp = e.get("max_points")
     if mp is not None and (isinstance(mp, bool) or not isinstance(mp, int) or mp < 1):
         raise ValueError(f"{where}: entry {e['key']!r} has max_points {mp!r}; give a positive "

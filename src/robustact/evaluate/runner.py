@@ -42,6 +42,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from robustact.attacks import target_classes
 from robustact.attacks.base import Attack, AttackResult
 from robustact.attacks.bpda import with_bpda
 from robustact.attacks.eot import EOT, EOT_RULE, MajorityVote, eot_draws
@@ -122,6 +123,8 @@ class _Entry:
         self.mode: str = e["eps"]
         self.on: str = e["on"]
         self.through: str | None = e.get("through")
+        self.target: str | None = e.get("target")
+        self.k = k
         self.norm = norm
         self.seed = seed
         name = e["attack"]["name"]
@@ -255,7 +258,8 @@ def _attack_meta(entries: list[_Entry], eps: float) -> dict[str, Any]:
     """Per attack key: its spec (built at the main ε), role, ε mode, cascade rule."""
     return {e.key: {**e.build(None if e.mode == "none" else eps).spec(), "role": e.role,
                     "eps_mode": e.mode, "on": e.on,
-                    **({"through": e.through} if e.through else {})} for e in entries}
+                    **({"through": e.through} if e.through else {}),
+                    **({"target": e.target} if e.target else {})} for e in entries}
 
 
 # Long by design: most of it is the argument documentation; the body checks inputs, builds the
@@ -549,9 +553,12 @@ def _run_cell(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Ten
             b = idx_t[s]
             xb, yb = x[b], y[b]
             t0 = time.perf_counter()
-            res = attack(target_model, xb, yb, keys=ids[b], record=True)
+            tb = (target_classes(e.target, yb, ids[b], e.k, e.seed)
+                  if e.target else None)  # the row's success stays "misclassified"
+            res = attack(target_model, xb, yb, tb, keys=ids[b], record=True)
             success, pred_adv = _judge(model, judge, xb, yb, res, attack_eps, e.norm)
-            mismatch += int((res.success != success).sum())
+            hit = success if tb is None else success & (pred_adv == tb)
+            mismatch += int((res.success != hit).sum())
             where = idx[s]
             rows["success"][where] = success.cpu().numpy()
             rows["pred"][where] = pred_adv.cpu().numpy()

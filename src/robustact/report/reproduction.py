@@ -24,7 +24,7 @@ from robustact.report.figures import figure_data_uri, figure_png
 from robustact.report.intervals import pct_ci
 from robustact.report.markdown import format_table
 
-__all__ = ["headline_rows", "model_groups", "same_eps", "summary_table",
+__all__ = ["headline_for", "headline_rows", "model_groups", "same_eps", "summary_table",
            "write_reproduction_views", "write_summary"]
 
 
@@ -42,6 +42,16 @@ def _headline(cell: Mapping[str, Any], headline: Mapping[str, Any] | None
     return rows[0] if rows else None
 
 
+def headline_for(headline: Mapping[str, Any] | None, dataset: str | None) -> dict[str, Any]:
+    """The headline of a cell's dataset: a paper names one (``{"attack": ...}``) or one per
+    dataset (``{"mnist": {...}, "cifar10": {...}}``), since its budgets differ by dataset."""
+    if not headline:
+        return {}
+    if "attack" in headline or "metric" in headline:
+        return dict(headline)
+    return dict(headline.get(dataset or "", {}))
+
+
 def same_eps(a: float | None, b: float | None) -> bool:
     """Whether two budgets are the same: None (unbudgeted) or equal up to rounding (a grid's
     0.3 · 1/3 is not 0.1 in floating point)."""
@@ -53,10 +63,11 @@ def same_eps(a: float | None, b: float | None) -> bool:
 def headline_rows(record: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One row per cell: clean, claimed, the paper protocol's figure, the strongest evaluation's
     robust accuracy with its interval, and the verdict."""
-    head = record.get("headline") or {}
-    metric = head.get("metric", "accuracy")
+    dataset = {m["key"]: m.get("dataset") for m in record.get("models", [])}
     out = []
     for cell in record["cells"]:
+        head = headline_for(record.get("headline"), dataset.get(cell["model"]))
+        metric = head.get("metric", "accuracy")
         row = _headline(cell, head)
         claim = next((c for c in record["claims"]
                       if c["model"] in (cell["model"], cell["group"])
@@ -88,9 +99,11 @@ def model_groups(record: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def _markdown(record: Mapping[str, Any], rows: list[dict[str, Any]]) -> str:
     p = record["paper"]
-    label = (" (quick: reduced settings, not the paper's)" if record["quick"] else
-             f" (reduced settings: {_reduced_text(record['reduced'])})"
-             if record.get("reduced") else "")
+    scope = _scope(record)
+    label = {"quick": " (quick: reduced settings, not the paper's)",
+             "reduced": f" (reduced settings: {_reduced_text(record['reduced'])})",
+             "part": f" (part of the file, full settings: {_reduced_text(record['reduced'])})",
+             "": ""}[scope]
     lines = [f"# Reproduction: {p['title'] or p['name']}{label}", "",
              f"{p['source']}. {p['description']}", "",
              f"Command: `{record.get('command') or '-'}`; device {record['device']}; "
@@ -124,10 +137,11 @@ def _markdown(record: Mapping[str, Any], rows: list[dict[str, Any]]) -> str:
             [[g["group"], g["n"], _pct(g["mean"], 2), _pct(g["std"], 2)] for g in groups]), ""]
     lines += ["## Every attack cell (the paper's protocol)", "", format_table(
         ["model", "setting", "split", "attack", "norm", "ε", "accuracy %", "success %",
-         "ρ %", "zero grad %", "tie %"],
+         "ρ %", "ρ normalized %", "zero grad %", "tie %"],
         [[c["model"], c["setting"], c["split"], r["attack"], r["norm"],
           "none" if r["eps"] is None else f"{r['eps']:.4g}", _pct(r["accuracy"]),
-          _pct(r["success_rate"]), _pct(r.get("rho"), 2), _pct(r["grad_zero"]),
+          _pct(r["success_rate"]), _pct(r.get("rho"), 2), _pct(r.get("rho_normalized"), 2),
+          _pct(r["grad_zero"]),
           _pct(c["tie_rate"])] for c in record["cells"] for r in c["paper"]]), ""]
     return "\n".join(lines)
 
@@ -136,6 +150,15 @@ def _work_text(record: Mapping[str, Any]) -> str:
     w = record.get("work_seconds") or {}
     return (f"training {w.get('training', 0):.0f} s and cells {w.get('cells', 0):.0f} s of "
             f"work, this invocation {record['seconds']:.0f} s wall")
+
+
+def _scope(record: Mapping[str, Any]) -> str:
+    """quick, reduced (fewer epochs or images), part (some models, each in full settings) or
+    '' (the whole file): a run of the paper's MNIST models is not a reduced one."""
+    reduced = record.get("reduced") or {}
+    if record["quick"]:
+        return "quick"
+    return "reduced" if {"epochs", "n"} & set(reduced) else "part" if reduced else ""
 
 
 def _reduced_text(reduced: Mapping[str, Any]) -> str:
@@ -187,6 +210,7 @@ def write_reproduction_views(out: str | os.PathLike[str], record: Mapping[str, A
     tpl = template_environment().get_template("reproduction.html.j2")
     html = tpl.render(r=record, rows=rows, groups=model_groups(record),
                       reduced=_reduced_text(record.get("reduced") or {}),
+                      scope=_scope(record),
                       work=_work_text(record),
                       image=figure_data_uri(fig),
                       rel=lambda p: os.path.relpath(p, out) if p else "")
@@ -202,7 +226,7 @@ def summary_table(records: Mapping[str, Mapping[str, Any]], base: str | os.PathL
     rows = []
     for name, rec in records.items():
         link = os.path.relpath(rec["views"]["html"], base) if rec.get("views") else ""
-        label = " (quick)" if rec["quick"] else " (reduced)" if rec.get("reduced") else ""
+        label = f" ({_scope(rec)})" if _scope(rec) else ""
         for r in headline_rows(rec):
             rows.append([f"[{name}]({link}){label}", r["model"], r["setting"], r["split"],
                          _pct(r["clean"]), _pct(r["claimed"], 2),

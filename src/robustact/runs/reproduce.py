@@ -18,14 +18,17 @@ module is its one runner; there is no code path per paper::
                  }],
      "settings": [{"key": "kappa=1", "defenses": [{"type": "jumprelu", "kappa": 1.0}],
                    "models": ["lenetlike"]}],                   # models: optional filter
-     "attacks": {"eps": 0.3, "eps_grid": [1], "norms": ["linf", "l2"],
+     "attacks": {"eps": 0.3, "eps_grid": [1], "norms": ["linf", "l2"],   # eps: or per
+                                      # dataset, {"mnist": 0.3, "cifar10": 0.0314}
                  "entries": [...]},   # protocol entries; "defended_only": true skips a
-                                      # setting without defenses (gray-box = white-box there)
+                                      # setting without defenses (gray-box = white-box there);
+                                      # "datasets": [...] keeps an entry to those datasets
      "evaluation": {"protocol": "standard", "eps": {"mnist": 0.1}},   # the strongest one;
                                       # eps by model key, group or dataset; "overrides" as
                                       # evaluate's (tests only: the figures are then weaker)
      "data": {"n": 1000, "splits": ["test"]},
-     "headline": {"attack": "ifgsm", "eps": null, "metric": "accuracy"},
+     "headline": {"attack": "ifgsm", "eps": null, "metric": "accuracy"},   # or one per
+                                      # dataset: {"mnist": {...}, "cifar10": {...}}
      "claims": [{"model": "...", "setting": "...", "attack": "...", "eps": null,
                  "metric": "accuracy", "value": 18.56, "where": "Table 2(B)"}],
      "quick": {"n": 64, "epochs": 1, "n_train": 2000, "models": [...], "settings": [...]}}
@@ -45,6 +48,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Mapping
 from importlib import resources
@@ -58,10 +62,11 @@ from tqdm.auto import tqdm
 
 import robustact.protocols.papers as shipped_papers
 from robustact import __version__
+from robustact.attacks import lp_norms, target_classes
 from robustact.checkpoint import load_checkpoint
 from robustact.core.storage import atomic_write_json, environment_info, read_json
 from robustact.core.validate import resolve_device
-from robustact.data import as_tensors, to_float
+from robustact.data import as_tensors, dataset_info, to_float
 from robustact.defenses import apply_defenses
 from robustact.defenses.jumprelu_retrofit import tune_jumprelu
 from robustact.defenses.output_activation import OutputActivationModel
@@ -83,8 +88,9 @@ _MODEL_FIELDS = ("key", "dataset", "arch", "activation", "classes", "loss", "out
 _QUICK_FIELDS = ("n", "epochs", "n_train", "models", "settings", "eps_grid")
 #: The version of a cell's record: a new one re-derives stored cells from their run folders
 #: (which resume: nothing is attacked again). 2: the evaluation's seconds are its work only;
-#: 3: so are the paper attacks' (from the tables, not this run's clock).
-CELL_RECORD = 3
+#: 3: so are the paper attacks' (from the tables, not this run's clock); 4: ρ on normalized
+#: inputs too, and a targeted entry's success is reaching its target.
+CELL_RECORD = 4
 #: The 2-class tasks' evaluation is robustact's default too; a paper may name another.
 _DEFAULT_EVALUATION = {"protocol": "standard"}
 
@@ -160,10 +166,19 @@ def _check_paper(raw: Any, where: str) -> dict[str, Any]:
         stray = sorted(set(s.get("models", keys)) - set(keys))
         _need(not stray, where, f"setting {s['key']!r} names unknown models {stray}")
     attacks = raw["attacks"]
-    _need(isinstance(attacks, dict) and isinstance(attacks.get("eps"), (int, float)), where,
-          "'attacks' needs 'eps' (the paper's main budget, [0, 1] pixel units) and 'entries'")
-    for norm in attacks.get("norms", ["linf"]):
-        get_protocol(_paper_protocol(raw["name"], attacks, norm))  # the engine's own checks
+    eps = attacks.get("eps") if isinstance(attacks, dict) else None
+    _need(isinstance(eps, (int, float)) or (
+        isinstance(eps, dict) and all(isinstance(v, (int, float)) for v in eps.values())
+        and {m["dataset"] for m in models} <= set(eps)), where,
+          "'attacks' needs 'eps' (the paper's main budget, [0, 1] pixel units; a number, or "
+          "one per dataset of the models) and 'entries'")
+    for e in attacks.get("entries", []):
+        ds = e.get("datasets", []) if isinstance(e, dict) else []
+        _need(isinstance(ds, list) and all(isinstance(d, str) for d in ds), where,
+              f"entry {e.get('key')!r}: 'datasets' is a list of dataset names, got {ds!r}")
+    for ds in sorted({m["dataset"] for m in models}):
+        for norm in attacks.get("norms", ["linf"]):  # the engine's own checks, per dataset
+            get_protocol(_paper_protocol(raw["name"], _attacks_for(attacks, ds), norm))
     quick = raw.get("quick", {})
     _need(isinstance(quick, dict) and not set(quick) - set(_QUICK_FIELDS), where,
           f"'quick' takes {', '.join(_QUICK_FIELDS)}, got {quick!r}")
@@ -207,6 +222,18 @@ def _expand_models(models: Any, where: str) -> list[dict[str, Any]]:
             one["attacked"] = seed in m.get("attack_seeds", [seed])
             out.append(one)
     return out
+
+
+def _attacks_for(attacks: Mapping[str, Any], dataset: str) -> dict[str, Any]:
+    """The paper's attacks on one dataset: its main ε (``eps`` may be one per dataset) and the
+    entries whose ``datasets`` (if any) name it, without that field. Why per dataset: a paper's
+    budgets and attack settings differ by dataset (the JumpReLU paper's I-FGSM runs 40
+    iterations on MNIST, 7 on CIFAR-10), and a cell's key is what ran on its own dataset, so
+    adding another dataset's entries reruns nothing."""
+    entries = [{k: v for k, v in e.items() if k != "datasets"}
+               for e in attacks.get("entries", []) if dataset in e.get("datasets", [dataset])]
+    eps = attacks["eps"]
+    return {**attacks, "eps": eps[dataset] if isinstance(eps, dict) else eps, "entries": entries}
 
 
 def _paper_protocol(name: str, attacks: Mapping[str, Any], norm: str) -> dict[str, Any]:
@@ -300,7 +327,8 @@ def _model(spec: Mapping[str, Any], out: Path, *, data_root: Any, device: str, p
     model, card = load_checkpoint(folder / "final", device=device)
     metrics = card.get("metrics") or {}
     return model.eval(), {"key": spec["key"], "group": spec.get("group", spec["key"]),
-                          "folder": str(folder), "test_accuracy": metrics.get("test_accuracy"),
+                          "dataset": spec["dataset"], "folder": str(folder),
+                          "test_accuracy": metrics.get("test_accuracy"),
                           "train_accuracy": metrics.get("train_accuracy"),
                           "train_seconds": metrics.get("seconds"),
                           "epochs": metrics.get("epochs"), "attacked": spec.get("attacked", True)}
@@ -322,26 +350,44 @@ def _images(ds: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return to_float(x), y
 
 
-def _metrics(table: Any, x: torch.Tensor, norm: str) -> list[dict[str, Any]]:
+def _metrics(table: Any, x: torch.Tensor, norm: str, dataset: str) -> list[dict[str, Any]]:
     """Per (attack, ε): accuracy under it alone, success among the clean-correct, the share of
     attacked points whose input gradient was exactly zero, and for an unbudgeted attack the
-    relative perturbation ρ = mean ‖δ‖/‖x‖ over the points it broke (the JumpReLU paper's)."""
-    xnorm = (x.flatten(1).abs().amax(1) if norm == "linf" else x.flatten(1).norm(dim=1)).numpy()
+    relative perturbation ρ = mean ‖δ‖/‖x‖ over the points it broke (the JumpReLU paper's), in
+    pixels and, as that paper measures it, on the dataset's normalized inputs (x − μ)/σ:
+    ‖δ‖/σ̄ over ‖(x − μ)/σ‖, exact for one channel; CIFAR-10's σ differ by at most 0.8 % from
+    their mean. A targeted entry's success is reaching its target (the papers' targeted
+    figure); its accuracy, like every other, counts any misclassification."""
+    info = dataset_info(dataset)
+    mu, sd = (torch.tensor(v, dtype=x.dtype).view(1, -1, 1, 1) for v in (info.mean, info.std))
+    xnorm = lp_norms(x, norm).numpy()
+    xnorm_n = (lp_norms((x - mu) / sd, norm).numpy()
+               if x.dim() == 4 and x.shape[1] == mu.shape[1] else None)
     att, eps, ok = table["attack"], table["eps"], table["clean_correct"]
+    specs = table.meta.get("attacks", {})
     rows = []
     for key in dict.fromkeys(att.tolist()):
         for e in sorted(set(eps[att == key].tolist())):
             m = (att == key) & (eps == e)
             cc, succ = ok[m], table["success"][m] & ok[m]
+            hit = succ
+            if specs.get(key, {}).get("target"):
+                aim = target_classes(specs[key]["target"], torch.from_numpy(table["label"][m]),
+                                     torch.from_numpy(table["sample"][m]),
+                                     int(table.meta["num_classes"]), int(table.meta["seed"]))
+                hit = succ & (table["pred"][m] == aim.numpy())
             row: dict[str, Any] = {
                 "attack": key, "norm": norm, "eps": None if math.isinf(e) else float(e),
                 "n": int(m.sum()), "clean": float(cc.mean()),
                 "accuracy": float((cc & ~succ).mean()),
-                "success_rate": float(succ.sum() / max(int(cc.sum()), 1)),
+                "success_rate": float(hit.sum() / max(int(cc.sum()), 1)),
                 "grad_zero": float(table["grad_zero"][m][cc].mean()) if cc.any() else None}
             if math.isinf(e) and succ.any():
-                ratio = table[norm][m][succ] / np.maximum(xnorm[table["sample"][m][succ]], 1e-12)
-                row["rho"] = float(ratio.mean())
+                d, at = table[norm][m][succ], table["sample"][m][succ]
+                row["rho"] = float((d / np.maximum(xnorm[at], 1e-12)).mean())
+                if xnorm_n is not None:
+                    d_n = d / float(sd.mean())
+                    row["rho_normalized"] = float((d_n / np.maximum(xnorm_n[at], 1e-12)).mean())
             rows.append(row)
     return rows
 
@@ -359,7 +405,7 @@ def _run_cell(paper: Mapping[str, Any], model: nn.Module, minfo: Mapping[str, An
         model = model.base  # the setting's f and T replace the trained ones (robustact defend)
     defended = apply_defenses(model, defenses).eval()
     clean = predict(defended, (x, y))
-    attacks = dict(paper["attacks"])
+    attacks = _attacks_for(paper["attacks"], spec["dataset"])
     if not defenses:
         attacks["entries"] = [e for e in attacks["entries"] if not e.get("defended_only")]
     rows: list[dict[str, Any]] = []
@@ -371,7 +417,7 @@ def _run_cell(paper: Mapping[str, Any], model: nn.Module, minfo: Mapping[str, An
         table = evaluate(defended, x, y, proto, eps=float(attacks["eps"]), norm=norm,
                          out=str(folder / f"paper-{norm}"), progress=progress,
                          surrogate=surrogate)
-        rows += _metrics(table, x, norm)
+        rows += _metrics(table, x, norm, spec["dataset"])
         paper_seconds += float(table["seconds"].sum())
     ev = paper.get("evaluation") or {}
     by = ev.get("eps") or {}
@@ -395,6 +441,21 @@ def _run_cell(paper: Mapping[str, Any], model: nn.Module, minfo: Mapping[str, An
                           # the attacks' and the audit's work, whichever run did it
                           "seconds": float(s["seconds"].get("attacks") or 0)
                           + float(s["seconds"].get("audit") or 0)}}
+
+
+def _what_ran(key: Mapping[str, Any]) -> Any:
+    """A cell key without the record's and robustact's versions, as stored (JSON types)."""
+    return json.loads(json.dumps({k: v for k, v in key.items() if k not in ("version", "record")},
+                                 default=str))
+
+
+def _clear_stale(folder: Path) -> None:
+    """A finished cell whose key changed (the paper file was edited): its run folders were made
+    for other attacks, a model or a setting, and the engine refuses to resume another
+    evaluation, so they go; the model's training is keyed separately and stays."""
+    for sub in [*folder.glob("paper-*"), folder / "strongest"]:
+        if sub.is_dir():
+            shutil.rmtree(sub)
 
 
 def _defenses(model: nn.Module, setting: Mapping[str, Any], val: Any
@@ -448,12 +509,14 @@ def reproduce(paper: str | os.PathLike[str] | Mapping[str, Any], *, out: str | P
         bar.set_postfix_str(f"{spec['key']} / {setting['key']} / {split} ({i + 1}/{len(todo)})")
         model, minfo = models[spec["key"]]
         folder = out / "cells" / spec["key"] / setting["key"] / split
-        key = {"model": minfo["folder"], "attacks": p["attacks"],
+        key = {"model": minfo["folder"], "attacks": _attacks_for(p["attacks"], spec["dataset"]),
                "setting": {k: v for k, v in setting.items() if k != "models"},
                "surrogate": spec.get("surrogate"), "evaluation": p["evaluation"],
                "n": p["data"]["n"], "version": __version__, "record": CELL_RECORD}
         stored = read_json(folder / "cell.json") if (folder / "cell.json").is_file() else None
         if stored is None or stored.get("key") != json.loads(json.dumps(key, default=str)):
+            if stored is not None and _what_ran(stored["key"]) != _what_ran(key):
+                _clear_stale(folder)  # not a new record format (that resumes): other work
             sur = models[spec["surrogate"]][0] if spec.get("surrogate") else None
             cell = _run_cell(p, model, minfo, spec, setting, split, folder, data_root=data_root,
                              progress=progress, quick=quick, surrogate=sur)
