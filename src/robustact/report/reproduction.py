@@ -226,7 +226,8 @@ def summary_table(records: Mapping[str, Mapping[str, Any]], base: str | os.PathL
     rows = []
     for name, rec in records.items():
         link = os.path.relpath(rec["views"]["html"], base) if rec.get("views") else ""
-        label = f" ({_scope(rec)})" if _scope(rec) else ""
+        scope = _scope(rec)
+        label = f" ({scope})" if scope else ""
         for r in headline_rows(rec):
             rows.append([f"[{name}]({link}){label}", r["model"], r["setting"], r["split"],
                          _pct(r["clean"]), _pct(r["claimed"], 2),

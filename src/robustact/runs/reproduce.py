@@ -443,10 +443,9 @@ def _run_cell(paper: Mapping[str, Any], model: nn.Module, minfo: Mapping[str, An
                           + float(s["seconds"].get("audit") or 0)}}
 
 
-def _what_ran(key: Mapping[str, Any]) -> Any:
-    """A cell key without the record's and robustact's versions, as stored (JSON types)."""
-    return json.loads(json.dumps({k: v for k, v in key.items() if k not in ("version", "record")},
-                                 default=str))
+def _what_ran(key: Mapping[str, Any]) -> dict[str, Any]:
+    """A cell key without the record's and robustact's versions."""
+    return {k: v for k, v in key.items() if k not in ("version", "record")}
 
 
 def _clear_stale(folder: Path) -> None:
@@ -509,12 +508,13 @@ def reproduce(paper: str | os.PathLike[str] | Mapping[str, Any], *, out: str | P
         bar.set_postfix_str(f"{spec['key']} / {setting['key']} / {split} ({i + 1}/{len(todo)})")
         model, minfo = models[spec["key"]]
         folder = out / "cells" / spec["key"] / setting["key"] / split
-        key = {"model": minfo["folder"], "attacks": _attacks_for(p["attacks"], spec["dataset"]),
-               "setting": {k: v for k, v in setting.items() if k != "models"},
-               "surrogate": spec.get("surrogate"), "evaluation": p["evaluation"],
-               "n": p["data"]["n"], "version": __version__, "record": CELL_RECORD}
+        key = json.loads(json.dumps({  # in JSON types, as cell.json stores it
+            "model": minfo["folder"], "attacks": _attacks_for(p["attacks"], spec["dataset"]),
+            "setting": {k: v for k, v in setting.items() if k != "models"},
+            "surrogate": spec.get("surrogate"), "evaluation": p["evaluation"],
+            "n": p["data"]["n"], "version": __version__, "record": CELL_RECORD}, default=str))
         stored = read_json(folder / "cell.json") if (folder / "cell.json").is_file() else None
-        if stored is None or stored.get("key") != json.loads(json.dumps(key, default=str)):
+        if stored is None or stored.get("key") != key:
             if stored is not None and _what_ran(stored["key"]) != _what_ran(key):
                 _clear_stale(folder)  # not a new record format (that resumes): other work
             sur = models[spec["surrogate"]][0] if spec.get("surrogate") else None
