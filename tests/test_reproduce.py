@@ -164,6 +164,10 @@ def test_quick_is_labelled_and_the_cli_runs_a_paper_file(tmp_path):
     assert "(quick" in (tmp_path / "q" / "report.md").read_text()
     bad = CliRunner().invoke(app, ["reproduce", "nonesuch", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "no paper named 'nonesuch'" in bad.output
+    none = CliRunner().invoke(app, ["reproduce", str(paper), "--dataset", "mnist", "--out",
+                                    str(tmp_path / "y"), "--jobs", "2"])
+    assert none.exit_code == 2 and "tiny has no mnist model" in none.output
+    assert "Traceback" not in none.output
 
 
 def test_reduced_settings_are_recorded_and_labelled(tmp_path):
@@ -286,8 +290,18 @@ def test_a_targeted_entry_aims_at_its_rule_and_reports_reaching_it(tmp_path):
     # refusing its old folders
     edited = {**paper, "attacks": {**paper["attacks"],
                                    "entries": paper["attacks"]["entries"][:1]}}
-    again = reproduce(edited, out=tmp_path / "t", progress=False, n=24)["cells"][0]["paper"]
-    assert again == [rows["pgd"]]
+    strongest = tmp_path / "t" / "cells" / "mlp" / "plain" / "test" / "strongest" / "cells"
+    made = strongest.stat().st_mtime_ns  # each attack cell's results, written once
+    again = reproduce(edited, out=tmp_path / "t", progress=False, n=24)["cells"][0]
+    assert again["paper"] == [rows["pgd"]]
+    # only the paper's attacks changed: robustact's evaluation was read back, not rerun; a new
+    # ε (which that evaluation takes) reruns it
+    assert strongest.stat().st_mtime_ns == made
+    assert again["strongest"]["robust_accuracy"] == rec["cells"][0]["strongest"][
+        "robust_accuracy"]
+    wider = {**edited, "attacks": {**edited["attacks"], "eps": 0.25}}
+    third = reproduce(wider, out=tmp_path / "t", progress=False, n=24)["cells"][0]
+    assert third["strongest"]["eps"] == 0.25 and strongest.stat().st_mtime_ns != made
     with pytest.raises(ValueError, match="target"):
         load_paper({**paper, "attacks": {**paper["attacks"], "entries": [
             {**paper["attacks"]["entries"][1], "target": "far"}]}})
@@ -327,3 +341,45 @@ def test_rho_in_pixels_and_on_the_normalized_inputs_the_jumprelu_paper_uses():
     want = ((0.1 / 0.38) / (0.4 / 0.38) + (0.2 / 0.38) / (1.2 / 0.38)) / 2
     assert row["rho_normalized"] == pytest.approx(want, rel=1e-6)
     assert row["success_rate"] == pytest.approx(2 / 3)
+
+
+def test_units_keep_a_model_with_the_models_it_transfers_from():
+    from robustact.runs.reproduce_all import units
+    splash, _ = R.paper_as_run("splash", dataset="mnist")
+    groups = units(splash)
+    assert len(groups) == 3 and all(len(g) == 10 for g in groups)
+    assert all({f"lenet5-relu-s{i + 1}", f"lenet5-splash-s{i + 1}"} <= set(g)
+               for i, g in enumerate(groups))
+    jump, reduced = R.paper_as_run("jumprelu", dataset="mnist")
+    assert units(jump) == [["lenetlike"], ["lenetlike-robust"]]
+    assert reduced == {"dataset": "mnist"}
+    with pytest.raises(ValueError, match="differential has no mnist model"):
+        R.paper_as_run("differential", dataset="mnist")
+
+
+def test_all_of_a_datasets_parts_in_worker_processes_matches_one_process(tmp_path):
+    """``reproduce_all(dataset=, jobs=2)``: each paper's models on that dataset, units run by
+    two spawned workers into the paper's folder, then one pass renders it: the same cells as
+    one process; a paper without such a model is skipped and its other models never touched."""
+    from robustact.runs.reproduce_all import reproduce_all, summarize
+    other = {**TINY["models"][0], "key": "cnn-mnist", "dataset": "mnist", "arch": "lenet5"}
+    two = {**TINY, "models": [*TINY["models"], {**TINY["models"][0], "key": "mlp2"}, other]}
+    mnist_only = {**TINY, "name": "elsewhere", "models": [other]}
+    done = reproduce_all(out=tmp_path / "all", papers={"two": two, "elsewhere": mnist_only},
+                         dataset="digits", jobs=2, progress=False, command="test")
+    assert done["skipped"] == ["elsewhere"] and done["papers"] == ["two"]
+    rec = done["records"]["two"]
+    assert rec["reduced"] == {"dataset": "digits"}
+    assert [m["key"] for m in rec["models"]] == ["mlp", "mlp2"]
+    assert not (tmp_path / "all" / "elsewhere").exists()
+    assert not any((tmp_path / "all" / "two" / "models").glob("cnn-mnist*"))
+    alone = reproduce(two, out=tmp_path / "one", dataset="digits", progress=False)
+    assert _stable(rec) == _stable(alone)
+    summary = (tmp_path / "all" / "summary.md").read_text()
+    assert "[two](two/report.html) (digits part) | mlp2 | jump |" in summary
+    assert "All of it: `test`" in summary and "2 worker processes" in summary
+    assert "the digits models" in (tmp_path / "all" / "two" / "report.md").read_text()
+    (tmp_path / "all" / "summary.md").unlink()
+    assert "All of it: `test`" in summarize(tmp_path / "all").read_text()
+    top = summarize(tmp_path).read_text()  # "one" a row, "all" (a folder of its own) a link
+    assert "[one](one/report.html) (digits part) |" in top and "[all](all/summary.md)" in top

@@ -9,7 +9,8 @@ import typer
 
 from robustact.cli.common import NO_RUNTIME, Runtime, app, command_line, runtime_options
 from robustact.report.reproduction import headline_rows
-from robustact.runs.reproduce import paper_names, reproduce, reproduce_all
+from robustact.runs.reproduce import paper_names
+from robustact.runs.reproduce_all import reproduce_all, reproduce_many
 
 
 @app.command("reproduce")
@@ -32,6 +33,13 @@ def reproduce_cmd(
                        "it (repeatable), with the models they transfer from; e.g. --only lenet "
                        "for jumprelu's MNIST part, --only lenetlike for its plain model alone.")
     ] = None,
+    dataset: Annotated[str | None, typer.Option(
+        help="Only the models on this dataset, in full settings (e.g. mnist: a paper's MNIST "
+             "part; with 'all', every paper's, the papers without one skipped).")] = None,
+    jobs: Annotated[int, typer.Option(
+        min=1, help="Worker processes sharing the work (each model with the models it "
+                    "transfers from is one unit; --threads is shared among them). Small models "
+                    "finish sooner as 2 processes of 1 thread than as 1 of 2.")] = 1,
     epochs: Annotated[int | None, typer.Option(
         min=1, help="Reduced settings: train at most this many epochs (milestones scaled). "
                     "Labelled reduced in the report.")] = None,
@@ -47,15 +55,17 @@ def reproduce_cmd(
         stem = Path(paper).stem if paper.endswith(".json") else paper.partition("@")[0]
         out = Path("runs/reproduce") / (stem + ("-quick" if quick else ""))
     kwargs = {"quick": quick, "progress": progress, "only": only, "epochs": epochs, "n": n,
-              "command": command_line(ctx), **rt._asdict()}
+              "jobs": jobs, "command": command_line(ctx), **rt._asdict()}
     if paper == "all":
-        done = reproduce_all(out=out, **kwargs)
+        done = reproduce_all(out=out, dataset=dataset, **kwargs)
         for name, rec in done["records"].items():
             _echo(name, rec)
+        if done["skipped"]:
+            typer.echo(f"skipped (no {dataset} model): {', '.join(done['skipped'])}")
         typer.echo(f"summary: {done['summary']}")
         typer.echo(f"wall time: {done['seconds']:.0f} s")
         return
-    rec = reproduce(paper, out=out, **kwargs)
+    (rec,) = reproduce_many({out: paper}, dataset=dataset, **kwargs).values()
     _echo(rec["paper"]["name"], rec)
     typer.echo(f"wall time: {rec['seconds']:.0f} s (shipped papers: {', '.join(paper_names())})")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import statistics
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -162,7 +162,8 @@ def _scope(record: Mapping[str, Any]) -> str:
 
 
 def _reduced_text(reduced: Mapping[str, Any]) -> str:
-    parts = [f"models {', '.join(reduced['models'])}" if "models" in reduced else "",
+    parts = [f"the {reduced['dataset']} models" if "dataset" in reduced else "",
+             f"models {', '.join(reduced['models'])}" if "models" in reduced else "",
              f"at most {reduced['epochs']} epochs" if "epochs" in reduced else "",
              f"{reduced['n']} images" if "n" in reduced else ""]
     return "; ".join(p for p in parts if p)
@@ -226,7 +227,9 @@ def summary_table(records: Mapping[str, Mapping[str, Any]], base: str | os.PathL
     rows = []
     for name, rec in records.items():
         link = os.path.relpath(rec["views"]["html"], base) if rec.get("views") else ""
-        scope = _scope(rec)
+        scope, reduced = _scope(rec), rec.get("reduced") or {}
+        if scope == "part" and set(reduced) == {"dataset"}:
+            scope = f"{reduced['dataset']} part"
         label = f" ({scope})" if scope else ""
         for r in headline_rows(rec):
             rows.append([f"[{name}]({link}){label}", r["model"], r["setting"], r["split"],
@@ -238,11 +241,18 @@ def summary_table(records: Mapping[str, Mapping[str, Any]], base: str | os.PathL
                          "paper protocol %", "robustact %", "ε", "verdict"], rows)
 
 
-def write_summary(out: str | os.PathLike[str], records: Mapping[str, Mapping[str, Any]]
-                  ) -> Path:
-    """``summary.md`` in ``out``: :func:`summary_table` with the wall times."""
+def write_summary(out: str | os.PathLike[str], records: Mapping[str, Mapping[str, Any]],
+                  run: Mapping[str, Any] | None = None, nested: Sequence[str] = ()) -> Path:
+    """``summary.md`` in ``out``: :func:`summary_table` with the wall times, ``run``'s (the one
+    command that made them all: its ``command``, ``seconds`` and ``jobs``) and a link to each
+    ``nested`` subfolder's own summary."""
     out = Path(out)
     times = "; ".join(f"{n}: {_work_text(r)}" for n, r in records.items())
+    whole = [] if not run else [
+        f"All of it: `{run.get('command') or 'reproduce_all'}`, {run['seconds'] / 60:.1f} min "
+        f"wall with {run['jobs']} worker process{'es' if run['jobs'] > 1 else ''}.", ""]
+    links = [f"Also here, with a table of its own: "
+             f"{', '.join(f'[{n}]({n}/summary.md)' for n in nested)}.", ""] if nested else []
     text = "\n".join(["# Reproductions", "", summary_table(records, out), "",
-                      f"Wall time: {times}.", ""])
+                      f"Wall time: {times}.", "", *whole, *links])
     return atomic_write_bytes(out / "summary.md", text.encode())

@@ -72,12 +72,12 @@ from robustact.defenses.jumprelu_retrofit import tune_jumprelu
 from robustact.defenses.output_activation import OutputActivationModel
 from robustact.evaluate import evaluate, get_protocol
 from robustact.models.predict import predict
-from robustact.report.reproduction import same_eps, write_reproduction_views, write_summary
+from robustact.report.reproduction import same_eps, write_reproduction_views
 from robustact.runs.evaluate import evaluate_model
 from robustact.runs.train import load_splits, train_classifier
 from robustact.train import TrainConfig
 
-__all__ = ["FIELDS", "load_paper", "paper_names", "reproduce", "reproduce_all", "summarize"]
+__all__ = ["FIELDS", "load_paper", "paper_as_run", "paper_names", "reproduce"]
 
 #: A paper file's fields; ``name``, ``models``, ``attacks`` and ``data`` are required.
 FIELDS = ("name", "version", "title", "source", "description", "notes", "models", "settings",
@@ -271,12 +271,21 @@ def _keep_models(models: list[dict[str, Any]], keep: set[str]) -> list[dict[str,
     return [m for m in models if m["key"] in keep]
 
 
-def _reduce(paper: dict[str, Any], *, only: list[str] | None, epochs: int | None,
-            n: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The paper restricted to ``only``'s models and cut to ``epochs`` and ``n``; and what was
-    cut, for the report."""
-    p = copy.deepcopy(paper)
+def paper_as_run(paper: str | os.PathLike[str] | Mapping[str, Any], *, quick: bool = False,
+                 dataset: str | None = None, only: list[str] | None = None,
+                 epochs: int | None = None, n: int | None = None
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The paper as :func:`reproduce` runs it with these options (its quick settings, its
+    ``dataset`` models, ``only``'s models, cut to ``epochs`` and ``n``); and what was left out
+    or cut, for the report."""
+    p = load_paper(paper)
+    p = _quick(p) if quick else copy.deepcopy(p)
     reduced: dict[str, Any] = {}
+    if dataset is not None:
+        p["models"] = [m for m in p["models"] if m["dataset"] == dataset]
+        if not p["models"]:
+            raise ValueError(f"{p['name']} has no {dataset} model")
+        reduced["dataset"] = dataset
     if only:
         keys = [m["key"] for m in p["models"]]
         # a value that is a model's key picks that model; any other picks the keys holding it
@@ -448,11 +457,16 @@ def _what_ran(key: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in key.items() if k not in ("version", "record")}
 
 
-def _clear_stale(folder: Path) -> None:
+def _clear_stale(folder: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
     """A finished cell whose key changed (the paper file was edited): its run folders were made
     for other attacks, a model or a setting, and the engine refuses to resume another
-    evaluation, so they go; the model's training is keyed separately and stays."""
-    for sub in [*folder.glob("paper-*"), folder / "strongest"]:
+    evaluation, so they go; the model's training is keyed separately and stays. Where only the
+    paper's attacks changed (not their ε, which robustact's evaluation may take), robustact's
+    evaluation is the same and stays, to be read back instead of run again."""
+    changed = {k for k in set(old) | set(new) if k != "attacks" and old.get(k) != new.get(k)}
+    eps = [(key.get("attacks") or {}).get("eps") for key in (old, new)]
+    keep = not changed and eps[0] == eps[1]
+    for sub in [*folder.glob("paper-*"), *([] if keep else [folder / "strongest"])]:
         if sub.is_dir():
             shutil.rmtree(sub)
 
@@ -480,12 +494,13 @@ def _cells(paper: Mapping[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any
 def reproduce(paper: str | os.PathLike[str] | Mapping[str, Any], *, out: str | Path,
               quick: bool = False, data_root: str | Path | None = None, device: str = "cpu",
               progress: bool = True, command: str | None = None, download: bool = False,
-              only: list[str] | None = None, epochs: int | None = None, n: int | None = None
-              ) -> dict[str, Any]:
+              dataset: str | None = None, only: list[str] | None = None,
+              epochs: int | None = None, n: int | None = None) -> dict[str, Any]:
     """Run ``paper`` into ``out``: train (or load) its models, run every cell, write
     ``results.json``, ``report.md``, ``report.html`` and the figures. Rerunning with the same
     ``out`` resumes: trained models, finished cells and finished attack cells are read back.
 
+    ``dataset``: only the models on this dataset (e.g. a paper's MNIST part), in full settings.
     ``only``: the models whose key is one of these, or else contains it (and the models they
     transfer from).
     ``epochs``, ``n``: reduced settings (at most that many epochs, schedule milestones scaled;
@@ -493,9 +508,7 @@ def reproduce(paper: str | os.PathLike[str] | Mapping[str, Any], *, out: str | P
     """
     t0 = time.perf_counter()
     device = str(resolve_device(device))  # "auto" named: the report says what ran
-    p = load_paper(paper)
-    p = _quick(p) if quick else p
-    p, reduced = _reduce(p, only=only, epochs=epochs, n=n)
+    p, reduced = paper_as_run(paper, quick=quick, dataset=dataset, only=only, epochs=epochs, n=n)
     out = Path(out)
     models: dict[str, tuple[nn.Module, dict[str, Any]]] = {}
     for spec in tqdm(p["models"], desc="models", unit="model", disable=not progress):
@@ -516,7 +529,8 @@ def reproduce(paper: str | os.PathLike[str] | Mapping[str, Any], *, out: str | P
         stored = read_json(folder / "cell.json") if (folder / "cell.json").is_file() else None
         if stored is None or stored.get("key") != key:
             if stored is not None and _what_ran(stored["key"]) != _what_ran(key):
-                _clear_stale(folder)  # not a new record format (that resumes): other work
+                # not a new record format (that resumes): other work
+                _clear_stale(folder, _what_ran(stored["key"]), _what_ran(key))
             sur = models[spec["surrogate"]][0] if spec.get("surrogate") else None
             cell = _run_cell(p, model, minfo, spec, setting, split, folder, data_root=data_root,
                              progress=progress, quick=quick, surrogate=sur)
@@ -539,27 +553,6 @@ def reproduce(paper: str | os.PathLike[str] | Mapping[str, Any], *, out: str | P
     record["views"] = {k: str(v) for k, v in write_reproduction_views(out, record).items()}
     atomic_write_json(out / "results.json", record)
     return record
-
-
-def summarize(folder: str | Path) -> Path:
-    """``folder/summary.md`` from the reproductions in its subfolders (each a ``results.json``
-    written by :func:`reproduce`), without running anything."""
-    folder = Path(folder)
-    records = {f.parent.name: read_json(f) for f in sorted(folder.glob("*/results.json"))}
-    if not records:
-        raise ValueError(f"{folder} holds no reproduction (no */results.json)")
-    return write_summary(folder, records)
-
-
-def reproduce_all(*, out: str | Path, **kwargs: Any) -> dict[str, Any]:
-    """Every shipped paper into ``out/<name>`` (as :func:`reproduce`, same options), then one
-    summary table of them all (``summary.md``: claimed vs paper protocol vs robustact, per
-    cell, with the verdict and a link to each report)."""
-    t0 = time.perf_counter()
-    out = Path(out)
-    records = {name: reproduce(name, out=out / name, **kwargs) for name in paper_names()}
-    path = write_summary(out, records)
-    return {"records": records, "summary": str(path), "seconds": time.perf_counter() - t0}
 
 
 def _claims(p: Mapping[str, Any], cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
