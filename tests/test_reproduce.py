@@ -377,9 +377,9 @@ def test_all_of_a_datasets_parts_in_worker_processes_matches_one_process(tmp_pat
     assert _stable(rec) == _stable(alone)
     summary = (tmp_path / "all" / "summary.md").read_text()
     assert "[two](two/report.html) (digits part) | mlp2 | jump |" in summary
-    assert "All of it: `test`" in summary and "2 worker processes" in summary
+    assert "This invocation, all of them: `test`" in summary and "2 worker processes" in summary
     assert "the digits models" in (tmp_path / "all" / "two" / "report.md").read_text()
     (tmp_path / "all" / "summary.md").unlink()
-    assert "All of it: `test`" in summarize(tmp_path / "all").read_text()
+    assert "This invocation, all of them: `test`" in summarize(tmp_path / "all").read_text()
     top = summarize(tmp_path).read_text()  # "one" a row, "all" (a folder of its own) a link
     assert "[one](one/report.html) (digits part) |" in top and "[all](all/summary.md)" in top

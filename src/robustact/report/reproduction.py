@@ -248,9 +248,10 @@ def write_summary(out: str | os.PathLike[str], records: Mapping[str, Mapping[str
     ``nested`` subfolder's own summary."""
     out = Path(out)
     times = "; ".join(f"{n}: {_work_text(r)}" for n, r in records.items())
-    whole = [] if not run else [
-        f"All of it: `{run.get('command') or 'reproduce_all'}`, {run['seconds'] / 60:.1f} min "
-        f"wall with {run['jobs']} worker process{'es' if run['jobs'] > 1 else ''}.", ""]
+    whole = [] if not run else [  # a rerun that only re-renders says so by its seconds
+        f"This invocation, all of them: `{run.get('command') or 'reproduce_all'}`, "
+        f"{run['seconds'] / 60:.1f} min wall with {run['jobs']} worker "
+        f"process{'es' if run['jobs'] > 1 else ''}.", ""]
     links = [f"Also here, with a table of its own: "
              f"{', '.join(f'[{n}]({n}/summary.md)' for n in nested)}.", ""] if nested else []
     text = "\n".join(["# Reproductions", "", summary_table(records, out), "",
