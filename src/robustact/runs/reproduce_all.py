@@ -59,12 +59,10 @@ def _set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _unit(paper: Paper, out: Path, keys: list[str], kwargs: dict[str, Any]) -> float:
+def _unit(paper: Paper, out: Path, keys: list[str], kwargs: dict[str, Any]) -> None:
     """One unit in a worker: its models trained and its cells run (the report it writes is
     replaced by the last pass's)."""
-    t0 = time.perf_counter()
     reproduce(paper, out=out, **{**kwargs, "only": keys, "progress": False})
-    return time.perf_counter() - t0
 
 
 def reproduce_many(targets: Mapping[Path, Paper], *, jobs: int = 1, threads: int | None = None,
@@ -85,15 +83,16 @@ def reproduce_many(targets: Mapping[Path, Paper], *, jobs: int = 1, threads: int
         bar = tqdm(total=len(plan), desc="units", unit="unit", disable=not progress)
         with ProcessPoolExecutor(max_workers=jobs, initializer=_set_threads, initargs=(per,),
                                  mp_context=multiprocessing.get_context("spawn")) as pool:
-            running: dict[Future[float], str] = {
+            running: dict[Future[None], str] = {
                 pool.submit(_unit, paper, folder, keys, kwargs): f"{folder.name}: {keys[0]}"
                 + (f" (+{len(keys) - 1})" if len(keys) > 1 else "")
                 for paper, folder, keys in plan}
             for done in as_completed(running):
                 bar.update()
                 bar.set_postfix_str(f"done {running[done]}")
-                if done.exception() is not None:
-                    errors.append((running[done], done.exception()))  # type: ignore[arg-type]
+                exc = done.exception()
+                if exc is not None:
+                    errors.append((running[done], exc))
         bar.close()
         if errors:
             name, exc = errors[0]
